@@ -1,0 +1,42 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Models;
+
+/// <summary>An output projection that reuses the input embedding matrix (tie_word_embeddings); it owns no parameter.</summary>
+public sealed class TiedLMHead : Module<Tensor, Tensor>
+{
+    // A delegate, not a field: TorchSharp would register a Module or Tensor field as this module's own.
+    readonly Func<Tensor> _weight;
+
+    /// <param name="weight">Returns the embedding weight at call time, so a swapped embedding module is followed.</param>
+    public TiedLMHead(Func<Tensor> weight) : base(nameof(TiedLMHead)) => _weight = weight;
+
+    public Tensor Weight => _weight();
+
+    public override Tensor forward(Tensor x) => functional.linear(x, Weight);
+}
+
+/// <summary>transformers' default initialization for randomly built models: N(0, std) for linear and embedding weights, zero biases, unit norms.</summary>
+public static class ModelInit
+{
+    public static void Normal(nn.Module model, double std)
+    {
+        using var _ = no_grad();
+        foreach (var (_, m) in model.named_modules())
+        {
+            switch (m)
+            {
+                case Linear l:
+                    l.weight!.normal_(0, std);
+                    l.bias?.zero_();
+                    break;
+                case Embedding e:
+                    e.weight!.normal_(0, std);
+                    break;
+            }
+        }
+    }
+}

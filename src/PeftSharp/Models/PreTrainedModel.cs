@@ -1,0 +1,40 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Models;
+
+/// <summary>
+/// Base of every architecture. Module and parameter names equal the HF checkpoint keys, so loading is a
+/// name map (<see cref="WeightLoader"/>). Child layers are typed <c>Module&lt;Tensor,Tensor&gt;</c> so tuners
+/// can swap them for wrappers.
+/// </summary>
+public abstract class PreTrainedModel : nn.Module
+{
+    protected PreTrainedModel(string name, ModelConfig config) : base(name) => Config = config;
+
+    public ModelConfig Config { get; }
+
+    /// <summary>True for decoder LMs that generate (Llama family, GPT-2).</summary>
+    public abstract bool IsCausalLM { get; }
+
+    /// <summary>The token embedding (the seam prompt methods use to build inputs embeds).</summary>
+    public abstract nn.Module<Tensor, Tensor> InputEmbeddings { get; }
+
+    /// <summary>Checkpoint keys the model may lack because they are tied to another weight.</summary>
+    public virtual IReadOnlyCollection<string> TiedKeys => Array.Empty<string>();
+
+    /// <summary>Key/value heads and head size, for building caches and prefixes.</summary>
+    public abstract (int KvHeads, int HeadDim) KvShape { get; }
+
+    public abstract ModelOutput Forward(ModelInputs inputs);
+
+    public ModelOutput Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? tokenTypeIds = null) =>
+        Forward(new ModelInputs { InputIds = inputIds, AttentionMask = attentionMask, TokenTypeIds = tokenTypeIds });
+
+    public KVCache NewCache() => new(Config.NumHiddenLayers);
+
+    public Device Device => parameters().First().device;
+    public ScalarType DType => parameters().First().dtype;
+
+    public long ParameterCount() => parameters().Sum(p => p.numel());
+}

@@ -1,0 +1,97 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using TorchSharp;
+
+namespace PeftSharp.Runtime;
+
+/// <summary>
+/// Process-wide native setup. glibc keeps freed tensor memory (RSS grew ~12 MB/step in a plain AdamW
+/// loop), so we enable libtorch's THP allocations and raise glibc's mmap/trim thresholds before the first
+/// tensor exists, and trim periodically from long loops. Also checks the libstdc++ that libtorch 2.10 needs.
+/// </summary>
+public static class TorchRuntime
+{
+    public const string RequiredGlibcxx = "GLIBCXX_3.4.32";
+    const string SetupHint = "run scripts/setup.sh as root (it installs libstdc++6 from Debian 13), or install libstdc++ from GCC 13 or newer";
+
+    static readonly object Gate = new();
+    static bool _checked;
+
+    [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
+    [DllImport("libc", EntryPoint = "mallopt")] static extern int MallOpt(int param, int value);
+    [DllImport("libc", EntryPoint = "malloc_trim")] static extern int MallocTrim(nuint pad);
+
+    const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3;
+
+    /// <summary>Runs when the PeftSharp assembly loads, i.e. before any tensor this library makes.</summary>
+    [ModuleInitializer]
+    internal static void ConfigureAllocator()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        try
+        {
+            // Environment.SetEnvironmentVariable does not reach native getenv; setenv does.
+            SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0);
+            MallOpt(M_MMAP_THRESHOLD, 1 << 30);
+            MallOpt(M_TRIM_THRESHOLD, int.MaxValue);
+        }
+        catch (Exception) { /* non-glibc libc: nothing to tune */ }
+    }
+
+    /// <summary>Give freed heap memory back to the OS (glibc); call every few hundred steps and after big loads.</summary>
+    public static void TrimMemory()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        try { MallocTrim(0); } catch (Exception) { }
+    }
+
+    /// <summary>Checks the native prerequisites once and loads libtorch; throws <see cref="PeftPlatformException"/> naming the fix.</summary>
+    public static void EnsureInitialized()
+    {
+        if (_checked) return;
+        lock (Gate)
+        {
+            if (_checked) return;
+            CheckLibStdCxx();
+            try
+            {
+                torch.InitializeDeviceType(DeviceType.CPU);
+            }
+            catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or NotSupportedException)
+            {
+                throw new PeftPlatformException(
+                    $"TorchSharp's native library could not be loaded ({e.GetBaseException().Message}). " +
+                    $"It needs {RequiredGlibcxx} (libstdc++ of GCC 13+) and a TorchSharp native package " +
+                    $"(TorchSharp-cpu or TorchSharp-cuda-linux) referenced by the application; {SetupHint}.");
+            }
+            _checked = true;
+        }
+    }
+
+    static void CheckLibStdCxx()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        var lib = FindLibStdCxx();
+        if (lib is null) return; // a static or unusual toolchain: let the native load decide
+        if (!FileContains(lib, RequiredGlibcxx))
+            throw new PeftPlatformException(
+                $"{lib} lacks {RequiredGlibcxx}, which TorchSharp 0.107 (libtorch 2.10) needs; {SetupHint}.");
+    }
+
+    internal static string? FindLibStdCxx()
+    {
+        string[] candidates =
+        {
+            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6",
+            "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6",
+        };
+        return candidates.FirstOrDefault(File.Exists);
+    }
+
+    internal static bool FileContains(string path, string ascii)
+    {
+        var needle = System.Text.Encoding.ASCII.GetBytes(ascii);
+        var data = File.ReadAllBytes(path);
+        return data.AsSpan().IndexOf(needle) >= 0;
+    }
+}
