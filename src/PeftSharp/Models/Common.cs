@@ -40,3 +40,28 @@ public static class ModelInit
         }
     }
 }
+
+/// <summary>GPT-2's "Conv1D": a linear layer whose weight is stored transposed, [in, out] (fan_in_fan_out in PEFT terms).</summary>
+public sealed class Conv1D : Module<Tensor, Tensor>
+{
+    public Parameter weight;
+    public Parameter bias;
+
+    public Conv1D(long nf, long nx) : base(nameof(Conv1D))
+    {
+        weight = Parameter(empty(nx, nf).normal_(0, 0.02));
+        bias = Parameter(zeros(nf));
+        RegisterComponents();
+    }
+
+    public long InFeatures => weight.shape[0];
+    public long OutFeatures => weight.shape[1];
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var shape = x.shape.ToArray();
+        shape[^1] = OutFeatures;
+        return addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).view(shape).MoveToOuterDisposeScope();
+    }
+}
