@@ -1,6 +1,28 @@
+using System.CommandLine;
+using PeftSharp.Cli.Commands;
+
 namespace PeftSharp.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Entry point tests call in process; output goes to the given writers.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = new RootCommand("PeftSharp: parameter-efficient fine-tuning of Hugging Face LLMs for .NET");
+        root.Options.Add(Cli.JsonOption);
+        root.Options.Add(Cli.VerboseOption);
+        // One line per command.
+        root.Subcommands.Add(InfoCommand.Create());
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr };
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine("Run 'peft --help' (or 'peft COMMAND --help') for usage.");
+            return 2;
+        }
+        return parsed.Invoke(config);
+    }
 }

@@ -1,0 +1,70 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Cli;
+
+/// <summary>Options and plumbing every command shares: --json, --verbose, device/dtype parsing, one-line errors.</summary>
+public static class Cli
+{
+    public static readonly Option<bool> JsonOption = new("--json") { Description = "Machine-readable JSON on stdout", Recursive = true };
+    public static readonly Option<bool> VerboseOption = new("--verbose") { Description = "Show stack traces on errors", Recursive = true };
+
+    public static Option<string> ModelOption() => new("--model") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
+    public static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
+    public static Option<string> DTypeOption() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
+
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = false,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+    };
+
+    /// <summary>Runs a command body; PeftSharp and argument errors become one line on stderr and exit code 1.</summary>
+    public static void SetHandler(this Command command, Func<ParseResult, TextWriter, int> body)
+    {
+        command.SetAction(pr =>
+        {
+            var stdout = pr.InvocationConfiguration.Output;
+            var stderr = pr.InvocationConfiguration.Error;
+            try
+            {
+                return body(pr, stdout);
+            }
+            catch (Exception e) when (e is PeftSharpException or ArgumentException or FormatException or IOException or UnauthorizedAccessException)
+            {
+                stderr.WriteLine($"error: {e.Message}");
+                if (pr.GetValue(VerboseOption)) stderr.WriteLine(e);
+                return 1;
+            }
+        });
+    }
+
+    public static void WriteJson(TextWriter w, object value) => w.WriteLine(JsonSerializer.Serialize(value, Json));
+
+    public static Device ParseDevice(string s)
+    {
+        try { return torch.device(s); }
+        catch (Exception) { throw new ArgumentException($"--device '{s}' is not a device (expected cpu, cuda or cuda:N)"); }
+    }
+
+    public static ScalarType ParseDType(string s) => s.ToLowerInvariant() switch
+    {
+        "float32" or "fp32" or "f32" => ScalarType.Float32,
+        "bfloat16" or "bf16" => ScalarType.BFloat16,
+        _ => throw new ArgumentException($"--dtype '{s}' is not supported (expected float32 or bfloat16)"),
+    };
+
+    /// <summary>Parses "1 2 3;4 5 6" (rows separated by ';', ids by spaces or commas).</summary>
+    public static long[][] ParseIdRows(string s, string option)
+    {
+        var rows = s.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (rows.Length == 0) throw new ArgumentException($"{option} is empty");
+        return rows.Select((r, i) => r.Split(new[] { ' ', ',' }, StringSplitOptions.RemoveEmptyEntries)
+            .Select(x => long.TryParse(x, out var v) ? v : throw new ArgumentException($"{option}: '{x}' in row {i} is not an integer"))
+            .ToArray()).ToArray();
+    }
+}
