@@ -1,0 +1,95 @@
+using System.Text.Json.Nodes;
+using PeftSharp.IO;
+using PeftSharp.Models;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Tests.Models;
+
+public class BertTests
+{
+    static string Dir => TestPaths.Model("bert-tiny-cls");
+
+    static ModelInputs Inputs(SafetensorsFile cases, bool hidden = false) => new()
+    {
+        InputIds = cases.Load("input_ids"),
+        AttentionMask = cases.Load("attention_mask"),
+        TokenTypeIds = cases.Load("token_type_ids"),
+        OutputHiddenStates = hidden,
+    };
+
+    [Fact]
+    public void Class_logits_and_hidden_states_match_transformers()
+    {
+        using var scope = NewDisposeScope();
+        var model = AutoModel.FromPretrained(Dir);
+        Assert.IsType<BertForSequenceClassification>(model);
+        Assert.False(model.IsCausalLM);
+        using var cases = SafetensorsFile.Open(Path.Combine(Dir, "cases.safetensors"));
+        var mask = cases.Load("attention_mask");
+        using var _ = no_grad();
+        var output = model.Forward(Inputs(cases, hidden: true));
+        Assert.Equal(new long[] { 3, 3 }, output.Logits.shape);
+        FixtureAssert.Close(output.Logits, cases.Load("logits"), atol: 1e-4, what: "bert class logits");
+        Assert.Equal(3, output.HiddenStates!.Count);
+        for (int i = 0; i < output.HiddenStates.Count; i++)
+            FixtureAssert.Close(output.HiddenStates[i], cases.Load($"hidden_states.{i}"), mask, 1e-4, $"bert hidden_states.{i}");
+        FixtureAssert.Close(output.LastHiddenState!, cases.Load("hidden"), mask, 1e-4, "bert last_hidden_state");
+    }
+
+    [Fact]
+    public void Config_reads_labels_from_id2label()
+    {
+        var c = (BertConfig)AutoModel.LoadConfig(Dir);
+        Assert.Equal((3, 128, 2, 1e-12, "gelu"), (c.NumLabels, c.IntermediateSize, c.TypeVocabSize, c.LayerNormEps, c.HiddenAct));
+    }
+
+    [Fact]
+    public void Bare_encoder_loads_its_own_keys_and_returns_the_last_hidden_state()
+    {
+        var dir = TestPaths.TempDir();
+        try
+        {
+            // A BertModel checkpoint: the classification one without the "bert." prefix and the classifier.
+            var raw = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(Dir, "config.json")))!;
+            raw.Remove("architectures");
+            File.WriteAllText(Path.Combine(dir, "config.json"), raw.ToJsonString());
+            using (var scope = NewDisposeScope())
+            using (var f = SafetensorsFile.Open(Path.Combine(Dir, "model.safetensors")))
+            {
+                var tensors = f.LoadAll().Where(kv => kv.Key.StartsWith("bert.")).Select(kv => new KeyValuePair<string, Tensor>(kv.Key["bert.".Length..], kv.Value));
+                SafetensorsWriter.Save(Path.Combine(dir, "model.safetensors"), tensors);
+            }
+            using var s = NewDisposeScope();
+            var model = AutoModel.FromPretrained(dir);
+            Assert.IsType<BertModel>(model);
+            using var cases = SafetensorsFile.Open(Path.Combine(Dir, "cases.safetensors"));
+            var mask = cases.Load("attention_mask");
+            using var _ = no_grad();
+            var output = model.Forward(Inputs(cases));
+            FixtureAssert.Close(output.Logits, cases.Load("hidden"), mask, 1e-4, "BertModel logits (= last hidden state)");
+            Assert.Equal(new long[] { 3, 64 }, output.PooledOutput!.shape);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
+    public void Relative_position_embeddings_are_rejected()
+    {
+        var raw = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(Dir, "config.json")))!;
+        raw["position_embedding_type"] = "relative_key";
+        var e = Assert.Throws<PeftConfigException>(() => AutoModel.ParseConfig(raw));
+        Assert.Contains("position_embedding_type", e.Message);
+    }
+
+    [Fact]
+    public void Bfloat16_forward_is_close_to_float32()
+    {
+        using var scope = NewDisposeScope();
+        var model = AutoModel.FromPretrained(Dir, dtype: ScalarType.BFloat16);
+        using var cases = SafetensorsFile.Open(Path.Combine(Dir, "cases.safetensors"));
+        using var _ = no_grad();
+        var output = model.Forward(Inputs(cases));
+        Assert.Equal(ScalarType.BFloat16, output.Logits.dtype);
+        FixtureAssert.Close(output.Logits, cases.Load("logits"), atol: 0.03, what: "bert bf16 class logits");
+    }
+}
