@@ -261,6 +261,7 @@ public sealed class BertModel : PreTrainedModel
 
     public BertConfig BertConfig => (BertConfig)Config;
     public override bool IsCausalLM => false;
+    public override string BaseModelPrefix => "bert";
     public override Module<Tensor, Tensor> InputEmbeddings => embeddings.word_embeddings;
     public override (int KvHeads, int HeadDim) KvShape => (BertConfig.NumAttentionHeads, BertConfig.HeadDim);
 
@@ -298,6 +299,7 @@ public sealed class BertForSequenceClassification : PreTrainedModel
 
     public BertConfig BertConfig => (BertConfig)Config;
     public override bool IsCausalLM => false;
+    public override string BaseModelPrefix => "bert";
     public override Module<Tensor, Tensor> InputEmbeddings => bert.InputEmbeddings;
     public override (int KvHeads, int HeadDim) KvShape => bert.KvShape;
 

@@ -198,6 +198,7 @@ public sealed class GPT2LMHeadModel : PreTrainedModel
     public GPT2Config GPT2Config => (GPT2Config)Config;
     public override bool IsCausalLM => true;
     public override Module<Tensor, Tensor> InputEmbeddings => transformer.wte;
+    public override string BaseModelPrefix => "transformer";
     public override IReadOnlyCollection<string> TiedKeys => GPT2Config.TieWordEmbeddings ? new[] { "lm_head.weight" } : Array.Empty<string>();
     public override (int KvHeads, int HeadDim) KvShape => (GPT2Config.NumAttentionHeads, GPT2Config.HeadDim);
 
