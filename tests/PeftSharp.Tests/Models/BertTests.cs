@@ -43,33 +43,30 @@ public class BertTests
         Assert.Equal((3, 128, 2, 1e-12, "gelu"), (c.NumLabels, c.IntermediateSize, c.TypeVocabSize, c.LayerNormEps, c.HiddenAct));
     }
 
-    [Fact]
-    public void Bare_encoder_loads_its_own_keys_and_returns_the_last_hidden_state()
+    /// <param name="ownKeys">true: a BertModel checkpoint (no "bert." prefix, no classifier); false: the classification checkpoint itself, whose head transformers drops.</param>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Bare_encoder_loads_and_returns_the_last_hidden_state(bool ownKeys)
     {
-        var dir = TestPaths.TempDir();
-        try
-        {
-            // A BertModel checkpoint: the classification one without the "bert." prefix and the classifier.
-            var raw = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(Dir, "config.json")))!;
-            raw.Remove("architectures");
-            File.WriteAllText(Path.Combine(dir, "config.json"), raw.ToJsonString());
-            using (var scope = NewDisposeScope())
-            using (var f = SafetensorsFile.Open(Path.Combine(Dir, "model.safetensors")))
-            {
-                var tensors = f.LoadAll().Where(kv => kv.Key.StartsWith("bert.")).Select(kv => new KeyValuePair<string, Tensor>(kv.Key["bert.".Length..], kv.Value));
-                SafetensorsWriter.Save(Path.Combine(dir, "model.safetensors"), tensors);
-            }
-            using var s = NewDisposeScope();
-            var model = AutoModel.FromPretrained(dir);
-            Assert.IsType<BertModel>(model);
-            using var cases = SafetensorsFile.Open(Path.Combine(Dir, "cases.safetensors"));
-            var mask = cases.Load("attention_mask");
-            using var _ = no_grad();
-            var output = model.Forward(Inputs(cases));
-            FixtureAssert.Close(output.Logits, cases.Load("hidden"), mask, 1e-4, "BertModel logits (= last hidden state)");
-            Assert.Equal(new long[] { 3, 64 }, output.PooledOutput!.shape);
-        }
-        finally { Directory.Delete(dir, recursive: true); }
+        using var folder = new ModifiedModelFolder(Dir, t => ownKeys ? ModifiedModelFolder.StripPrefix(t, "bert.") : t, c => c.Remove("architectures"));
+        using var scope = NewDisposeScope();
+        var model = AutoModel.FromPretrained(folder.Dir);
+        Assert.IsType<BertModel>(model);
+        using var cases = SafetensorsFile.Open(Path.Combine(Dir, "cases.safetensors"));
+        var mask = cases.Load("attention_mask");
+        using var _ = no_grad();
+        var output = model.Forward(Inputs(cases));
+        FixtureAssert.Close(output.Logits, cases.Load("hidden"), mask, 1e-4, "BertModel logits (= last hidden state)");
+        Assert.Equal(new long[] { 3, 64 }, output.PooledOutput!.shape);
+    }
+
+    [Fact]
+    public void Classifier_missing_from_a_base_checkpoint_is_an_error_naming_it()
+    {
+        using var folder = new ModifiedModelFolder(Dir, t => ModifiedModelFolder.StripPrefix(t, "bert."));
+        var e = Assert.Throws<PeftFormatException>(() => AutoModel.FromPretrained(folder.Dir));
+        Assert.Contains("missing keys: classifier.weight, classifier.bias", e.Message);
     }
 
     [Fact]
