@@ -18,6 +18,8 @@ public static class AutoModel
         ["llama"] = new(typeof(LlamaConfig), c => new LlamaForCausalLM((LlamaConfig)c)),
         ["qwen2"] = new(typeof(LlamaConfig), c => new LlamaForCausalLM((LlamaConfig)c)),
         ["mistral"] = new(typeof(LlamaConfig), c => new LlamaForCausalLM((LlamaConfig)c)),
+        ["gpt2"] = new(typeof(GPT2Config), c => new GPT2LMHeadModel((GPT2Config)c)),
+        ["bert"] = new(typeof(BertConfig), c => c.Architectures?.Contains(nameof(BertForSequenceClassification)) == true ? new BertForSequenceClassification((BertConfig)c) : new BertModel((BertConfig)c)),
     };
 
     public static IReadOnlyCollection<string> SupportedModelTypes => Registry.Keys;

@@ -16,6 +16,10 @@ public sealed class TiedLMHead : Module<Tensor, Tensor>
 
     public Tensor Weight => _weight();
 
+    /// <summary>The weight of an embedding module, also when a tuner has wrapped it (the first parameter named *weight).</summary>
+    public static Tensor EmbeddingWeight(nn.Module embedding) =>
+        embedding.get_parameter("weight") ?? embedding.named_parameters().First(p => p.name.EndsWith("weight")).parameter;
+
     public override Tensor forward(Tensor x) => functional.linear(x, Weight);
 }
 
@@ -35,6 +39,10 @@ public static class ModelInit
                     break;
                 case Embedding e:
                     e.weight!.normal_(0, std);
+                    break;
+                case Conv1D c:
+                    c.weight.normal_(0, std);
+                    c.bias.zero_();
                     break;
             }
         }
@@ -64,4 +72,22 @@ public sealed class Conv1D : Module<Tensor, Tensor>
         shape[^1] = OutFeatures;
         return addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).view(shape).MoveToOuterDisposeScope();
     }
+}
+
+/// <summary>transformers' ACT2FN names for the activations our architectures use.</summary>
+public static class Activations
+{
+    public static IReadOnlyCollection<string> Supported { get; } = new[] { "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh" };
+
+    /// <param name="field">The config field that named it, for the error message.</param>
+    public static Func<Tensor, Tensor> Get(string name, string field) => name switch
+    {
+        "gelu" => x => functional.gelu(x),
+        // gelu_new/gelu_fast are formulas of the tanh approximation; libtorch's fused kernel differs only in rounding (~1e-7).
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => x => functional.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
+        "relu" => x => functional.relu(x),
+        "silu" or "swish" => x => functional.silu(x),
+        "tanh" => x => x.tanh(),
+        _ => throw new PeftConfigException($"{field} '{name}' is not supported (supported: {string.Join(", ", Supported)})"),
+    };
 }

@@ -252,7 +252,7 @@ public sealed class LlamaModel : nn.Module
         RegisterComponents();
     }
 
-    internal Tensor InputEmbeddingWeight => embed_tokens.get_parameter("weight") ?? embed_tokens.named_parameters().First(p => p.name.EndsWith("weight")).parameter;
+    internal Tensor InputEmbeddingWeight => TiedLMHead.EmbeddingWeight(embed_tokens);
 
     public (Tensor Last, List<Tensor>? All) forward(ModelInputs inputs)
     {

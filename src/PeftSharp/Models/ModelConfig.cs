@@ -38,13 +38,17 @@ public abstract record ModelConfig
     /// <summary>Checks values that would otherwise fail deep inside a forward pass.</summary>
     public virtual void Validate(string source)
     {
-        void Positive(string name, int v) { if (v <= 0) throw new PeftConfigException($"{source}: '{name}' must be a positive integer (found {v})"); }
-        Positive("vocab_size", VocabSize);
-        Positive("hidden_size", HiddenSize);
-        Positive("num_hidden_layers", NumHiddenLayers);
-        Positive("num_attention_heads", NumAttentionHeads);
+        RequirePositive(source, "vocab_size", VocabSize);
+        RequirePositive(source, "hidden_size", HiddenSize);
+        RequirePositive(source, "num_hidden_layers", NumHiddenLayers);
+        RequirePositive(source, "num_attention_heads", NumAttentionHeads);
         if (HiddenSize % NumAttentionHeads != 0 && this is not IHasHeadDim)
             throw new PeftConfigException($"{source}: hidden_size {HiddenSize} is not divisible by num_attention_heads {NumAttentionHeads}");
+    }
+
+    protected static void RequirePositive(string source, string field, int value)
+    {
+        if (value <= 0) throw new PeftConfigException($"{source}: '{field}' must be a positive integer (found {value})");
     }
 
     internal static readonly JsonSerializerOptions Json = new()

@@ -23,6 +23,9 @@ public abstract class PreTrainedModel : nn.Module
     /// <summary>Checkpoint keys the model may lack because they are tied to another weight.</summary>
     public virtual IReadOnlyCollection<string> TiedKeys => Array.Empty<string>();
 
+    /// <summary>transformers' base_model_prefix (the backbone's name inside a task model), for loading base checkpoints into task models and back.</summary>
+    public virtual string? BaseModelPrefix => null;
+
     /// <summary>Key/value heads and head size, for building caches and prefixes.</summary>
     public abstract (int KvHeads, int HeadDim) KvShape { get; }
 

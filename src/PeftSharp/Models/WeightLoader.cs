@@ -10,29 +10,35 @@ public static class WeightLoader
     public static void Load(PreTrainedModel model, Checkpoint checkpoint, IEnumerable<string>? ignoreUnexpected = null)
     {
         var targets = model.state_dict();
+        var (keyOf, baseFromTask) = CheckpointKeyMap(model.BaseModelPrefix, targets.Keys, checkpoint.Keys);
         var missing = new List<string>();
         var mismatched = new List<string>();
         using (no_grad())
         {
             foreach (var (name, target) in targets)
             {
-                if (!checkpoint.Contains(name))
+                var key = keyOf(name);
+                if (!checkpoint.Contains(key))
                 {
-                    if (!model.TiedKeys.Contains(name)) missing.Add(name);
+                    if (!model.TiedKeys.Contains(name)) missing.Add(key);
                     continue;
                 }
-                var entry = checkpoint.Entry(name);
+                var entry = checkpoint.Entry(key);
                 if (!entry.Shape.SequenceEqual(target.shape))
                 {
-                    mismatched.Add($"{name}: checkpoint [{string.Join(", ", entry.Shape)}], model [{string.Join(", ", target.shape)}]");
+                    mismatched.Add($"{key}: checkpoint [{string.Join(", ", entry.Shape)}], model [{string.Join(", ", target.shape)}]");
                     continue;
                 }
-                using var src = checkpoint.Load(name);
+                using var src = checkpoint.Load(key);
                 target.copy_(src);
             }
         }
+        var expected = targets.Keys.Select(keyOf).ToHashSet();
         var ignored = new HashSet<string>(ignoreUnexpected ?? Array.Empty<string>());
-        var unexpected = checkpoint.Keys.Where(k => !targets.ContainsKey(k) && !ignored.Contains(k) && !IsAlwaysIgnored(k)).OrderBy(k => k).ToList();
+        var unexpected = checkpoint.Keys.Where(k => !expected.Contains(k) && !ignored.Contains(k) && !IsAlwaysIgnored(k)).ToList();
+        // A base model read from a task checkpoint leaves the task head's weights, as transformers does.
+        if (baseFromTask is { } prefix) unexpected.RemoveAll(k => !k.StartsWith(prefix, StringComparison.Ordinal));
+        unexpected.Sort(StringComparer.Ordinal);
         if (missing.Count + mismatched.Count + unexpected.Count == 0) return;
 
         var parts = new List<string>();
@@ -42,9 +48,25 @@ public static class WeightLoader
         throw new PeftFormatException(checkpoint.Directory, $"checkpoint does not fit {model.GetType().Name}: {string.Join(" | ", parts)}");
     }
 
+    /// <summary>
+    /// Model key → checkpoint key, with transformers' base-model-prefix rule: a task model (keys under
+    /// "prefix.") reads a bare base checkpoint by dropping the prefix; a bare base model reads a task checkpoint
+    /// by adding it (then BaseFromTask is that "prefix.").
+    /// </summary>
+    static (Func<string, string> ToCheckpoint, string? BaseFromTask) CheckpointKeyMap(string? basePrefix, IEnumerable<string> modelKeys, IEnumerable<string> checkpointKeys)
+    {
+        if (basePrefix is null) return (k => k, null);
+        var prefix = basePrefix + ".";
+        bool modelHas = modelKeys.Any(k => k.StartsWith(prefix, StringComparison.Ordinal));
+        bool checkpointHas = checkpointKeys.Any(k => k.StartsWith(prefix, StringComparison.Ordinal));
+        if (modelHas && !checkpointHas) return (k => k.StartsWith(prefix, StringComparison.Ordinal) ? k[prefix.Length..] : k, null);
+        if (!modelHas && checkpointHas) return (k => prefix + k, prefix);
+        return (k => k, null);
+    }
+
     // Non-persistent buffers some transformers versions saved (rotary tables, causal masks, position ids).
     static bool IsAlwaysIgnored(string key) =>
         key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) || key.EndsWith(".attn.masked_bias", StringComparison.Ordinal) ||
-        key.EndsWith(".attn.bias", StringComparison.Ordinal) && key.Contains(".h.", StringComparison.Ordinal) ||
+        key.EndsWith(".attn.bias", StringComparison.Ordinal) && (key.StartsWith("h.", StringComparison.Ordinal) || key.Contains(".h.", StringComparison.Ordinal)) ||
         key.EndsWith("embeddings.position_ids", StringComparison.Ordinal);
 }
