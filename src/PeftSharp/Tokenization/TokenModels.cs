@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.ML.Tokenizers;
 
@@ -52,7 +53,10 @@ internal sealed class ByteFallbackBpeModel : TokenModel
     readonly Dictionary<long, (int rank, int id)> _merges;
     readonly int[] _byteIds; // -1 where <0xNN> is missing
     readonly int? _unkId;
-    readonly bool _byteFallback, _fuseUnk, _ignoreMerges;
+    readonly bool _byteFallback, _fuseUnk, _ignoreMerges, _splitAtWordStarts;
+    readonly ConcurrentDictionary<string, int[]> _cache = new();
+    const int CacheLimit = 100_000, CachedWordMaxLength = 64;
+    const char Metaspace = '\u2581';
 
     public ByteFallbackBpeModel(Dictionary<string, int> vocab, IReadOnlyList<(string a, string b)> merges, string? unk,
         bool byteFallback, bool fuseUnk, bool ignoreMerges, string file)
@@ -70,11 +74,35 @@ internal sealed class ByteFallbackBpeModel : TokenModel
                 throw new PeftFormatException(file, $"model.merges[{rank}] ('{a}' '{b}') uses a token missing from model.vocab");
             _merges.TryAdd(Key(ia, ib), (rank, merged));
         }
+        // SentencePiece vocabularies (split_by_whitespace) only hold "▁…▁" + "text without ▁" pieces; then no token
+        // can span "x▁", so a segment may be cut before every word start and words cached, with identical ids.
+        _splitAtWordStarts = vocab.Keys.All(t => t.AsSpan().TrimStart(Metaspace).IndexOf(Metaspace) < 0);
     }
 
     static long Key(int a, int b) => ((long)a << 32) | (uint)b;
 
     public override void Encode(string piece, List<int> ids)
+    {
+        if (!_splitAtWordStarts) { EncodeWord(piece, ids); return; }
+        int start = 0;
+        for (int i = 1; i <= piece.Length; i++)
+        {
+            if (i < piece.Length && !(piece[i] == Metaspace && piece[i - 1] != Metaspace)) continue;
+            var word = piece[start..i];
+            start = i;
+            if (word.Length > CachedWordMaxLength) { EncodeWord(word, ids); continue; }
+            if (!_cache.TryGetValue(word, out var cached))
+            {
+                var list = new List<int>();
+                EncodeWord(word, list);
+                cached = list.ToArray();
+                if (_cache.Count < CacheLimit) _cache.TryAdd(word, cached);
+            }
+            ids.AddRange(cached);
+        }
+    }
+
+    void EncodeWord(string piece, List<int> ids)
     {
         if (piece.Length == 0) return;
         if (_ignoreMerges && Vocab.TryGetValue(piece, out var whole)) { ids.Add(whole); return; }
