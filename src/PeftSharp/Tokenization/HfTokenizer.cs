@@ -113,7 +113,11 @@ public sealed class HfTokenizer
         foreach (var p in pieces) _model.Encode(p, ids);
     }
 
-    /// <summary><c>tokenizer.decode(ids, skip_special_tokens=…)</c>, with clean-up as the config says.</summary>
+    /// <summary>
+    /// <c>tokenizer.decode(ids, skip_special_tokens=…)</c>, with clean-up as the config says. Ids outside the
+    /// vocabulary are skipped as HF's tokenizers do: models often have more embedding rows than tokens
+    /// (Qwen pads to a multiple of 128), and a model may emit one of those.
+    /// </summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = false)
     {
         var tokens = new List<string>();
@@ -123,7 +127,7 @@ public sealed class HfTokenizer
             {
                 if (!(skipSpecialTokens && added.Special)) tokens.Add(added.Content);
             }
-            else tokens.Add(ModelToken(id));
+            else if (ModelTokenOrNull(id) is { } t) tokens.Add(t);
         }
         if (tokens.Count == 0) return "";
         var text = _decoder is null ? string.Join(" ", tokens) : string.Concat(_decoder.Apply(tokens));
@@ -141,7 +145,9 @@ public sealed class HfTokenizer
     /// <summary>True for added tokens marked special (what <c>skip_special_tokens</c> drops).</summary>
     public bool IsSpecial(int id) => _addedById.TryGetValue(id, out var t) && t.Special;
 
+    string? ModelTokenOrNull(int id) => (uint)id < (uint)_model.IdToToken.Length ? _model.IdToToken[id] : null;
+
     string ModelToken(int id) =>
-        (uint)id < (uint)_model.IdToToken.Length && _model.IdToToken[id] is { } t ? t
-            : throw new PeftSharpException($"tokenizer ({Directory}): id {id} is not in the vocabulary (size {TotalVocabSize})");
+        ModelTokenOrNull(id) ??
+            throw new PeftSharpException($"tokenizer ({Directory}): id {id} is not in the vocabulary (size {TotalVocabSize})");
 }

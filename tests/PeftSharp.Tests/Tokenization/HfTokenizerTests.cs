@@ -52,9 +52,11 @@ public class HfTokenizerTests
     }
 
     [Fact]
-    public void UnknownIdIsAnError()
+    public void UnknownIdIsSkippedByDecodeAndAnErrorForTokenLookup()
     {
-        var ex = Assert.Throws<PeftSharpException>(() => Load("gpt2").Decode([60000]));
+        var gpt2 = Load("gpt2");
+        Assert.Equal("Hello", gpt2.Decode([15496, 60000]));
+        var ex = Assert.Throws<PeftSharpException>(() => gpt2.ConvertIdsToTokens([60000]));
         Assert.Contains("60000", ex.Message);
     }
 
