@@ -62,7 +62,12 @@ public static class Blockwise
     {
         code ??= CodeBooks.DynamicSigned;
         var y = new float[q.Length];
-        for (int i = 0; i < y.Length; i++) y[i] = code[q[i]] * absmax[i / blocksize];
+        for (int start = 0, b = 0; start < y.Length; start += blocksize, b++)
+        {
+            float s = absmax[b];
+            int end = Math.Min(y.Length, start + blocksize);
+            for (int i = start; i < end; i++) y[i] = code[q[i]] * s;
+        }
         return y;
     }
 

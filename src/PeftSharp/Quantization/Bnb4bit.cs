@@ -111,8 +111,8 @@ public static class Bnb4bit
         int chunks = (blocks + blocksPerChunk - 1) / blocksPerChunk;
         var run = (int c) =>
         {
-            Span<float> lut = stackalloc float[16];
-            Span<ushort> lut16 = stackalloc ushort[16];
+            float* lut = stackalloc float[16];
+            ushort* lut16 = stackalloc ushort[16];
             int b0 = c * blocksPerChunk, b1 = Math.Min(blocks, b0 + blocksPerChunk);
             for (int b = b0; b < b1; b++)
             {
@@ -125,13 +125,16 @@ public static class Bnb4bit
                 {
                     for (int k = 0; k < 16; k++) lut16[k] = ToBFloat16(lut[k]);
                     ushort* dst = (ushort*)o + start;
-                    for (long j = 0; j < pairs; j++) { byte v = bp[j]; dst[2 * j] = lut16[v >> 4]; dst[2 * j + 1] = lut16[v & 15]; }
+                    uint* dst2 = (uint*)dst; // one little-endian store per byte: element 2j in the low half
+                    for (long j = 0; j < pairs; j++) { byte v = bp[j]; dst2[j] = lut16[v >> 4] | ((uint)lut16[v & 15] << 16); }
                     if (((end - start) & 1) == 1) dst[2 * pairs] = lut16[bp[pairs] >> 4];
                 }
                 else
                 {
                     float* dst = (float*)o + start;
-                    for (long j = 0; j < pairs; j++) { byte v = bp[j]; dst[2 * j] = lut[v >> 4]; dst[2 * j + 1] = lut[v & 15]; }
+                    uint* bits = (uint*)lut;
+                    ulong* dst2 = (ulong*)dst;
+                    for (long j = 0; j < pairs; j++) { byte v = bp[j]; dst2[j] = bits[v >> 4] | ((ulong)bits[v & 15] << 32); }
                     if (((end - start) & 1) == 1) dst[2 * pairs] = lut[bp[pairs] >> 4];
                 }
             }

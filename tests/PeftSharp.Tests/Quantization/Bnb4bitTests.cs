@@ -79,6 +79,23 @@ public class Bnb4bitTests
         SameBits(expected, Bnb4bit.Dequantize(f.Load($"{qt}.{(dq ? "dq" : "nodq")}.packed"), state), "dequantized from stored state");
     }
 
+    [Theory]
+    [InlineData(64, true)]
+    [InlineData(128, false)]
+    [InlineData(32, true)]
+    public void Parallel_cpu_loop_equals_tensor_ops_on_large_odd_weights(int blocksize, bool dq)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(7);
+        var w = randn(301, 1001) * 0.03f; // 301,301 values: many chunks, a partial block, an odd count
+        var (packed, state) = Bnb4bit.Quantize(w, QuantType.NF4, blocksize, dq);
+        using var _ = state;
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            SameBits(Bnb4bit.DequantizeWithTensorOps(packed, state, dtype), Bnb4bit.Dequantize(packed, state, dtype), $"{dtype}");
+        var err = (Bnb4bit.Dequantize(packed, state) - w).abs().max().item<float>();
+        Assert.InRange(err, 1e-4f, 0.03f * 6 * 0.2f);
+    }
+
     [Fact]
     public void Code_books_equal_bitsandbytes()
     {
