@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Numerics;
 using System.Text;
 
 namespace PeftSharp.Tokenization.ChatTemplates.Jinja;
@@ -21,7 +22,9 @@ internal static class Filters
                 long l => (object)checked(Math.Abs(l)), double d => Math.Abs(d), bool b => b ? 1L : 0L,
                 _ => throw new JinjaError($"bad operand type for abs(): '{Py.TypeName(v)}'"),
             },
-            "attr" => Interpreter.GetAttr(v, Py.Str(a.Required(0, "name"))),
+            // Jinja's attr filter looks up attributes only, never dict keys.
+            "attr" => v is PyDict ? Methods.Lookup(v, Py.Str(a.Required(0, "name"))) ?? new Undefined("'dict object' has no attribute")
+                : Interpreter.GetAttr(v, Py.Str(a.Required(0, "name"))),
             "capitalize" => Capitalize(Py.Str(v)),
             "count" or "length" => Py.Len(v),
             "default" or "d" => v is Undefined || (Py.Truthy(a.Get(1, "boolean", false)) && !Py.Truthy(v))
@@ -251,10 +254,29 @@ internal static class Filters
         double x = Py.ToDouble(v), scale = Math.Pow(10, precision);
         return method switch
         {
-            "common" => (object)Math.Round(x, (int)Math.Clamp(precision, 0, 15), MidpointRounding.ToEven),
+            "common" => PyRound(x, (int)precision),
             "ceil" => Math.Ceiling(x * scale) / scale,
             _ => Math.Floor(x * scale) / scale,
         };
+    }
+
+    /// <summary>Python's round(float, n): half-even on the exact binary value (2.675 → 2.67, as it is 2.67499…).</summary>
+    private static double PyRound(double x, int digits)
+    {
+        if (!double.IsFinite(x) || x == 0) return x;
+        long bits = BitConverter.DoubleToInt64Bits(x);
+        int exp = (int)((bits >> 52) & 0x7FF);
+        long frac = bits & 0xFFFFFFFFFFFFFL;
+        BigInteger mant = exp == 0 ? frac : frac | (1L << 52);
+        int e2 = (exp == 0 ? 1 : exp) - 1075; // |x| = mant * 2^e2
+        BigInteger num = mant, den = BigInteger.One;
+        if (e2 >= 0) num <<= e2; else den <<= -e2;
+        if (digits >= 0) num *= BigInteger.Pow(10, digits); else den *= BigInteger.Pow(10, -digits);
+        var q = BigInteger.DivRem(num, den, out var r);
+        int half = (r * 2).CompareTo(den);
+        if (half > 0 || (half == 0 && !q.IsEven)) q += 1;
+        var text = (x < 0 ? "-" : "") + q.ToString(CultureInfo.InvariantCulture) + "E" + (-digits).ToString(CultureInfo.InvariantCulture);
+        return double.Parse(text, NumberStyles.Float, CultureInfo.InvariantCulture);
     }
 
     private static object? ToJson(object? v, Args a)

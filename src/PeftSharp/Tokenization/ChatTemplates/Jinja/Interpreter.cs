@@ -37,7 +37,7 @@ internal sealed class MacroValue(MacroNode node, Scope definedIn) : ICallable
             else if (kwargs.Remove(pname, out var kv)) scope.Vars[pname] = kv;
             else scope.Vars[pname] = def is null ? new Undefined($"parameter '{pname}' was not provided") : it.Eval(def, scope);
         }
-        var extra = args.Skip(ps.Count).ToList();
+        var extra = new PyTuple(args.Skip(ps.Count));
         if (extra.Count > 0 && !node.UsesVarargs) throw new JinjaError($"macro '{Name}' takes not more than {ps.Count} argument(s)");
         scope.Vars["varargs"] = extra;
         if (kwargs.Remove("caller", out var caller))

@@ -184,7 +184,7 @@ internal sealed class Parser
             ExpectBlockEnd("set");
             return new SetNode(line, target, value);
         }
-        var filters = IsOp("|") ? ParseFilterChain(null) : new List<FilterExpr>();
+        var filters = SkipOp("|") ? ParseFilterChain(null) : new List<FilterExpr>();
         ExpectBlockEnd("set");
         var (body, _) = ParseBody("endset");
         ExpectBlockEnd("endset");
