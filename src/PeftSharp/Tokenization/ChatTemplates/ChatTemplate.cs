@@ -29,7 +29,7 @@ public sealed class ChatTemplate
     private ChatTemplate(string source, JsonObject? defaults)
     {
         Source = source ?? throw new ArgumentNullException(nameof(source));
-        _body = Parser.Parse(source);
+        _body = Guard("parsing", () => Parser.Parse(source));
         _defaults = defaults;
     }
 
@@ -52,7 +52,17 @@ public sealed class ChatTemplate
         // transformers always passes these two, as None when absent.
         vars.TryAdd("tools", null);
         vars.TryAdd("documents", null);
-        return new Interpreter(Clock).Render(_body, vars);
+        return Guard("rendering", () => new Interpreter(Clock).Render(_body, vars));
+    }
+
+    // A bug in the interpreter must surface as a PeftSharp error naming the template, not as a crash.
+    private static T Guard<T>(string stage, Func<T> body)
+    {
+        try { return body(); }
+        catch (Exception e) when (e is not (PeftSharpException or OutOfMemoryException or OperationCanceledException))
+        {
+            throw new ChatTemplateException($"internal error while {stage} the template ({e.GetType().Name}: {e.Message})");
+        }
     }
 
     /// <summary>Render with the tokenizer's BOS/EOS strings as <c>bos_token</c>/<c>eos_token</c> (null = not passed).</summary>

@@ -90,6 +90,20 @@ public class ChatTemplateTests
     }
 
     [Fact]
+    public void Runaway_macro_recursion_is_an_error_not_a_stack_overflow()
+    {
+        var e = Assert.ThrowsAny<ChatTemplateException>(() => Render("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}"));
+        Assert.Contains("recursed more than", e.Message);
+        Assert.Equal("3", Render("{% macro f(n) %}{{ n if n >= 3 else f(n + 1) }}{% endmacro %}{{ f(0) }}"));
+    }
+
+    [Fact]
+    public void String_escapes_follow_python()
+    {
+        Assert.Equal("\ud800|\U0001D518|\\q", Render(@"{{ '\ud800' }}|{{ '\U0001d518' }}|{{ '\q' }}"));
+    }
+
+    [Fact]
     public void Errors_carry_the_template_line()
     {
         var e = Assert.ThrowsAny<ChatTemplateException>(() => Render("line one\n{% if true %}\n{{ missing.attr }}\n{% endif %}"));

@@ -24,6 +24,7 @@ internal sealed class MacroValue(MacroNode node, Scope definedIn) : ICallable
 
     public object? Call(Interpreter it, List<object?> args, Dictionary<string, object?> kwargs)
     {
+        using var depth = it.EnterCall(Name);
         var scope = new Scope(definedIn);
         var ps = node.Params;
         for (int i = 0; i < ps.Count; i++)
@@ -62,7 +63,23 @@ internal sealed class Interpreter(Func<DateTime> clock)
 {
     internal enum Flow { Normal, Break, Continue }
 
+    // Deep enough for any real template; stops runaway macro recursion before the stack does.
+    private const int MaxCallDepth = 256;
+    private int _callDepth;
+
     public DateTime Now() => clock();
+
+    public IDisposable EnterCall(string name)
+    {
+        if (_callDepth >= MaxCallDepth) throw new JinjaError($"macro '{name}' recursed more than {MaxCallDepth} levels");
+        _callDepth++;
+        return new CallFrame(this);
+    }
+
+    private sealed class CallFrame(Interpreter it) : IDisposable
+    {
+        public void Dispose() => it._callDepth--;
+    }
 
     public string Render(List<Node> body, Dictionary<string, object?> context)
     {

@@ -327,6 +327,8 @@ internal sealed class Lexer
         if (i + n > _src.Length || !int.TryParse(_src.AsSpan(i, n), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out int cp))
             throw Error($"truncated \\{(n == 2 ? 'x' : n == 4 ? 'u' : 'U')} escape in a string literal");
         i += n;
-        return char.ConvertFromUtf32(cp);
+        if (cp > 0x10FFFF) throw Error($"escape \\U{cp:x8} is beyond Unicode's range");
+        // Python strings may hold lone surrogates; keep them as the one UTF-16 unit.
+        return cp is >= 0xD800 and <= 0xDFFF ? ((char)cp).ToString() : char.ConvertFromUtf32(cp);
     }
 }

@@ -207,7 +207,7 @@ internal sealed class Parser
         return new WithNode(line, assigns, body);
     }
 
-    private MacroNode ParseMacroRest(int line, string name, string endTag, bool requireParens)
+    private MacroNode ParseMacroRest(int line, string name, bool requireParens)
     {
         var ps = new List<(string, Expr?)>();
         if (requireParens || IsOp("("))
@@ -243,14 +243,14 @@ internal sealed class Parser
     private Node ParseMacro(int line)
     {
         var name = ExpectName();
-        var header = ParseMacroRest(line, name, "endmacro", requireParens: true);
+        var header = ParseMacroRest(line, name, requireParens: true);
         ExpectBlockEnd("macro");
         return ParseMacroBody(header, "endmacro");
     }
 
     private Node ParseCallBlock(int line)
     {
-        var header = IsOp("(") ? ParseMacroRest(line, "caller", "endcall", requireParens: true)
+        var header = IsOp("(") ? ParseMacroRest(line, "caller", requireParens: true)
             : new MacroNode(line, "caller", new(), new(), false, false, false);
         var call = ParseExpression();
         if (call is not CallExpr ce) throw Error("'{% call %}' must be followed by a macro call", Cur);
