@@ -17,6 +17,19 @@ public static class Cli
     public static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
     public static Option<string> DTypeOption() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
 
+    public static Option<string?> TemplateOption() => new("--template") { Description = "A named template of the folder, or a built-in one: chatml, llama3, llama2, alpaca" };
+
+    public static System.Text.Json.Nodes.JsonObject? ParseJsonObject(string? text, string option)
+    {
+        if (text is null) return null;
+        try
+        {
+            return System.Text.Json.Nodes.JsonNode.Parse(text) as System.Text.Json.Nodes.JsonObject
+                ?? throw new ArgumentException($"{option} must be a JSON object");
+        }
+        catch (JsonException e) { throw new ArgumentException($"{option} is not valid JSON: {e.Message}"); }
+    }
+
     public static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = false,
