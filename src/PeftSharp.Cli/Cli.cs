@@ -62,8 +62,12 @@ public static class Cli
 
     public static Device ParseDevice(string s)
     {
-        try { return torch.device(s); }
+        Device d;
+        try { d = torch.device(s); }
         catch (Exception) { throw new ArgumentException($"--device '{s}' is not a device (expected cpu, cuda or cuda:N)"); }
+        if (d.type == DeviceType.CUDA && !torch.cuda.is_available())
+            throw new ArgumentException($"--device '{s}': CUDA is not available (this build uses TorchSharp-cpu, or no GPU/driver is present; reference TorchSharp-cuda-linux for GPUs)");
+        return d;
     }
 
     public static ScalarType ParseDType(string s) => s.ToLowerInvariant() switch

@@ -20,12 +20,12 @@ public static class Program
         root.Subcommands.Add(DetokenizeCommand.Create());
         root.Subcommands.Add(ChatTemplateCommand.Create());
         root.Subcommands.Add(QuantizeCommand.Create());
+        root.Subcommands.Add(ForwardCommand.Create());
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
-            stderr.WriteLine("Run 'peft --help' (or 'peft COMMAND --help') for usage.");
+            stderr.WriteLine($"error: {string.Join("; ", parsed.Errors.Select(e => e.Message))} (see 'peft --help')");
             return 2;
         }
         return parsed.Invoke(config);
