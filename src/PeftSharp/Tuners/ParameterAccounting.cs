@@ -59,7 +59,8 @@ public static class ParameterAccounting
                         var w = lora.BaseWeight;
                         var merged = lora.MergedWeight(adapter);
                         var changed = merged.to(w.dtype).ne(w).sum().item<long>();
-                        var delta = (merged.to(ScalarType.Float64) - w.to(ScalarType.Float64));
+                        // The rank is taken from W' − W computed in float64, so float32 rounding does not fill it up.
+                        var delta = lora.MergedWeight(adapter, ScalarType.Float64) - w.to(ScalarType.Float64);
                         long rank = linalg.matrix_rank(delta).item<long>();
                         var s = lora.SettingsOf(adapter);
                         modules.Add(new ModuleDelta(name, s.UseDora ? "dora" : "lora", w.shape, w.numel(), changed, own, s.R, rank));

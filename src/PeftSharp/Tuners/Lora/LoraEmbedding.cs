@@ -119,15 +119,16 @@ public sealed class LoraEmbedding : LoraLayer
         return (B(adapter).matmul(A(adapter)) * ScalingOf(adapter)).t().contiguous();
     }
 
-    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm)
+    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null)
     {
         doraNorm = null;
-        var delta = DeltaWeight(adapter);
-        var combined = BaseWeight.to(delta.dtype) + delta;
+        var dt = dtype ?? A(adapter).dtype;
+        var delta = (B(adapter).to(dt).matmul(A(adapter).to(dt)) * ScalingOf(adapter)).t();
+        var combined = BaseWeight.to(dt) + delta;
         if (Settings[adapter].UseDora)
         {
             doraNorm = linalg.norm(combined.t(), dims: new long[] { 1 });
-            combined = (Magnitude(adapter)! / doraNorm).unsqueeze(0) * combined;
+            combined = (Magnitude(adapter)!.to(dt) / doraNorm).unsqueeze(0) * combined;
         }
         return combined;
     }

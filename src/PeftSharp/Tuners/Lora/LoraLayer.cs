@@ -110,16 +110,16 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     }
 
     /// <summary>The base weight as merging <paramref name="adapter"/> would leave it (float32 or wider), without changing it.</summary>
-    public Tensor MergedWeight(string adapter)
+    public Tensor MergedWeight(string adapter, ScalarType? dtype = null)
     {
         using var _ = no_grad();
-        var w = ComputeMerged(adapter, out var norm);
+        var w = ComputeMerged(adapter, out var norm, dtype);
         norm?.Dispose();
         return w;
     }
 
-    /// <summary>W' in the base weight's layout; for DoRA also the row norms of W + ΔW that unmerge needs.</summary>
-    protected abstract Tensor ComputeMerged(string adapter, out Tensor? doraNorm);
+    /// <summary>W' in the base weight's layout (computed in <paramref name="dtype"/>, default the adapter's); for DoRA also the row norms of W + ΔW that unmerge needs.</summary>
+    protected abstract Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null);
 
     protected abstract void MergeOne(string adapter);
     protected abstract void UnmergeOne(string adapter);

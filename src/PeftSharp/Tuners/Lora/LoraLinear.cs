@@ -192,15 +192,16 @@ public sealed class LoraLinear : LoraLayer
         return FanInFanOut ? d.t().contiguous() : d;
     }
 
-    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm)
+    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null)
     {
         doraNorm = null;
-        var delta = B(adapter).matmul(A(adapter)) * ScalingOf(adapter);
-        var combined = WeightOI.to(delta.dtype) + delta;
+        var dt = dtype ?? A(adapter).dtype;
+        var delta = B(adapter).to(dt).matmul(A(adapter).to(dt)) * ScalingOf(adapter);
+        var combined = WeightOI.to(dt) + delta;
         if (Settings[adapter].UseDora)
         {
             doraNorm = linalg.norm(combined, dims: new long[] { 1 });
-            combined = (Magnitude(adapter)! / doraNorm).unsqueeze(1) * combined;
+            combined = (Magnitude(adapter)!.to(dt) / doraNorm).unsqueeze(1) * combined;
         }
         return FanInFanOut ? combined.t() : combined;
     }
