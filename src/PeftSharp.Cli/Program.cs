@@ -15,6 +15,8 @@ public static class Program
         root.Options.Add(Cli.VerboseOption);
         // One line per command.
         root.Subcommands.Add(InfoCommand.Create());
+        root.Subcommands.Add(MergeCommand.Create());
+        root.Subcommands.Add(InspectAdapterCommand.Create());
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

@@ -48,15 +48,19 @@ public abstract record PeftConfig
     public string ToJsonString() => ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
     /// <summary>Reads the common keys into a new config (used by each method's parser).</summary>
-    protected static T ReadCommon<T>(T config, ConfigReader r) where T : PeftConfig => config with
+    protected static T ReadCommon<T>(T config, ConfigReader r) where T : PeftConfig
     {
+        r.Accept("peft_type");
+        return config with
+        {
         TaskType = r.String("task_type"),
         BaseModelNameOrPath = r.String("base_model_name_or_path"),
         InferenceMode = r.Bool("inference_mode", false),
         Revision = r.String("revision"),
         PeftVersion = r.String("peft_version") ?? FormatVersion,
         AutoMapping = r.Node("auto_mapping"),
-    };
+        };
+    }
 
     /// <summary>Writes <c>adapter_config.json</c> in <paramref name="dir"/> as peft does (inference_mode true).</summary>
     public void Save(string dir)
