@@ -89,11 +89,4 @@ public static class ModuleSurgery
     }
 
     static IDictionary<string, nn.Module> Registry(nn.Module parent) => (IDictionary<string, nn.Module>)SubmodulesField.GetValue(parent)!;
-
-    /// <summary>Removes a registered child by name (containers whose entries come and go, such as per-adapter dicts).</summary>
-    internal static void RemoveChild(nn.Module parent, string name)
-    {
-        var registry = Registry(parent);
-        if (registry.ContainsKey(name)) registry.Remove(name);
-    }
 }

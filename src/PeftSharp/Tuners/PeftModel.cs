@@ -471,7 +471,4 @@ public sealed class PeftModel : nn.Module
     /// </summary>
     public void AddWeightedAdapter(IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType = "svd", int? svdRank = null) =>
         Lora.LoraWeighted.Add(this, adapters, weights, newName, combinationType, svdRank);
-
-    /// <summary>Adds an adapter with an already prepared config (used by combinations).</summary>
-    internal void AddPreparedAdapter(string adapterName, PeftConfig config) => AddAdapter(adapterName, config);
 }

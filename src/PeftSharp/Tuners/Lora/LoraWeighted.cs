@@ -61,7 +61,7 @@ public static class LoraWeighted
             LayersToTransform = null,
             LayersPattern = null,
         };
-        peft.AddPreparedAdapter(newName, config);
+        peft.AddAdapter(newName, config);
 
         using var _ = no_grad();
         foreach (var (name, layer) in peft.AdapterLayers())
