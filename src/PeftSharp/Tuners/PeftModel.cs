@@ -225,6 +225,8 @@ public sealed class PeftModel : nn.Module
             if (n != RowAdapters.Base && !_configs.ContainsKey(n))
                 throw new PeftSharpException($"adapter '{n}' in the per-row names does not exist (adapters: {string.Join(", ", _order)}, or {RowAdapters.Base})");
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
+        if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
+        if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
         using var rows = new RowAdapters(adapterNames, Model.Device);
         foreach (var l in layers) l.RowAdapters = rows;
         try { return Model.Forward(inputs); }

@@ -198,5 +198,7 @@ public class LoraUnitTests
             FixtureAssert.Close(mixed[i], single[i], mask[i], 1e-4, $"row {i} ({rows[i]})");
         }
         Assert.Throws<PeftSharpException>(() => peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }, new[] { "nope", "wide", "default" }));
+        peft.Merge();
+        Assert.Throws<PeftSharpException>(() => peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }, rows));
     }
 }
