@@ -21,6 +21,8 @@ public static class Program
         root.Subcommands.Add(ChatTemplateCommand.Create());
         root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(ForwardCommand.Create());
+        root.Subcommands.Add(MergeCommand.Create());
+        root.Subcommands.Add(InspectAdapterCommand.Create());
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
