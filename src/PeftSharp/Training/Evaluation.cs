@@ -1,5 +1,6 @@
 using PeftSharp.Models;
 using PeftSharp.Training.Data;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Training;
@@ -24,7 +25,7 @@ public static class Evaluation
                 using var batch = TrainBatch.Collate(chunk, target.PadTokenId, target.Device, !lm);
                 var logits = target.Model.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
                 var loss = lm ? Losses.CausalLM(logits, batch.Labels) : Losses.Classification(logits, batch.Labels);
-                double v = loss.item<double>();
+                double v = loss.ToDouble();
                 if (double.IsFinite(v) || !lm) weighted += v * chunk.Count;
                 if (!lm) correct += logits.argmax(-1).eq(batch.Labels).sum().item<long>();
                 rows += chunk.Count;

@@ -159,7 +159,7 @@ public sealed class Trainer : IDisposable
             using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
             var logits = _target.Model.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
             var l = lm ? Losses.CausalLM(logits, batch.Labels, numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
-            double v = l.item<double>();
+            double v = l.ToDouble();
             if (!double.IsFinite(v))
                 throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
                     "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
@@ -180,7 +180,7 @@ public sealed class Trainer : IDisposable
         var grads = parameters.Select(p => p.grad).Where(g => g is not null).Cast<Tensor>().ToList();
         if (grads.Count == 0) return 0;
         var total = stack(grads.Select(g => linalg.vector_norm(g, 2)).ToArray()).norm();
-        double value = total.item<double>();
+        double value = total.ToDouble();
         if (maxNorm > 0)
         {
             var coef = (maxNorm / (total + 1e-6)).clamp_max(1.0);
