@@ -16,6 +16,8 @@ public static class Program
         // One line per command.
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(TokenizeCommand.Create());
+        root.Subcommands.Add(DetokenizeCommand.Create());
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using PeftSharp.Inference;
 using PeftSharp.Models;
+using PeftSharp.Tokenization;
 
 namespace PeftSharp.Cli.Commands;
 
@@ -34,11 +35,15 @@ public static class GenerateCommand
             var text = pr.GetValue(prompt);
             var ids = pr.GetValue(inputIds);
             if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt and --input-ids");
-            if (text is not null) RejectTextPrompt(dir);
-            var rows = Cli.ParseIdRows(ids!, "--input-ids")
-                .Select(r => r.Select(v => v is >= 0 and <= int.MaxValue ? (int)v : throw new ArgumentException($"--input-ids: {v} is not a token id")).ToArray()).ToArray();
             var stops = pr.GetValue(stop) ?? Array.Empty<string>();
-            if (stops.Length > 0) throw new ArgumentException("--stop needs the model's tokenizer to turn ids into text; PeftSharp has no tokenizer support yet");
+            var tokenizer = File.Exists(Path.Combine(dir, "tokenizer.json")) ? HfTokenizer.FromFolder(dir) : null;
+            if (tokenizer is null && (text is not null || stops.Length > 0))
+                throw new PeftFormatException(Path.Combine(dir, "tokenizer.json"),
+                    $"{(text is not null ? "--prompt" : "--stop")} needs the model's tokenizer.json, which is missing; give token ids with --input-ids");
+            var rows = text is not null
+                ? new[] { tokenizer!.Encode(text).ToArray() }
+                : Cli.ParseIdRows(ids!, "--input-ids")
+                    .Select(r => r.Select(v => v is >= 0 and <= int.MaxValue ? (int)v : throw new ArgumentException($"--input-ids: {v} is not a token id")).ToArray()).ToArray();
             var eos = pr.GetValue(eosIds);
 
             var options = new GenerationOptions
@@ -52,12 +57,15 @@ public static class GenerateCommand
                 Seed = pr.GetValue(seed),
                 EosTokenIds = eos is { Length: > 0 } ? eos : null,
                 PadTokenId = pr.GetValue(padId),
+                StopStrings = stops,
+                Decode = tokenizer is null ? null : t => tokenizer.Decode(t, skipSpecialTokens: true),
             }.WithGenerationConfig(dir);
             options.Validate();
 
             using var m = AutoModel.FromPretrained(dir, Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
             bool json = pr.GetValue(Cli.JsonOption);
             Action<GeneratedToken>? stream = json ? null
+                : rows.Length == 1 && tokenizer is not null ? t => { o.Write(t.TextDelta); o.Flush(); }
                 : rows.Length == 1 ? t => { o.Write($"{t.TokenId} "); o.Flush(); }
                 : t => { o.WriteLine($"row {t.Row}: {t.TokenId}"); o.Flush(); };
             var result = new TextGenerator(m).Generate(rows, options, stream);
@@ -82,15 +90,6 @@ public static class GenerateCommand
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>Text prompts need a tokenizer; say which file is missing, or that tokenizer support is still to come.</summary>
-    static void RejectTextPrompt(string dir)
-    {
-        var path = Path.Combine(dir, "tokenizer.json");
-        if (!File.Exists(path))
-            throw new PeftFormatException(path, "--prompt needs the model's tokenizer.json, which is missing; give token ids with --input-ids");
-        throw new PeftSharpException("text prompts arrive with the tokenizer work; give token ids with --input-ids for now");
     }
 
     static string ReasonName(FinishReason r) => r switch

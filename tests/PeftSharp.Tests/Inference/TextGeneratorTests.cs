@@ -38,6 +38,7 @@ public class TextGeneratorTests
     [InlineData("llama-tiny-rope")]
     [InlineData("qwen2-tiny")]
     [InlineData("mistral-tiny")]
+    [InlineData("gpt2-tiny")]
     public void Greedy_ids_match_transformers_for_single_prompt_and_left_padded_batch(string name)
     {
         var fx = GreedyFixture.Load(name);
