@@ -1,0 +1,47 @@
+using System.Text;
+
+namespace PeftSharp.Training.Data;
+
+/// <summary>
+/// Turns a conversation into text. <see cref="Render"/> must render a conversation prefix as a string prefix of the
+/// longer conversation, so prompt and response segments can be cut apart and masked. Built-in text templates have no
+/// end-of-turn marker, so the encoder appends the tokenizer's eos after each response (<see cref="AppendEos"/>).
+/// </summary>
+public sealed class PromptTemplate
+{
+    public required string Name { get; init; }
+    /// <summary>(messages, addGenerationPrompt) → text.</summary>
+    public required Func<IReadOnlyList<ChatMessage>, bool, string> Render { get; init; }
+    public bool AppendEos { get; init; }
+
+    public static readonly IReadOnlyList<string> BuiltInNames = new[] { "empty", "alpaca", "default" };
+
+    public static PromptTemplate? BuiltIn(string name) => name.ToLowerInvariant() switch
+    {
+        "empty" or "plain" or "none" => Simple("empty", null, s => s + "\n", u => u + "\n", ""),
+        "alpaca" => Simple("alpaca", "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n",
+            s => s + "\n\n", u => $"### Instruction:\n{u}\n\n### Response:\n", ""),
+        "default" => Simple("default", null, s => $"System: {s}\n", u => $"Human: {u}\nAssistant:", "\n"),
+        _ => null,
+    };
+
+    /// <summary>A template in LLaMA-Factory's style: system/user wrappers, the assistant's content as is, then eos.</summary>
+    static PromptTemplate Simple(string name, string? defaultSystem, Func<string, string> system, Func<string, string> user, string afterAssistant) => new()
+    {
+        Name = name,
+        AppendEos = true,
+        Render = (messages, _) =>
+        {
+            var sb = new StringBuilder();
+            if (defaultSystem is not null && (messages.Count == 0 || messages[0].Role != "system")) sb.Append(defaultSystem);
+            foreach (var m in messages)
+                sb.Append(m.Role switch
+                {
+                    "system" => system(m.Content),
+                    "user" => user(m.Content),
+                    _ => m.Content + afterAssistant,
+                });
+            return sb.ToString();
+        },
+    };
+}
