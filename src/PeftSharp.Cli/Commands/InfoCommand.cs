@@ -1,5 +1,6 @@
 using System.CommandLine;
 using PeftSharp.Models;
+using PeftSharp.Quantization;
 
 namespace PeftSharp.Cli.Commands;
 
@@ -15,9 +16,13 @@ public static class InfoCommand
             var dir = pr.GetValue(model)!;
             var config = AutoModel.LoadConfig(dir);
             using var m = AutoModel.FromPretrained(dir);
-            long parameters = m.ParameterCount();
+            // 4-bit layers keep their weight as packed buffers: count their logical size and stored bytes.
+            var quantized = QuantizedModelLoader.QuantizedLayers(m).ToList();
+            long parameters = m.ParameterCount() + quantized.Sum(l => l.Layer.QuantState.NumElements);
             var storedDType = config.DType ?? config.TorchDType ?? "float32";
-            long bytes = m.parameters().Sum(p => p.numel() * p.element_size());
+            long bytes = m.state_dict().Values.Sum(t => t.numel() * t.element_size());
+            var q = QuantizedModelLoader.StoredConfig(config);
+            var quantization = q is null ? null : $"bitsandbytes 4-bit {q.Bnb4bitQuantType}{(q.Bnb4bitUseDoubleQuant ? " + double quant" : "")}, {quantized.Count} linear layers, compute {q.Bnb4bitComputeDType ?? "float32"}";
             var info = new
             {
                 Model = dir,
@@ -30,6 +35,7 @@ public static class InfoCommand
                 StoredDtype = storedDType,
                 LoadedDtype = m.DType.ToString(),
                 MemoryBytes = bytes,
+                Quantization = quantization,
             };
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, info);
             else
@@ -40,6 +46,7 @@ public static class InfoCommand
                 o.WriteLine($"layers        {info.Layers}, hidden {info.HiddenSize}, vocab {info.VocabSize}");
                 o.WriteLine($"dtype         stored {storedDType}, loaded {info.LoadedDtype}");
                 o.WriteLine($"memory        {bytes / 1048576.0:F1} MiB of weights");
+                if (quantization is not null) o.WriteLine($"quantization  {quantization}");
             }
             return 0;
         });

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PeftSharp.IO;
+using PeftSharp.Quantization;
 using PeftSharp.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -65,14 +66,23 @@ public static class AutoModel
         return model;
     }
 
-    /// <summary>Loads a model folder. Weights are cast to <paramref name="dtype"/> and placed on <paramref name="device"/>.</summary>
-    public static PreTrainedModel FromPretrained(string dir, Device? device = null, ScalarType dtype = ScalarType.Float32)
+    /// <summary>
+    /// Loads a model folder. Weights are cast to <paramref name="dtype"/> and placed on <paramref name="device"/>.
+    /// A folder saved 4-bit (config.json has a bitsandbytes <c>quantization_config</c>) loads as 4-bit; otherwise
+    /// <paramref name="quantization"/> quantizes the linear layers on load, as transformers' <c>quantization_config=</c>.
+    /// </summary>
+    public static PreTrainedModel FromPretrained(string dir, Device? device = null, ScalarType dtype = ScalarType.Float32, BitsAndBytesConfig? quantization = null)
     {
         TorchRuntime.EnsureInitialized();
         var config = LoadConfig(dir);
+        var stored = QuantizedModelLoader.StoredConfig(config, Path.Combine(dir, "config.json"));
         var model = FromConfig(config, device, dtype);
         using (var checkpoint = Checkpoint.Open(dir))
+        {
+            if (stored is not null) QuantizedModelLoader.PrepareForCheckpoint(model, checkpoint, stored);
             WeightLoader.Load(model, checkpoint);
+        }
+        if (stored is null && quantization is not null) QuantizedModelLoader.Quantize(model, quantization);
         TorchRuntime.TrimMemory();
         return model;
     }
