@@ -153,6 +153,7 @@ public sealed class Trainer : IDisposable
         var micro = MicroBatches(step);
         // Trainer 4.57: one token count over the whole accumulated batch; each micro loss is sum / count.
         long? numItems = lm ? micro.Sum(b => (long)b.Sum(e => e.LabelTokens)) : null;
+        if (numItems == 0) throw new PeftSharpException($"step {step + 1}: no row in the batch has a label token (all labels are -100)");
         double loss = 0; long tokens = 0;
         foreach (var rows in micro)
         {

@@ -29,6 +29,13 @@ public static class DatasetBuilder
         var records = DatasetReader.Read(path);
         var format = options.Format ?? DatasetFormats.Detect(records[0]);
         var rows = records.Select(r => Encode(r, format, tokenizer, options)).ToList();
+        if (format != DatasetFormat.Classification)
+        {
+            // A row whose response was cut off by cutoff_len has nothing to learn from (and a 0/0 loss alone).
+            rows = rows.Where(r => r.Labels is null || r.Labels.Skip(1).Any(l => l != (int)Losses.IgnoreIndex)).ToList();
+            if (rows.Count == 0)
+                throw new PeftFormatException(path, $"no row has a label token left after truncation to cutoff_len {options.CutoffLen}; raise cutoff_len or shorten the prompts");
+        }
         var (train, eval) = Split(rows, options.ValSize, options.Seed);
         if (options.Packing && format != DatasetFormat.Classification) train = Pack(train, options.CutoffLen);
         return (train, eval);
@@ -67,7 +74,7 @@ public static class DatasetBuilder
         {
             foreach (var t in tokens) { ids.Add(t); labels.Add(train ? t : (int)Losses.IgnoreIndex); }
         }
-        if (tok.AddBosToken && tok.BosTokenId is int bos) Add(new[] { bos }, o.TrainOnPrompt);
+        if (template.AddBos && tok.AddBosToken && tok.BosTokenId is int bos) Add(new[] { bos }, o.TrainOnPrompt);
         string done = "";
         for (int i = 0; i < messages.Count; i++)
         {

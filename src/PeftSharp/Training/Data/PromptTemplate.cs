@@ -1,4 +1,7 @@
 using System.Text;
+using System.Text.Json.Nodes;
+using PeftSharp.Tokenization;
+using PeftSharp.Tokenization.ChatTemplates;
 
 namespace PeftSharp.Training.Data;
 
@@ -13,6 +16,36 @@ public sealed class PromptTemplate
     /// <summary>(messages, addGenerationPrompt) → text.</summary>
     public required Func<IReadOnlyList<ChatMessage>, bool, string> Render { get; init; }
     public bool AppendEos { get; init; }
+    /// <summary>Prepend the tokenizer's bos (when it adds one); chat templates write their own special tokens.</summary>
+    public bool AddBos { get; init; } = true;
+
+    /// <summary>
+    /// LLaMA-Factory's <c>template</c> key: empty, alpaca or default (built-in text templates), chatml, llama3 or
+    /// llama2 (built-in chat templates), or auto/null: the model folder's own chat template, else empty.
+    /// </summary>
+    public static PromptTemplate Resolve(string? name, string? modelDir, HfTokenizer? tokenizer)
+    {
+        if (name is null or "auto" or "chat")
+        {
+            var own = modelDir is null ? null : ChatTemplate.FromFolder(modelDir);
+            if (own is not null) return FromChat("chat", own, tokenizer);
+            if (name == "chat") throw new PeftConfigException($"template 'chat': the model folder '{modelDir}' has no chat template");
+            return BuiltIn("empty")!;
+        }
+        if (BuiltIn(name) is { } builtIn) return builtIn;
+        if (ChatTemplate.BuiltInNames.Contains(name.ToLowerInvariant())) return FromChat(name, ChatTemplate.BuiltIn(name), tokenizer);
+        throw new PeftConfigException($"template '{name}' is not known (supported: auto, chat, {string.Join(", ", BuiltInNames.Concat(ChatTemplate.BuiltInNames).Distinct())})");
+    }
+
+    /// <summary>A Jinja chat template rendered with the tokenizer's bos/eos strings, as apply_chat_template does.</summary>
+    public static PromptTemplate FromChat(string name, ChatTemplate template, HfTokenizer? tokenizer) => new()
+    {
+        Name = name,
+        AddBos = false,
+        Render = (messages, gen) => template.Render(
+            new JsonArray(messages.Select(m => (JsonNode)new JsonObject { ["role"] = m.Role, ["content"] = m.Content }).ToArray()),
+            gen, tokenizer?.BosToken, tokenizer?.EosToken),
+    };
 
     public static readonly IReadOnlyList<string> BuiltInNames = new[] { "empty", "alpaca", "default" };
 
