@@ -27,7 +27,7 @@ public sealed class TrainSetup : IDisposable
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model) : AdapterTargets.Lora(model, c, modelDir);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
-            target = new TrainingTarget { Root = target.Root, Model = target.Model, Save = target.Save, Task = target.Task, PadTokenId = pad };
+            target = target with { PadTokenId = pad };
             return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir };
         }
         catch { model.Dispose(); throw; }

@@ -64,6 +64,8 @@ public sealed class Trainer : IDisposable
     public event Action<StepRecord>? StepCompleted;
     /// <summary>Raised for each entry written to trainer_log.jsonl (training logs every logging_steps, evaluations).</summary>
     public event Action<JsonObject>? Logged;
+    /// <summary>Raised after backward of each optimizer step (1-based), before clipping: the gradients are the raw ones.</summary>
+    public event Action<int>? GradientsComputed;
     /// <summary>Raised after a checkpoint folder is complete.</summary>
     public event Action<string>? CheckpointSaved;
 
@@ -167,6 +169,7 @@ public sealed class Trainer : IDisposable
             l.backward();
             loss += v; tokens += batch.Tokens;
         }
+        GradientsComputed?.Invoke(step + 1);
         double norm = ClipGradNorm(trainable, _args.MaxGradNorm);
         if (!double.IsFinite(norm))
             throw new PeftSharpException($"step {step + 1}: the gradient norm is {norm} (loss {loss:G6}); stopped before applying the update. Lower learning_rate or check the data.");

@@ -11,7 +11,7 @@ public enum TrainingTask { CausalLM, SequenceClassification }
 /// (a PeftModel, or the model itself for full fine-tuning), the model that runs the forward, and how to write the
 /// deliverable (an adapter folder or a HF model folder).
 /// </summary>
-public sealed class TrainingTarget
+public sealed record TrainingTarget
 {
     public required nn.Module Root { get; init; }
     public required PreTrainedModel Model { get; init; }

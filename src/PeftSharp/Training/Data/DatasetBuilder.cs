@@ -29,7 +29,7 @@ public static class DatasetBuilder
         var records = DatasetReader.Read(path);
         var format = options.Format ?? DatasetFormats.Detect(records[0]);
         var rows = records.Select(r => Encode(r, format, tokenizer, options)).ToList();
-        if (format != DatasetFormat.Classification)
+        if (format != DatasetFormat.Classification && rows.All(r => r.ClassLabel is null))
         {
             // A row whose response was cut off by cutoff_len has nothing to learn from (and a 0/0 loss alone).
             rows = rows.Where(r => r.Labels is null || r.Labels.Skip(1).Any(l => l != (int)Losses.IgnoreIndex)).ToList();
@@ -37,7 +37,7 @@ public static class DatasetBuilder
                 throw new PeftFormatException(path, $"no row has a label token left after truncation to cutoff_len {options.CutoffLen}; raise cutoff_len or shorten the prompts");
         }
         var (train, eval) = Split(rows, options.ValSize, options.Seed);
-        if (options.Packing && format != DatasetFormat.Classification) train = Pack(train, options.CutoffLen);
+        if (options.Packing && rows.All(r => r.ClassLabel is null)) train = Pack(train, options.CutoffLen);
         return (train, eval);
     }
 
@@ -115,7 +115,9 @@ public static class DatasetBuilder
         if (mask is not null && mask.Length != ids.Length) throw r.Error($"'attention_mask' has {mask.Length} entries but 'input_ids' has {ids.Length}");
         if (labels is not null && labels.Length != ids.Length) throw r.Error($"'labels' has {labels.Length} entries but 'input_ids' has {ids.Length}");
         int n = Math.Min(ids.Length, cutoff);
-        return new TrainExample { InputIds = ids[..n], AttentionMask = mask?[..n], Labels = labels?[..n] };
+        // A scalar "label" makes it a classification row (labels per token are for language modelling).
+        int? classLabel = r.Json["label"] is JsonValue ? ClassLabel(r, null) : null;
+        return new TrainExample { InputIds = ids[..n], AttentionMask = mask?[..n], Labels = labels?[..n], ClassLabel = classLabel };
     }
 
     static int ClassLabel(DatasetRecord r, IReadOnlyDictionary<string, int>? map)

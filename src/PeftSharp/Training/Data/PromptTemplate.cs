@@ -51,7 +51,7 @@ public sealed class PromptTemplate
 
     public static PromptTemplate? BuiltIn(string name) => name.ToLowerInvariant() switch
     {
-        "empty" or "plain" or "none" => Simple("empty", null, s => s + "\n", u => u + "\n", ""),
+        "empty" or "plain" or "none" => Simple("empty", null, s => s, u => u, ""),
         "alpaca" => Simple("alpaca", "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n",
             s => s + "\n\n", u => $"### Instruction:\n{u}\n\n### Response:\n", ""),
         "default" => Simple("default", null, s => $"System: {s}\n", u => $"Human: {u}\nAssistant:", "\n"),
