@@ -17,6 +17,19 @@ public static class Cli
     public static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
     public static Option<string> DTypeOption() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
 
+    public static Option<string?> TemplateOption() => new("--template") { Description = "A named template of the folder, or a built-in one: chatml, llama3, llama2, alpaca" };
+
+    public static System.Text.Json.Nodes.JsonObject? ParseJsonObject(string? text, string option)
+    {
+        if (text is null) return null;
+        try
+        {
+            return System.Text.Json.Nodes.JsonNode.Parse(text) as System.Text.Json.Nodes.JsonObject
+                ?? throw new ArgumentException($"{option} must be a JSON object");
+        }
+        catch (JsonException e) { throw new ArgumentException($"{option} is not valid JSON: {e.Message}"); }
+    }
+
     public static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = false,
@@ -49,8 +62,12 @@ public static class Cli
 
     public static Device ParseDevice(string s)
     {
-        try { return torch.device(s); }
+        Device d;
+        try { d = torch.device(s); }
         catch (Exception) { throw new ArgumentException($"--device '{s}' is not a device (expected cpu, cuda or cuda:N)"); }
+        if (d.type == DeviceType.CUDA && !torch.cuda.is_available())
+            throw new ArgumentException($"--device '{s}': CUDA is not available (this build uses TorchSharp-cpu, or no GPU/driver is present; reference TorchSharp-cuda-linux for GPUs)");
+        return d;
     }
 
     public static ScalarType ParseDType(string s) => s.ToLowerInvariant() switch

@@ -18,7 +18,11 @@ public static class Program
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(DetokenizeCommand.Create());
+        root.Subcommands.Add(ChatTemplateCommand.Create());
         root.Subcommands.Add(QuantizeCommand.Create());
+        root.Subcommands.Add(ForwardCommand.Create());
+        root.Subcommands.Add(MergeCommand.Create());
+        root.Subcommands.Add(InspectAdapterCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(QuickstartCommand.Create());
@@ -26,8 +30,7 @@ public static class Program
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            foreach (var e in parsed.Errors) stderr.WriteLine($"error: {e.Message}");
-            stderr.WriteLine("Run 'peft --help' (or 'peft COMMAND --help') for usage.");
+            stderr.WriteLine($"error: {string.Join("; ", parsed.Errors.Select(e => e.Message))} (see 'peft --help')");
             return 2;
         }
         return parsed.Invoke(config);

@@ -2,6 +2,7 @@ using System.CommandLine;
 using PeftSharp.Inference;
 using PeftSharp.Models;
 using PeftSharp.Tokenization;
+using PeftSharp.Tokenization.ChatTemplates;
 
 namespace PeftSharp.Cli.Commands;
 
@@ -12,6 +13,10 @@ public static class GenerateCommand
     {
         var model = Cli.ModelOption();
         var prompt = new Option<string?>("--prompt") { Description = "Text prompt (needs the model's tokenizer)" };
+        var chat = new Option<bool>("--chat") { Description = "Send --prompt as a user message through the chat template" };
+        var system = new Option<string?>("--system") { Description = "System message for --chat" };
+        var extra = new Option<string?>("--extra") { Description = "JSON object of extra chat-template variables" };
+        var template = Cli.TemplateOption();
         var inputIds = new Option<string?>("--input-ids") { Description = "Prompt token ids: \"1 2 3\", rows separated by ';' (shorter rows are left-padded)" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per row", DefaultValueFactory = _ => 20 };
         var doSample = new Option<bool>("--do-sample") { Description = "Sample instead of greedy decoding" };
@@ -27,7 +32,7 @@ public static class GenerateCommand
         var dtype = Cli.DTypeOption();
         var cmd = new Command("generate", "Generate tokens with a causal LM (greedy or sampled, KV-cached)")
         {
-            model, prompt, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, device, dtype,
+            model, prompt, chat, system, extra, template, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, device, dtype,
         };
         cmd.SetHandler((pr, o) =>
         {
@@ -40,8 +45,11 @@ public static class GenerateCommand
             if (tokenizer is null && (text is not null || stops.Length > 0))
                 throw new PeftFormatException(Path.Combine(dir, "tokenizer.json"),
                     $"{(text is not null ? "--prompt" : "--stop")} needs the model's tokenizer.json, which is missing; give token ids with --input-ids");
+            if (pr.GetValue(chat) && text is null) throw new ArgumentException("--chat needs --prompt");
             var rows = text is not null
-                ? new[] { tokenizer!.Encode(text).ToArray() }
+                ? new[] { (pr.GetValue(chat)
+                    ? ChatPrompt.Encode(tokenizer!, Conversation(pr.GetValue(system), text), true, Cli.ParseJsonObject(pr.GetValue(extra), "--extra"), pr.GetValue(template))
+                    : tokenizer!.Encode(text)).ToArray() }
                 : Cli.ParseIdRows(ids!, "--input-ids")
                     .Select(r => r.Select(v => v is >= 0 and <= int.MaxValue ? (int)v : throw new ArgumentException($"--input-ids: {v} is not a token id")).ToArray()).ToArray();
             var eos = pr.GetValue(eosIds);
@@ -90,6 +98,14 @@ public static class GenerateCommand
             return 0;
         });
         return cmd;
+    }
+
+    static System.Text.Json.Nodes.JsonArray Conversation(string? system, string user)
+    {
+        var list = new System.Text.Json.Nodes.JsonArray();
+        if (system is not null) list.Add(new System.Text.Json.Nodes.JsonObject { ["role"] = "system", ["content"] = system });
+        list.Add(new System.Text.Json.Nodes.JsonObject { ["role"] = "user", ["content"] = user });
+        return list;
     }
 
     static string ReasonName(FinishReason r) => r switch

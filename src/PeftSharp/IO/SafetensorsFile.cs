@@ -72,6 +72,8 @@ public sealed class SafetensorsFile : IDisposable
 
     static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLen)
     {
+        // JsonDocument decodes strings lazily, so invalid UTF-8 inside a name would surface later as InvalidOperationException.
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw new PeftFormatException(path, "header is not valid UTF-8");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
         catch (JsonException e) { throw new PeftFormatException(path, $"header is not valid JSON ({e.Message})"); }
@@ -93,7 +95,9 @@ public sealed class SafetensorsFile : IDisposable
                 }
                 continue;
             }
-            entries[prop.Name] = ParseEntry(path, prop.Name, prop.Value, dataLen);
+            // JSON allows repeated keys; a second entry would silently shadow the first.
+            if (!entries.TryAdd(prop.Name, ParseEntry(path, prop.Name, prop.Value, dataLen)))
+                throw new PeftFormatException(path, $"tensor '{prop.Name}' appears twice in the header");
         }
 
         SafetensorsEntry? prev = null;
@@ -128,7 +132,8 @@ public sealed class SafetensorsFile : IDisposable
         if (!v.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
             throw new PeftFormatException(path, Where("data_offsets must be an array [begin, end]"));
         var o = off.EnumerateArray().ToArray();
-        if (!o[0].TryGetInt64(out var begin) || !o[1].TryGetInt64(out var end))
+        // TryGetInt64 throws (not returns false) on a non-number, so check the kind first.
+        if (o.Any(x => x.ValueKind != JsonValueKind.Number) || !o[0].TryGetInt64(out var begin) || !o[1].TryGetInt64(out var end))
             throw new PeftFormatException(path, Where("data_offsets must be integers"));
         if (begin < 0 || end < begin || end > dataLen)
             throw new PeftFormatException(path, Where($"data_offsets [{begin}, {end}] out of range of the {dataLen}-byte data section"));

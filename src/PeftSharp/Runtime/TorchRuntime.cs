@@ -70,8 +70,12 @@ public static class TorchRuntime
 
     static void CheckLibStdCxx()
     {
-        if (!OperatingSystem.IsLinux()) return;
-        var lib = FindLibStdCxx();
+        if (OperatingSystem.IsLinux()) CheckLibStdCxx(FindLibStdCxx());
+    }
+
+    /// <summary>Throws when <paramref name="lib"/> lacks the symbol; separate from the lookup so tests can pass any file.</summary>
+    internal static void CheckLibStdCxx(string? lib)
+    {
         if (lib is null) return; // a static or unusual toolchain: let the native load decide
         if (!FileContains(lib, RequiredGlibcxx))
             throw new PeftPlatformException(

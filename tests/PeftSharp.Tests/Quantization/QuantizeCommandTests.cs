@@ -4,12 +4,7 @@ namespace PeftSharp.Tests.Quantization;
 
 public class QuantizeCommandTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter(); var e = new StringWriter();
-        int code = PeftSharp.Cli.Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => PeftSharp.Tests.Cli.CliRunner.Run(args);
 
     [Fact]
     public void Quantize_writes_the_bitsandbytes_checkpoint_and_info_reports_it()

@@ -1,0 +1,106 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Tuners;
+
+/// <summary>
+/// A module wrapper that holds a frozen original (<see cref="BaseLayer"/>) plus per-adapter tensors (peft's
+/// BaseTunerLayer and auxiliary wrappers). <see cref="PeftModel"/> drives every method through this interface.
+/// </summary>
+public interface IAdapterLayer
+{
+    nn.Module BaseLayer { get; }
+
+    /// <summary>Adapters this layer holds, in insertion order.</summary>
+    IReadOnlyList<string> Adapters { get; }
+
+    IReadOnlyList<string> ActiveAdapters { get; }
+
+    /// <summary>Activates the given adapters (those this layer lacks are ignored).</summary>
+    void SetActiveAdapters(IReadOnlyList<string> names);
+
+    /// <summary>When true the layer computes its base module only (peft's disable_adapter).</summary>
+    bool AdaptersDisabled { get; set; }
+
+    /// <summary>Per-row adapter assignment for the next forwards (mixed batches), or null.</summary>
+    RowAdapters? RowAdapters { get; set; }
+
+    IReadOnlyList<string> MergedAdapters { get; }
+
+    /// <summary>Folds the given adapters into the base weights (in place).</summary>
+    void Merge(IEnumerable<string> names);
+
+    /// <summary>Undoes every merge, in reverse order.</summary>
+    void Unmerge();
+
+    void DeleteAdapter(string name);
+
+    /// <summary>Turns gradients on or off for one adapter's tensors.</summary>
+    void SetTrainable(string name, bool trainable);
+
+    /// <summary>
+    /// One adapter's tensors under their checkpoint names relative to this module (adapter name removed, e.g.
+    /// "lora_A.weight", "lora_magnitude_vector", or "weight" for a modules_to_save copy).
+    /// </summary>
+    IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter);
+
+    /// <summary>Copies a checkpoint tensor into the adapter's tensor at <paramref name="key"/>; false if the key is not one of its own.</summary>
+    bool LoadAdapterState(string adapter, string key, Tensor value);
+
+    /// <summary>The module that replaces this wrapper when adapters are unloaded (merge_and_unload / unload).</summary>
+    nn.Module Unwrapped { get; }
+}
+
+/// <summary>
+/// Which adapter each row of a batch uses (peft's adapter_names): a name or <see cref="Base"/>. The row index
+/// tensors are built once per forward and shared by every layer.
+/// </summary>
+public sealed class RowAdapters : IDisposable
+{
+    public const string Base = "__base__";
+
+    public IReadOnlyList<string> PerRow { get; }
+    /// <summary>Distinct names in first-seen order (including <see cref="Base"/> if present).</summary>
+    public IReadOnlyList<string> Distinct { get; }
+    readonly Dictionary<string, Tensor> _rows = new();
+    readonly Device _device;
+
+    public RowAdapters(IReadOnlyList<string> perRow, Device device)
+    {
+        PerRow = perRow;
+        Distinct = perRow.Distinct().ToList();
+        _device = device;
+    }
+
+    /// <summary>Row indices (int64) of the rows that use <paramref name="name"/>.</summary>
+    public Tensor Rows(string name)
+    {
+        if (!_rows.TryGetValue(name, out var t))
+        {
+            var idx = PerRow.Select((n, i) => (n, i)).Where(p => p.n == name).Select(p => (long)p.i).ToArray();
+            _rows[name] = t = tensor(idx, device: _device).DetachFromDisposeScope();
+        }
+        return t;
+    }
+
+    /// <summary>For each row, the position of its adapter in <paramref name="slots"/>, or slots.Count when the row uses none of them.</summary>
+    public Tensor SlotPerRow(IReadOnlyList<string> slots)
+    {
+        var idx = PerRow.Select(n => { int k = IndexOf(slots, n); return (long)(k < 0 ? slots.Count : k); }).ToArray();
+        return tensor(idx, device: _device);
+    }
+
+    static int IndexOf(IReadOnlyList<string> list, string n)
+    {
+        for (int i = 0; i < list.Count; i++) if (list[i] == n) return i;
+        return -1;
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _rows.Values) t.Dispose();
+        _rows.Clear();
+    }
+}

@@ -1,0 +1,88 @@
+using System.Globalization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Tuners;
+
+/// <summary>One adapted module in a parameter report.</summary>
+/// <param name="Module">Module path relative to the model.</param>
+/// <param name="Kind">"lora", "dora" or "modules_to_save".</param>
+/// <param name="WeightElements">Elements of the module's weight(s) (what a merge may touch).</param>
+/// <param name="ChangedElements">Elements whose merged value differs from the base value (W' != W, in the weight's dtype).</param>
+/// <param name="AdapterElements">Elements of this adapter's own tensors in the module.</param>
+/// <param name="R">Configured rank (0 for modules_to_save).</param>
+/// <param name="DeltaRank">Matrix rank of ΔW = W' − W (−1 for modules_to_save).</param>
+public sealed record ModuleDelta(string Module, string Kind, long[] WeightShape, long WeightElements, long ChangedElements, long AdapterElements, int R, long DeltaRank);
+
+/// <summary>
+/// Three explicit counts that papers mix up, plus HF's numbers: trainable parameters, parameters of the merged model
+/// that differ from the base, and the rank of each ΔW.
+/// </summary>
+public sealed record AdapterParameterReport(
+    string Adapter,
+    long TrainableParameters,
+    long AllParameters,
+    long AdapterParameters,
+    long MergedChangedParameters,
+    long TargetedWeightParameters,
+    IReadOnlyList<ModuleDelta> Modules)
+{
+    /// <summary>HF's print_trainable_parameters line for the same counts.</summary>
+    public string HfLine => ParameterAccounting.FormatTrainable(TrainableParameters, AllParameters);
+}
+
+public static class ParameterAccounting
+{
+    /// <summary>"trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330" (Python's {:,} and {:.4f}).</summary>
+    public static string FormatTrainable(long trainable, long all) =>
+        string.Create(CultureInfo.InvariantCulture, $"trainable params: {trainable:N0} || all params: {all:N0} || trainable%: {(all == 0 ? 0 : 100.0 * trainable / all):F4}");
+
+    /// <summary>Builds the report for one adapter without changing the model (ΔW is computed, not merged).</summary>
+    public static AdapterParameterReport Report(PeftModel peft, string adapter)
+    {
+        if (!peft.Configs.ContainsKey(adapter)) throw new PeftSharpException($"adapter '{adapter}' does not exist");
+        var (trainable, all) = peft.TrainableParameterCounts();
+        var modules = new List<ModuleDelta>();
+        using (no_grad())
+        {
+            foreach (var (name, layer) in peft.AdapterLayers())
+            {
+                if (!layer.Adapters.Contains(adapter)) continue;
+                using var scope = NewDisposeScope();
+                long own = layer.AdapterState(adapter).Sum(t => t.Value.numel());
+                switch (layer)
+                {
+                    case Lora.LoraLayer lora:
+                    {
+                        var w = lora.BaseWeight;
+                        var merged = lora.MergedWeight(adapter);
+                        var changed = merged.to(w.dtype).ne(w).sum().item<long>();
+                        // The rank is taken from W' − W computed in float64, so float32 rounding does not fill it up.
+                        var delta = lora.MergedWeight(adapter, ScalarType.Float64) - w.to(ScalarType.Float64);
+                        long rank = linalg.matrix_rank(delta).item<long>();
+                        var s = lora.SettingsOf(adapter);
+                        modules.Add(new ModuleDelta(name, s.UseDora ? "dora" : "lora", w.shape, w.numel(), changed, own, s.R, rank));
+                        break;
+                    }
+                    case ModulesToSaveWrapper wrapper:
+                    {
+                        var original = wrapper.BaseLayer.state_dict();
+                        long changed = 0, elements = 0;
+                        foreach (var (k, v) in wrapper.AdapterState(adapter))
+                        {
+                            elements += v.numel();
+                            if (original.TryGetValue(k, out var o)) changed += v.ne(o).sum().item<long>();
+                        }
+                        var shape = original.TryGetValue("weight", out var ow) ? ow.shape : Array.Empty<long>();
+                        modules.Add(new ModuleDelta(name, "modules_to_save", shape, elements, changed, own, 0, -1));
+                        break;
+                    }
+                }
+            }
+        }
+        return new AdapterParameterReport(adapter, trainable, all,
+            modules.Sum(m => m.AdapterElements), modules.Sum(m => m.ChangedElements), modules.Sum(m => m.WeightElements), modules);
+    }
+}

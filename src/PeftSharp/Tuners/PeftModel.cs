@@ -1,0 +1,476 @@
+using PeftSharp.IO;
+using PeftSharp.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Tuners;
+
+/// <summary>peft's tuner model (LoraModel, ...): holds the user model under the name <c>model</c>.</summary>
+public sealed class TunerModel : nn.Module
+{
+    internal readonly PreTrainedModel model;
+
+    public TunerModel(PreTrainedModel model) : base(nameof(TunerModel))
+    {
+        this.model = model;
+        RegisterComponents();
+    }
+}
+
+/// <summary>
+/// A model with named adapters, the equivalent of HF peft's <c>PeftModel</c> (one type for every method).
+/// Parameter names follow peft: <c>base_model.model.&lt;module path&gt;...</c>. The wrapped model is changed in
+/// place (its targeted modules are replaced by adapter wrappers), so <see cref="Model"/>'s own forward runs the adapters.
+/// </summary>
+/// <remarks>
+/// HF equivalents: Create = get_peft_model, FromPretrained = PeftModel.from_pretrained, LoadAdapter = load_adapter,
+/// AddAdapter = add_adapter, SetAdapter = set_adapter, DeleteAdapter = delete_adapter, DisableAdapters = disable_adapter(),
+/// Merge/Unmerge = merge_adapter/unmerge_adapter, MergeAndUnload = merge_and_unload, Unload = unload,
+/// AddWeightedAdapter = add_weighted_adapter, SaveAdapter = save_pretrained, Forward(inputs, adapterNames) =
+/// forward(..., adapter_names=...), PrintTrainableParameters = print_trainable_parameters.
+/// </remarks>
+public sealed class PeftModel : nn.Module
+{
+    readonly TunerModel base_model;
+    readonly List<string> _order = new();
+    readonly Dictionary<string, PeftConfig> _configs = new();
+    bool _unloaded;
+
+    PeftModel(PreTrainedModel model) : base(nameof(PeftModel))
+    {
+        base_model = new TunerModel(model);
+        RegisterComponents();
+    }
+
+    /// <summary>The user model (with adapter wrappers in place).</summary>
+    public PreTrainedModel Model => _unloaded ? throw new PeftSharpException("this PeftModel was unloaded; use the model MergeAndUnload/Unload returned") : base_model.model;
+
+    /// <summary>Filled into base_model_name_or_path on save when the config has none (peft uses the model's name_or_path).</summary>
+    public string? BaseModelPath { get; set; }
+
+    public string ActiveAdapter { get; private set; } = "default";
+    public IReadOnlyList<string> Adapters => _order;
+    public IReadOnlyDictionary<string, PeftConfig> Configs => _configs;
+    public PeftConfig ActiveConfig => _configs[ActiveAdapter];
+
+    /// <summary>Every adapter wrapper with its module path relative to <see cref="Model"/>.</summary>
+    public IEnumerable<(string Name, IAdapterLayer Layer)> AdapterLayers() =>
+        Model.named_modules().Where(m => m.module is IAdapterLayer).Select(m => (m.name, (IAdapterLayer)m.module));
+
+    // ---- creation and loading ----
+
+    /// <summary>get_peft_model: freezes the model and adds a trainable adapter (inactive adapters are added by <see cref="AddAdapter"/>).</summary>
+    public static PeftModel Create(PreTrainedModel model, PeftConfig config, string adapterName = "default")
+    {
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        var peft = new PeftModel(model) { BaseModelPath = config.BaseModelNameOrPath };
+        peft.Inject(adapterName, config);
+        peft.ActiveAdapter = adapterName;
+        peft.ApplyActive();
+        peft.ApplyBiasTrainability(adapterName);
+        return peft;
+    }
+
+    /// <summary>PeftModel.from_pretrained: loads an adapter folder onto <paramref name="model"/>; frozen and in eval mode unless trainable.</summary>
+    public static PeftModel FromPretrained(PreTrainedModel model, string adapterDir, string adapterName = "default", bool isTrainable = false)
+    {
+        var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
+        var peft = Create(model, config, adapterName);
+        peft.LoadWeights(adapterDir, adapterName);
+        if (!isTrainable) peft.eval();
+        return peft;
+    }
+
+    /// <summary>Loads several adapter folders (the first becomes active), e.g. for mixed-adapter batches.</summary>
+    public static PeftModel LoadWithAdapters(PreTrainedModel model, IEnumerable<(string Name, string Dir)> adapters)
+    {
+        var list = adapters.ToList();
+        if (list.Count == 0) throw new PeftSharpException("LoadWithAdapters needs at least one adapter");
+        var peft = FromPretrained(model, list[0].Dir, list[0].Name);
+        foreach (var (name, dir) in list.Skip(1)) peft.LoadAdapter(dir, name);
+        return peft;
+    }
+
+    /// <summary>add_adapter: injects a new, inactive and frozen adapter of the same method.</summary>
+    public void AddAdapter(string adapterName, PeftConfig config)
+    {
+        if (_configs.Count > 0 && config.PeftType != _configs[_order[0]].PeftType)
+            throw new PeftConfigException($"adapter '{adapterName}' is {config.PeftType} but this model holds {_configs[_order[0]].PeftType} adapters; one method per PeftModel");
+        Inject(adapterName, config, trainable: false);
+        ApplyActive();
+    }
+
+    /// <summary>load_adapter: adds an adapter from a folder under <paramref name="adapterName"/> (not activated).</summary>
+    public void LoadAdapter(string adapterDir, string adapterName, bool isTrainable = false)
+    {
+        var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
+        AddAdapter(adapterName, config);
+        LoadWeights(adapterDir, adapterName);
+        if (!isTrainable) eval();
+    }
+
+    void Inject(string adapterName, PeftConfig config, bool trainable = true)
+    {
+        if (_configs.ContainsKey(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' already exists (adapters: {string.Join(", ", _order)})");
+        if (adapterName.Length == 0 || adapterName.Contains('.')) throw new PeftSharpException($"adapter name '{adapterName}' must be non-empty and contain no '.'");
+        var method = PeftMethods.For(config);
+        var prepared = method.Prepare(Model, config);
+        try
+        {
+            method.Inject(Model, prepared, adapterName);
+        }
+        catch
+        {
+            foreach (var (_, layer) in AdapterLayers().ToList()) layer.DeleteAdapter(adapterName);
+            throw;
+        }
+        _configs[adapterName] = prepared;
+        _order.Add(adapterName);
+        foreach (var (_, layer) in AdapterLayers()) layer.SetTrainable(adapterName, trainable && !prepared.InferenceMode);
+    }
+
+    void ApplyActive()
+    {
+        foreach (var (_, layer) in AdapterLayers()) layer.SetActiveAdapters(new[] { ActiveAdapter });
+    }
+
+    // peft-spec §1.5: bias "all" trains every bias, "lora_only" the biases of adapted layers.
+    void ApplyBiasTrainability(string adapterName)
+    {
+        if (_configs[adapterName] is not Lora.LoraConfig { InferenceMode: false } c || c.Bias == "none") return;
+        if (c.Bias == "all")
+        {
+            foreach (var (name, p) in Model.named_parameters())
+                if (name == "bias" || name.EndsWith(".bias", StringComparison.Ordinal)) p.requires_grad = true;
+            return;
+        }
+        foreach (var (_, layer) in AdapterLayers())
+            if (layer is Lora.LoraLayer && layer.Adapters.Contains(adapterName) && layer.BaseLayer.named_parameters(false).FirstOrDefault(p => p.name == "bias").parameter is { } b)
+                b.requires_grad = true;
+    }
+
+    // ---- switching ----
+
+    /// <summary>set_adapter: makes one adapter active (trainable unless loaded for inference) and freezes the others.</summary>
+    public void SetAdapter(string adapterName)
+    {
+        RequireAdapter(adapterName);
+        if (AdapterLayers().Any(l => l.Layer.MergedAdapters.Count > 0))
+        {
+            PeftMethods.Warn("adapters are merged; unmerging before switching the active adapter");
+            Unmerge();
+        }
+        ActiveAdapter = adapterName;
+        foreach (var (_, layer) in AdapterLayers())
+        {
+            foreach (var a in layer.Adapters) layer.SetTrainable(a, a == adapterName && !_configs[a].InferenceMode);
+        }
+        ApplyActive();
+    }
+
+    /// <summary>delete_adapter: removes an adapter everywhere; if it was active, the alphabetically first remaining one becomes active.</summary>
+    public void DeleteAdapter(string adapterName)
+    {
+        RequireAdapter(adapterName);
+        foreach (var (name, layer) in AdapterLayers())
+            if (layer.MergedAdapters.Contains(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' is merged in {name}; unmerge first");
+        foreach (var (_, layer) in AdapterLayers().ToList()) layer.DeleteAdapter(adapterName);
+        _configs.Remove(adapterName);
+        _order.Remove(adapterName);
+        if (ActiveAdapter == adapterName && _order.Count > 0)
+        {
+            var next = _order.OrderBy(a => a, StringComparer.Ordinal).First();
+            PeftMethods.Warn($"adapter '{adapterName}' was active; '{next}' is now active");
+            ActiveAdapter = next;
+            ApplyActive();
+        }
+    }
+
+    /// <summary>disable_adapter(): inside the scope the model computes its base outputs (merged adapters are unmerged first).</summary>
+    public IDisposable DisableAdapters()
+    {
+        if (AdapterLayers().Any(l => l.Layer.MergedAdapters.Count > 0)) Unmerge();
+        var layers = AdapterLayers().Select(l => l.Layer).ToList();
+        foreach (var l in layers) l.AdaptersDisabled = true;
+        return new Scope(() => { foreach (var l in layers) l.AdaptersDisabled = false; });
+    }
+
+    sealed class Scope(Action onDispose) : IDisposable
+    {
+        bool _done;
+        public void Dispose() { if (_done) return; _done = true; onDispose(); }
+    }
+
+    void RequireAdapter(string name)
+    {
+        if (!_configs.ContainsKey(name)) throw new PeftSharpException($"adapter '{name}' does not exist (adapters: {string.Join(", ", _order)})");
+    }
+
+    // ---- forward ----
+
+    public ModelOutput Forward(ModelInputs inputs) => Model.Forward(inputs);
+
+    /// <summary>
+    /// Forward where row i uses adapter <paramref name="adapterNames"/>[i] or <see cref="RowAdapters.Base"/> (peft's
+    /// adapter_names). One pass through the model: each adapter layer applies its adapters to their rows.
+    /// </summary>
+    public ModelOutput Forward(ModelInputs inputs, IReadOnlyList<string>? adapterNames)
+    {
+        if (adapterNames is null) return Forward(inputs);
+        var (batch, _) = inputs.Shape();
+        if (adapterNames.Count != batch) throw new PeftSharpException($"adapter names: got {adapterNames.Count} for a batch of {batch} rows");
+        foreach (var n in adapterNames.Distinct())
+            if (n != RowAdapters.Base && !_configs.ContainsKey(n))
+                throw new PeftSharpException($"adapter '{n}' in the per-row names does not exist (adapters: {string.Join(", ", _order)}, or {RowAdapters.Base})");
+        var layers = AdapterLayers().Select(l => l.Layer).ToList();
+        if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
+        if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
+        using var rows = new RowAdapters(adapterNames, Model.Device);
+        foreach (var l in layers) l.RowAdapters = rows;
+        try { return Model.Forward(inputs); }
+        finally { foreach (var l in layers) l.RowAdapters = null; }
+    }
+
+    // ---- merging ----
+
+    /// <summary>merge_adapter: folds the active adapter (or the given ones) into the base weights; the adapter tensors stay.</summary>
+    public void Merge(IEnumerable<string>? adapterNames = null)
+    {
+        var names = (adapterNames ?? new[] { ActiveAdapter }).ToList();
+        foreach (var n in names) RequireAdapter(n);
+        foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
+    }
+
+    /// <summary>unmerge_adapter: subtracts every merged adapter again, in reverse order.</summary>
+    public void Unmerge()
+    {
+        foreach (var (_, layer) in AdapterLayers()) layer.Unmerge();
+    }
+
+    /// <summary>merge_and_unload: merges the active adapter and returns the plain model (wrappers removed).</summary>
+    public PreTrainedModel MergeAndUnload()
+    {
+        Merge();
+        return Unload();
+    }
+
+    /// <summary>unload: removes every wrapper without merging and returns the plain model.</summary>
+    public PreTrainedModel Unload()
+    {
+        var model = Model;
+        // Innermost first is not needed: wrappers never nest (targets inside a wrapper are not candidates).
+        foreach (var (name, layer) in AdapterLayers().ToList()) ModuleSurgery.Replace(model, name, layer.Unwrapped);
+        _unloaded = true;
+        return model;
+    }
+
+    /// <summary>
+    /// Writes the model with the active adapter merged as a Hugging Face model folder (config.json +
+    /// model.safetensors, plain transformers key names) without changing this PeftModel: merge, save, unmerge.
+    /// </summary>
+    public void SaveMerged(string dir)
+    {
+        var model = Model;
+        Merge();
+        try
+        {
+            var wrappers = AdapterLayers().ToList();
+            var plain = new Dictionary<string, Tensor>();
+            foreach (var (key, value) in model.state_dict())
+                if (!wrappers.Any(w => key.StartsWith(w.Name + ".", StringComparison.Ordinal))) plain[key] = value;
+            foreach (var (name, layer) in wrappers)
+                foreach (var (key, value) in layer.Unwrapped.state_dict()) plain[name + "." + key] = value;
+            foreach (var tied in model.TiedKeys) plain.Remove(tied);
+            Directory.CreateDirectory(dir);
+            SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
+            AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
+        }
+        finally { Unmerge(); }
+    }
+
+    // ---- saving and loading adapter files ----
+
+    /// <summary>Prefix of every checkpoint key (peft's PeftModel.base_model.model).</summary>
+    public const string KeyPrefix = "base_model.model.";
+
+    /// <summary>
+    /// save_pretrained: writes adapter_config.json + adapter_model.safetensors for each adapter (or only
+    /// <paramref name="adapterName"/>); "default" goes to <paramref name="dir"/>, any other adapter to dir/NAME.
+    /// </summary>
+    public void SaveAdapter(string dir, string? adapterName = null)
+    {
+        var names = adapterName is null ? _order.ToList() : new List<string> { adapterName };
+        foreach (var n in names)
+        {
+            RequireAdapter(n);
+            var target = n == "default" ? dir : Path.Combine(dir, n);
+            SaveAdapterTo(target, n);
+        }
+    }
+
+    /// <summary>Writes one adapter straight into <paramref name="dir"/> (no subfolder rule).</summary>
+    public void SaveAdapterTo(string dir, string adapterName)
+    {
+        RequireAdapter(adapterName);
+        Directory.CreateDirectory(dir);
+        var config = ConfigForSave(adapterName);
+        SafetensorsWriter.Save(Path.Combine(dir, AdapterFiles.WeightsFile), AdapterStateDict(adapterName), new Dictionary<string, string> { ["format"] = "pt" });
+        config.Save(dir);
+    }
+
+    PeftConfig ConfigForSave(string adapterName)
+    {
+        var c = _configs[adapterName];
+        if (c.BaseModelNameOrPath is null && BaseModelPath is not null) c = c with { BaseModelNameOrPath = BaseModelPath };
+        if (c.TaskType is null && c.AutoMapping is null)
+        {
+            var type = Model.Config.ModelType;
+            var cls = Model.Config.Architectures?.FirstOrDefault() ?? Model.GetType().Name;
+            c = c with { AutoMapping = new System.Text.Json.Nodes.JsonObject { ["base_model_class"] = cls, ["parent_library"] = $"transformers.models.{type}.modeling_{type}" } };
+        }
+        return c;
+    }
+
+    /// <summary>get_peft_model_state_dict: checkpoint key → tensor for one adapter, in peft 0.20's key naming.</summary>
+    public Dictionary<string, Tensor> AdapterStateDict(string adapterName)
+    {
+        RequireAdapter(adapterName);
+        var config = _configs[adapterName];
+        var result = new Dictionary<string, Tensor>();
+        var layers = AdapterLayers().ToList();
+        foreach (var (name, layer) in layers)
+            foreach (var (key, value) in layer.AdapterState(adapterName))
+                result[KeyPrefix + name + "." + key] = value;
+
+        if (config is Lora.LoraConfig lc)
+        {
+            if (lc.Bias == "all")
+            {
+                foreach (var (key, value) in Model.state_dict())
+                    if (key.Contains("bias", StringComparison.Ordinal) && !IsAdapterInternal(key)) result[KeyPrefix + key] = value;
+            }
+            if (SavesEmbeddingLayers(lc))
+            {
+                foreach (var (name, layer) in layers)
+                {
+                    if (layer is not Lora.LoraLayer || !IsEmbeddingModule(name)) continue;
+                    foreach (var (key, value) in layer.BaseLayer.state_dict()) result[KeyPrefix + name + ".base_layer." + key] = value;
+                }
+            }
+        }
+        return result;
+    }
+
+    // Entries of other adapters' copies and LoRA tensors are never part of the bias set.
+    static bool IsAdapterInternal(string key) =>
+        key.Contains(".modules_to_save.", StringComparison.Ordinal) || key.Contains(".original_module.", StringComparison.Ordinal) || key.Contains("lora_", StringComparison.Ordinal);
+
+    static readonly string[] EmbeddingLayerNames = { "embed_tokens", "lm_head" };
+
+    // peft's save_embedding_layers="auto": on when an embedding layer name is a target (list element or regex substring).
+    static bool SavesEmbeddingLayers(Lora.LoraConfig c) =>
+        c.TargetModules is { } t && EmbeddingLayerNames.Any(e => t.IsString ? t.Pattern!.Contains(e, StringComparison.Ordinal) : t.Items!.Contains(e));
+
+    bool IsEmbeddingModule(string name)
+    {
+        var input = Model.InputEmbeddings;
+        var module = ModuleSurgery.Get(Model, name);
+        return ReferenceEquals(module, input) || name == "lm_head";
+    }
+
+    /// <summary>set_peft_model_state_dict: copies an adapter file into adapter <paramref name="adapterName"/>.</summary>
+    public void LoadWeights(string adapterDir, string adapterName)
+    {
+        RequireAdapter(adapterName);
+        var path = Path.Combine(adapterDir, AdapterFiles.WeightsFile);
+        if (!File.Exists(path))
+        {
+            if (File.Exists(Path.Combine(adapterDir, AdapterFiles.PickleWeightsFile)))
+                throw new PeftFormatException(adapterDir, $"only {AdapterFiles.PickleWeightsFile} (pickle) found; PeftSharp reads {AdapterFiles.WeightsFile} (convert with peft: save_pretrained(safe_serialization=True))");
+            throw new PeftFormatException(adapterDir, $"no {AdapterFiles.WeightsFile} in the adapter folder");
+        }
+        using var file = SafetensorsFile.Open(path);
+        LoadState(file.Keys.ToDictionary(k => k, k => (Func<Tensor>)(() => file.Load(k))), adapterName, path);
+    }
+
+    /// <summary>Loads checkpoint-named tensors into an adapter. Missing adapter tensors and unknown keys are errors.</summary>
+    public void LoadState(IReadOnlyDictionary<string, Func<Tensor>> tensors, string adapterName, string source = "adapter state")
+    {
+        RequireAdapter(adapterName);
+        var expected = new Dictionary<string, (IAdapterLayer Layer, string Local)>();
+        foreach (var (name, layer) in AdapterLayers())
+            foreach (var (local, _) in layer.AdapterState(adapterName))
+                expected[name + "." + local] = (layer, local);
+        var modelState = Model.state_dict();
+        var loaded = new HashSet<string>();
+        var unexpected = new List<string>();
+        using (no_grad())
+        {
+            foreach (var (fileKey, load) in tensors)
+            {
+                var key = fileKey.StartsWith(KeyPrefix, StringComparison.Ordinal) ? fileKey[KeyPrefix.Length..] : fileKey;
+                using var value = load();
+                try
+                {
+                    if (expected.TryGetValue(key, out var e) && e.Layer.LoadAdapterState(adapterName, e.Local, value)) { loaded.Add(key); continue; }
+                    // Pass-through entries (bias="all", saved embedding layers), and the old "<module>.bias" spelling of lora_only biases.
+                    var target = modelState.TryGetValue(key, out var t) ? t
+                        : key.EndsWith(".bias", StringComparison.Ordinal) && modelState.TryGetValue(key[..^5] + ".base_layer.bias", out var tb) ? tb : null;
+                    if (target is null) { unexpected.Add(fileKey); continue; }
+                    if (!target.shape.SequenceEqual(value.shape))
+                        throw new PeftFormatException(source, $"'{fileKey}' has shape [{string.Join(", ", value.shape)}], the model has [{string.Join(", ", target.shape)}]");
+                    target.copy_(value);
+                }
+                catch (PeftFormatException e) when (e.FilePath is null)
+                {
+                    throw new PeftFormatException(source, $"'{fileKey}': {e.Message}");
+                }
+            }
+        }
+        var missing = expected.Keys.Where(k => !loaded.Contains(k)).ToList();
+        if (unexpected.Count > 0 || missing.Count > 0)
+        {
+            var parts = new List<string>();
+            if (missing.Count > 0) parts.Add($"missing adapter tensors: {string.Join(", ", missing.Take(8).Select(k => KeyPrefix + k))}{(missing.Count > 8 ? $" (+{missing.Count - 8} more)" : "")}");
+            if (unexpected.Count > 0) parts.Add($"keys that fit no module of the model: {string.Join(", ", unexpected.Take(8))}{(unexpected.Count > 8 ? $" (+{unexpected.Count - 8} more)" : "")}");
+            throw new PeftFormatException(source, $"adapter weights do not fit its config and the model: {string.Join(" | ", parts)}");
+        }
+    }
+
+    // ---- accounting ----
+
+    /// <summary>get_nb_trainable_parameters: (trainable, all) over every parameter of the PeftModel.</summary>
+    public (long Trainable, long All) TrainableParameterCounts()
+    {
+        long all = 0, trainable = 0;
+        foreach (var p in parameters())
+        {
+            all += p.numel();
+            if (p.requires_grad) trainable += p.numel();
+        }
+        return (trainable, all);
+    }
+
+    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z").</summary>
+    public string PrintTrainableParameters()
+    {
+        var (t, a) = TrainableParameterCounts();
+        var line = ParameterAccounting.FormatTrainable(t, a);
+        Console.WriteLine(line);
+        return line;
+    }
+
+    /// <summary>Trainable parameters, parameters the merge changes, and the rank of each ΔW (see <see cref="ParameterAccounting"/>).</summary>
+    public AdapterParameterReport ParameterReport(string? adapterName = null) => ParameterAccounting.Report(this, adapterName ?? ActiveAdapter);
+
+    // ---- combining ----
+
+    /// <summary>
+    /// add_weighted_adapter: a new adapter <paramref name="newName"/> from a weighted combination of LoRA adapters
+    /// (cat, linear, svd; semantics of peft 0.20 including its quirks, see <see cref="Lora.LoraWeighted"/>).
+    /// </summary>
+    public void AddWeightedAdapter(IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType = "svd", int? svdRank = null) =>
+        Lora.LoraWeighted.Add(this, adapters, weights, newName, combinationType, svdRank);
+}
