@@ -4,6 +4,8 @@ using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Training;
 using PeftSharp.Training.Data;
+using PeftSharp.Tuners;
+using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Bench.Benchmarks;
@@ -71,5 +73,5 @@ public sealed class TrainStepBench : IBenchmark
 static class BenchLora
 {
     public static TrainingTarget Target(PreTrainedModel model, int rank) =>
-        throw new ArgumentException("--mode lora needs the LoRA tuner, which is not in this build yet");
+        AdapterTargets.Peft(PeftModel.Create(model, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) }));
 }

@@ -54,16 +54,16 @@ public static class QuickstartCommand
                 OutputDir = adapterDir, LearningRate = 2e-3, MaxSteps = small ? 20 : 400, PerDeviceTrainBatchSize = 32,
                 WarmupRatio = 0.05, LrSchedulerType = "cosine", LoggingSteps = 10, Seed = s,
             };
-            var (target, method) = QuickstartFineTune.Target(model);
+            var (target, peft, method) = QuickstartFineTune.Target(model, baseDir);
             Say($"2/4 fine-tuning on reversal with {method}");
             var ftRun = Run(o, json, target, fineTune, task.FineTuning(small ? 200 : 4000), $"fine-tuning ({method})");
             double after = QuickstartTask.Accuracy(model, heldOut);
             Say($"   held-out reversal accuracy: {before:P0} before -> {after:P0} after");
 
             var mergedDir = Path.Combine(dir, "merged");
-            using var merged = QuickstartFineTune.Merge(model, target, mergedDir);
+            var merged = QuickstartFineTune.Merge(peft, mergedDir);
             QuickstartTask.WriteTokenizer(mergedDir);
-            Say($"3/4 saved the base model to {baseDir}, the fine-tuned weights to {adapterDir}, the merged model to {mergedDir}");
+            Say($"3/4 saved the base model to {baseDir}, the adapter to {adapterDir} ({AdapterKb(adapterDir):F0} KB), the merged model to {mergedDir}");
             var samples = new[] { "hello", "peft", "sharp" };
             var gen = new TextGenerator(merged).Generate(samples.Select(w => (IReadOnlyList<int>)new[] { QuickstartTask.Bos }.Concat(QuickstartTask.Encode($"rv {w}=")).ToList()).ToList(),
                 new GenerationOptions { MaxNewTokens = 8, EosTokenIds = new[] { QuickstartTask.Eos }, PadTokenId = QuickstartTask.Pad });
@@ -83,6 +83,8 @@ public static class QuickstartCommand
         });
         return cmd;
     }
+
+    static double AdapterKb(string dir) => Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length) / 1024.0;
 
     static TrainResult Run(TextWriter o, bool json, TrainingTarget target, TrainingArguments args, List<TrainExample> rows, string title)
     {

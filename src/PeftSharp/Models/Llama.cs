@@ -275,7 +275,7 @@ public sealed class LlamaModel : nn.Module
         {
             int key = window ?? -1;
             if (!masks.TryGetValue(key, out var m))
-                masks[key] = m = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, h.dtype, device, window);
+                masks[key] = m = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, device, window);
             return m;
         }
 

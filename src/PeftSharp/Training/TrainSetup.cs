@@ -2,6 +2,8 @@ using System.Text.Json.Nodes;
 using PeftSharp.Models;
 using PeftSharp.Tokenization;
 using PeftSharp.Training.Data;
+using PeftSharp.Tuners;
+using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Training;
@@ -40,20 +42,46 @@ public sealed class TrainSetup : IDisposable
     public void Dispose() => Model.Dispose();
 }
 
-/// <summary>Training targets for adapter methods (filled in as tuners land).</summary>
+/// <summary>Training targets for adapter methods.</summary>
 public static class AdapterTargets
 {
-    public static TrainingTarget Lora(PreTrainedModel model, TrainConfig c, string modelDir) =>
-        throw new PeftConfigException("finetuning_type 'lora' needs the LoRA tuner, which is not in this build yet; use finetuning_type: full");
+    /// <summary>Trains the PeftModel's active adapter (whatever it made trainable); saves the adapter folder.</summary>
+    public static TrainingTarget Peft(PeftModel peft) => new()
+    {
+        Root = peft,
+        Model = peft.Model,
+        Save = dir => peft.SaveAdapter(dir),
+        Task = TrainingTarget.TaskOf(peft.Model),
+        PadTokenId = peft.Model.Config.PadTokenId ?? 0,
+    };
+
+    /// <summary>
+    /// LLaMA-Factory's LoRA setup: a new adapter (lora_rank, lora_alpha = 2 × rank by default, lora_dropout, lora_target
+    /// "all" = every linear layer but the output head) or, with adapter_name_or_path, an existing one made trainable.
+    /// </summary>
+    public static TrainingTarget Lora(PreTrainedModel model, TrainConfig c, string modelDir)
+    {
+        if (c.AdapterNameOrPath is { } adapter)
+            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
+        var names = c.LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var config = new LoraConfig
+        {
+            R = c.LoraRank,
+            LoraAlpha = c.LoraAlpha ?? 2.0 * c.LoraRank,
+            LoraDropout = c.LoraDropout,
+            TargetModules = names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names),
+            TaskType = model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS",
+            BaseModelNameOrPath = modelDir,
+        };
+        config.Validate("lora settings");
+        return Peft(PeftModel.Create(model, config));
+    }
 
     /// <summary>The model (with the adapter applied when given) for evaluation.</summary>
     public static TrainingTarget ForEval(PreTrainedModel model, string? adapterDir, HfTokenizer? tokenizer)
     {
-        if (adapterDir is not null) throw new PeftConfigException("--adapter needs the LoRA tuner, which is not in this build yet");
-        return new TrainingTarget
-        {
-            Root = model, Model = model, Save = _ => { }, Task = TrainingTarget.TaskOf(model),
-            PadTokenId = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
-        };
+        int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
+        if (adapterDir is not null) return Peft(PeftModel.FromPretrained(model, adapterDir)) with { PadTokenId = pad };
+        return new TrainingTarget { Root = model, Model = model, Save = _ => { }, Task = TrainingTarget.TaskOf(model), PadTokenId = pad };
     }
 }
