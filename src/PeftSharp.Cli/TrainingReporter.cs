@@ -53,8 +53,8 @@ public sealed class TrainingReporter
         ClearLine();
         _out.WriteLine(e["loss"] is not null
             ? $"step {step}/{e["total_steps"]}  loss {e["loss"]!.GetValue<double>():F4}  lr {e["learning_rate"]!.GetValue<double>():0.00e+0}  grad_norm {e["grad_norm"]!.GetValue<double>():F3}"
-            : $"eval at step {step}: loss {e["eval_loss"]!.GetValue<double>():F4}  perplexity {e["eval_perplexity"]!.GetValue<double>():F3}" +
-              (e["eval_accuracy"] is { } acc ? $"  accuracy {acc.GetValue<double>():P1}" : ""));
+            : $"eval at step {step}: loss {e["eval_loss"]!.GetValue<double>():F4}  " +
+              (e["eval_accuracy"] is { } acc ? $"accuracy {acc.GetValue<double>():P1}" : $"perplexity {e["eval_perplexity"]!.GetValue<double>():F3}"));
     }
 
     void ClearLine()

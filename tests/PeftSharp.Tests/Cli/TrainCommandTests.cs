@@ -71,4 +71,48 @@ public class TrainCommandTests
         Assert.True(ecode2 == 0, eerr2);
         Assert.Equal(12, JsonNode.Parse(eout2)!["rows"]!.GetValue<int>());
     }
+
+    [Fact]
+    public void Lora_run_with_checkpointing_and_bf16_saves_a_peft_adapter_and_checkpoints()
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var dir = TestPaths.TempDir();
+        var data = Path.Combine(dir, "chat.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i =>
+            $"{{\"messages\":[{{\"role\":\"user\",\"content\":\"say {i}\"}},{{\"role\":\"assistant\",\"content\":\"{i} {i}\"}}]}}"));
+        var outDir = Path.Combine(dir, "out");
+        var yaml = Path.Combine(dir, "lora.yaml");
+        File.WriteAllText(yaml, $"""
+            model_name_or_path: {model}
+            finetuning_type: lora
+            lora_rank: 4
+            lora_target: q_proj,v_proj
+            dataset: chat.jsonl
+            template: chatml
+            max_steps: 4
+            per_device_train_batch_size: 4
+            learning_rate: 1.0e-3
+            logging_steps: 1
+            save_steps: 2
+            gradient_checkpointing: true
+            bf16: true
+            output_dir: {outDir}
+            """);
+        var (code, stdout, err) = Peft("train", yaml, "--json");
+        Assert.True(code == 0, err);
+        var summary = JsonNode.Parse(stdout.Trim().Split('\n')[^1])!;
+        // q_proj: A [4,64] + B [64,4]; v_proj (2 kv heads × 16): A [4,64] + B [32,4]; two layers.
+        Assert.Equal(2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4), summary["trainable_params"]!.GetValue<long>());
+        Assert.True(File.Exists(Path.Combine(outDir, "adapter_model.safetensors")));
+        Assert.Contains("\"r\": 4", File.ReadAllText(Path.Combine(outDir, "adapter_config.json")));
+        Assert.True(Directory.Exists(Path.Combine(outDir, "checkpoint-2")));
+        Assert.True(File.Exists(Path.Combine(outDir, "checkpoint-4", "optimizer.safetensors")));
+        var losses = File.ReadAllLines(Path.Combine(outDir, "trainer_log.jsonl")).Select(l => JsonNode.Parse(l)!["loss"]!.GetValue<double>()).ToList();
+        Assert.Equal(4, losses.Count);
+        Assert.All(losses, l => Assert.True(double.IsFinite(l) && l > 0));
+
+        var (ecode, eout, eerr) = Peft("eval", "--model", model, "--adapter", outDir, "--dataset", data, "--template", "chatml", "--json");
+        Assert.True(ecode == 0, eerr);
+        Assert.True(JsonNode.Parse(eout)!["loss"]!.GetValue<double>() > 0);
+    }
 }

@@ -174,6 +174,37 @@ public class TrainerTests
     }
 
     [Fact]
+    public void Gradient_checkpointing_reaches_lora_weights_under_a_frozen_embedding()
+    {
+        var data = Rows(3);
+        using var m = TinyLlama();
+        var peft = PeftSharp.Tuners.PeftModel.Create(m, new PeftSharp.Tuners.Lora.LoraConfig
+        {
+            R = 4, LoraAlpha = 8, TargetModules = PeftSharp.Tuners.StringOrList.Of("q_proj", "v_proj"),
+        });
+        // B starts at zero, which would leave A without gradient.
+        using (no_grad())
+            foreach (var (name, p) in peft.named_parameters().Where(p => p.name.Contains("lora_B"))) p.normal_(0, 0.1);
+        using var batch = TrainBatch.Collate(data, 0, CPU, false);
+        Dictionary<string, Tensor> Grads()
+        {
+            foreach (var p in peft.parameters()) p.grad = null;
+            Losses.CausalLM(m.Forward(batch.InputIds, batch.AttentionMask).Logits, batch.Labels).backward();
+            return peft.named_parameters().Where(p => p.parameter.requires_grad).ToDictionary(p => p.name, p => p.parameter.grad!.clone());
+        }
+        var plain = Grads();
+        GradientCheckpointing.Enable(m);
+        var ckpt = Grads();
+        GradientCheckpointing.Disable(m);
+        Assert.Equal(8, plain.Count);
+        foreach (var (name, g) in plain)
+        {
+            Assert.True(g.abs().max().ToDouble() > 0, name);
+            Assert.True(FixtureAssert.MaxAbsDiff(ckpt[name], g) <= 1e-7, name);
+        }
+    }
+
+    [Fact]
     public void Full_fine_tuning_learns_a_tiny_task()
     {
         var data = Rows(16);
