@@ -235,7 +235,7 @@ internal sealed class OpenAiApi(ServingEngine engine)
         _ => throw ServingException.BadRequest("message content must be a string or a list of text parts", "messages"),
     };
 
-    /// <summary>OpenAI/vLLM sampling fields to generation options: temperature 0 is greedy; top_k is vLLM's (-1 or 0: off).</summary>
+    /// <summary>OpenAI/vLLM sampling fields to generation options: temperature 0 is greedy; top_k, repetition_penalty and ignore_eos are vLLM's (top_k -1 or 0: off).</summary>
     static GenerationOptions Sampling(JsonObject body, int defaultMaxTokens)
     {
         if (Int(body, "n") is int n && n != 1) throw ServingException.BadRequest("only n = 1 is supported", "n");
@@ -267,6 +267,8 @@ internal sealed class OpenAiApi(ServingEngine engine)
             RepetitionPenalty = repetition,
             Seed = seed,
             StopStrings = stop,
+            // vLLM's ignore_eos: generate exactly max_tokens (benchmarks, tests).
+            EosTokenIds = Bool(body, "ignore_eos") ? Array.Empty<int>() : null,
         };
     }
 

@@ -35,7 +35,8 @@ public sealed class ServingTestHost : IAsyncDisposable
     {
         using var response = await Http.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"));
         var text = await response.Content.ReadAsStringAsync();
-        return ((int)response.StatusCode, JsonNode.Parse(text) as JsonObject ?? new JsonObject { ["text"] = text });
+        var parsed = response.Content.Headers.ContentType?.MediaType == "application/json" ? JsonNode.Parse(text) as JsonObject : null;
+        return ((int)response.StatusCode, parsed ?? new JsonObject { ["text"] = text });
     }
 
     public Task<(int Status, JsonObject Body)> PostAsync(string path, JsonObject body) => PostAsync(path, body.ToJsonString());

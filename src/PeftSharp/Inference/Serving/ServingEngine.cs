@@ -167,6 +167,7 @@ public sealed class ServingEngine : IDisposable
             _queue.AddLast(pending);
         }
         Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _outstanding);
         Signal();
         return new ServingHandle(channel, pending.Done.Task);
     }
@@ -205,7 +206,7 @@ public sealed class ServingEngine : IDisposable
         _accepting = false;
         Signal();
         var deadline = _clock.Elapsed + drain;
-        while (_clock.Elapsed < deadline && (QueueLength > 0 || Volatile.Read(ref _batchSize) > 0)) await Task.Delay(10);
+        while (_clock.Elapsed < deadline && Volatile.Read(ref _outstanding) > 0) await Task.Delay(10);
         _stopping = true;
         Signal();
         await Task.Run(() => _worker.Join());
@@ -223,6 +224,8 @@ public sealed class ServingEngine : IDisposable
     }
 
     int _batchSize;
+    /// <summary>Accepted requests not yet completed (queued, being admitted, or running).</summary>
+    int _outstanding;
     int QueueLength { get { lock (_queueLock) return _queue.Count; } }
 
     public ServingMetrics Metrics()
@@ -526,17 +529,19 @@ public sealed class ServingEngine : IDisposable
 
     void Complete(Pending p, int[] prompt, int[] tokens, Func<IReadOnlyList<int>, string>? decode, FinishReason reason, bool cancelled)
     {
+        p.Channel.Writer.TryComplete();
+        if (!p.Done.TrySetResult(new ServedCompletion(prompt, tokens, decode?.Invoke(tokens), reason, cancelled))) return;
         if (cancelled) Interlocked.Increment(ref _cancelled);
         else Interlocked.Increment(ref _finished);
-        p.Channel.Writer.TryComplete();
-        p.Done.TrySetResult(new ServedCompletion(prompt, tokens, decode?.Invoke(tokens), reason, cancelled));
+        Interlocked.Decrement(ref _outstanding);
     }
 
     void Fail(Pending p, Exception e)
     {
-        Interlocked.Increment(ref _finished);
         p.Channel.Writer.TryComplete(e);
-        p.Done.TrySetException(e);
+        if (!p.Done.TrySetException(e)) return;
+        Interlocked.Increment(ref _finished);
+        Interlocked.Decrement(ref _outstanding);
     }
 
     void CancelAll()
