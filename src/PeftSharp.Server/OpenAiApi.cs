@@ -99,20 +99,23 @@ internal sealed class OpenAiApi(ServingEngine engine)
 
     async Task Run(HttpContext ctx, JsonObject body, string model, List<ServingRequest> requests, bool chat)
     {
-        bool stream = Bool(body, "stream");
-        bool returnIds = Bool(body, "return_token_ids");
         var abort = ctx.RequestAborted;
         var handles = new List<ServingHandle>();
         using var cancelAll = CancellationTokenSource.CreateLinkedTokenSource(abort);
         try
         {
             foreach (var r in requests) handles.Add(engine.Submit(r, cancelAll.Token));
+            await Respond(ctx, model, handles, chat, Bool(body, "stream"), Bool(body, "return_token_ids"), abort);
         }
-        catch
+        finally
         {
+            // However the response ended (done, client gone, write failed), no sequence of it keeps running.
             cancelAll.Cancel();
-            throw;
         }
+    }
+
+    static async Task Respond(HttpContext ctx, string model, List<ServingHandle> handles, bool chat, bool stream, bool returnIds, CancellationToken abort)
+    {
         var id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         string kind = chat ? "chat.completion" : "text_completion";
@@ -174,10 +177,9 @@ internal sealed class OpenAiApi(ServingEngine engine)
             }
             await ctx.Response.WriteAsync("data: [DONE]\n\n", abort);
         }
-        catch (OperationCanceledException) when (abort.IsCancellationRequested)
+        catch (Exception e) when (e is OperationCanceledException or IOException || abort.IsCancellationRequested)
         {
-            // The client left: the linked token cancels its sequences, which frees their batch slots.
-            cancelAll.Cancel();
+            // The client left; the caller cancels its sequences, which frees their batch slots.
         }
         catch (ServingException e)
         {

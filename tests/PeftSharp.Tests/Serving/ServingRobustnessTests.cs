@@ -121,8 +121,14 @@ public class ServingRobustnessTests
     [Fact]
     public async Task AClientThatDisconnectsMidStreamFreesItsSlot()
     {
-        await using var host = await StartAsync(new ServingOptions { MaxBatchSize = 1 });
-        var body = Long("a");
+        // llama-tiny with a long context (RoPE positions are not learned), so the stream outlives the disconnect.
+        var dir = TestPaths.TempDir();
+        foreach (var f in Directory.GetFiles(TestPaths.Model("llama-tiny"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
+        config["max_position_embeddings"] = 8192;
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+        await using var host = await StartAsync(new ServingOptions { MaxBatchSize = 1, MaxTokensLimit = 8000 }, dir);
+        var body = Long("a", 8000);
         body["stream"] = true;
         using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body.ToJsonString(), System.Text.Encoding.UTF8, "application/json") })
         using (var response = await host.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
