@@ -121,13 +121,7 @@ public class ServingRobustnessTests
     [Fact]
     public async Task AClientThatDisconnectsMidStreamFreesItsSlot()
     {
-        // llama-tiny with a long context (RoPE positions are not learned), so the stream outlives the disconnect.
-        var dir = TestPaths.TempDir();
-        foreach (var f in Directory.GetFiles(TestPaths.Model("llama-tiny"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
-        config["max_position_embeddings"] = 8192;
-        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
-        await using var host = await StartAsync(new ServingOptions { MaxBatchSize = 1, MaxTokensLimit = 8000 }, dir);
+        await using var host = await StartAsync(new ServingOptions { MaxBatchSize = 1, MaxTokensLimit = 8000 }, LongContextModel());
         var body = Long("a", 8000);
         body["stream"] = true;
         using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body.ToJsonString(), System.Text.Encoding.UTF8, "application/json") })
@@ -212,6 +206,37 @@ public class ServingRobustnessTests
         var baseIds = new TextGenerator(model).Generate(new[] { prompt }, new GenerationOptions { MaxNewTokens = 6 }.WithGenerationConfig(dir)).NewTokens[0];
         Assert.Equal(tokenizer.Decode(baseIds, skipSpecialTokens: true), baseResponse.Text);
         Assert.IsType<ChatClientMetadata>(client.GetService(typeof(ChatClientMetadata)));
+    }
+
+    /// <summary>llama-tiny with a long context (RoPE positions are not learned), so a request can outlive what a test does meanwhile.</summary>
+    static string LongContextModel()
+    {
+        var dir = TestPaths.TempDir();
+        foreach (var f in Directory.GetFiles(TestPaths.Model("llama-tiny"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
+        config["max_position_embeddings"] = 8192;
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+        return dir;
+    }
+
+    [Fact]
+    public async Task ARequestWhoseAdapterIsUnloadedWhileQueuedFailsWith404AndTheQueueMovesOn()
+    {
+        using var engine = ServingEngine.FromFolder(LongContextModel(), new ServingOptions { MaxBatchSize = 1, MaxTokensLimit = 8000 }, new[] { ("a", Multi("a")), ("b", Multi("b")) });
+        using var cts = new CancellationTokenSource();
+        var options = new GenerationOptions { MaxNewTokens = 8000, EosTokenIds = Array.Empty<int>() };
+        var running = engine.Submit(new ServingRequest { PromptIds = Prompt, Adapter = "a", Options = options }, cts.Token);
+        await running.Tokens.ReadAsync();
+        var queued = engine.Submit(new ServingRequest { PromptIds = Prompt, Adapter = "b", Options = options with { MaxNewTokens = 3 } });
+        engine.UnloadAdapter("b");
+        var unloadBusy = Assert.Throws<ServingException>(() => engine.UnloadAdapter("a"));
+        Assert.Equal(409, unloadBusy.Status);
+        cts.Cancel();
+        Assert.True((await running.Completion).Cancelled);
+        var failed = await Assert.ThrowsAsync<ServingException>(() => queued.Completion);
+        Assert.Equal(404, failed.Status);
+        var next = await engine.GenerateAsync(new ServingRequest { PromptIds = Prompt, Adapter = "a", Options = options with { MaxNewTokens = 2 } });
+        Assert.Equal(2, next.Tokens.Length);
     }
 
     static void CopyDir(string from, string to)

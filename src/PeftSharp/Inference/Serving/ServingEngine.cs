@@ -344,6 +344,7 @@ public sealed class ServingEngine : IDisposable
                     _queue.Remove(node);
                     joiners.Add(new Row(p, adapter, _model.Device));
                 }
+                else if (p.Done.Task.IsCompleted) _queue.Remove(node);
                 node = next;
             }
         }
