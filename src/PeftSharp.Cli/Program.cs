@@ -26,6 +26,7 @@ public static class Program
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(QuickstartCommand.Create());
+        root.Subcommands.Add(ServeCommand.Create());
         var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Inference;
@@ -27,6 +28,10 @@ public static class LogitsProcessors
         }
         return s.alias().MoveToOuterDisposeScope();
     }
+
+    /// <summary>The next token of each row of processed scores: a draw from softmax when sampling (with <paramref name="rng"/>, or torch's global generator), else the argmax.</summary>
+    public static Tensor Choose(Tensor scores, GenerationOptions options, torch.Generator? rng = null) =>
+        options.DoSample ? multinomial(scores.softmax(-1), 1, generator: rng).squeeze(1) : scores.argmax(-1);
 
     /// <summary>Every token already in the row: negative scores multiplied by the penalty, others divided (CTRL's rule, HF's RepetitionPenaltyLogitsProcessor).</summary>
     public static Tensor RepetitionPenalty(Tensor scores, Tensor sequences, double penalty)

@@ -90,9 +90,7 @@ public sealed class TextGenerator
             var logits = output.Logits.select(1, -1).to(ScalarType.Float32);
             var sequences = options.RepetitionPenalty != 1.0 ? Matrix(rows.Select(r => r.Sequence).ToArray(), seqLen, device) : null;
             var scores = LogitsProcessors.Process(logits, sequences, options);
-            var next = options.DoSample
-                ? multinomial(scores.softmax(-1), 1, generator: rng).squeeze(1)
-                : scores.argmax(-1);
+            var next = LogitsProcessors.Choose(scores, options, rng);
             var nextIds = next.cpu().data<long>().ToArray();
             bool lastStep = step == options.MaxNewTokens - 1;
             for (int r = 0; r < batch; r++)
@@ -162,20 +160,17 @@ public sealed class TextGenerator
         public readonly int[] Prompt;
         public readonly List<int> NewTokens = new();
         public FinishReason? Reason;
-        int _printed;
+        IncrementalDetokenizer? _detokenizer;
 
         /// <summary>Prompt and generated tokens without padding: what a stop string is matched against.</summary>
         public IReadOnlyList<int> RealTokens => Prompt.Concat(NewTokens).ToList();
 
-        /// <summary>New text since the last call, like HF's TextStreamer; an incomplete character (U+FFFD) waits for the next token unless the row is done.</summary>
+        /// <summary>New text since the last call (null without a decoder).</summary>
         public string? TextDelta(Func<IReadOnlyList<int>, string>? decode, bool final)
         {
             if (decode is null) return null;
-            var text = decode(NewTokens);
-            if (!final && text.EndsWith('\uFFFD')) return "";
-            var delta = text.Length > _printed ? text[_printed..] : "";
-            _printed = Math.Max(_printed, text.Length);
-            return delta;
+            _detokenizer ??= new IncrementalDetokenizer(decode);
+            return _detokenizer.Delta(NewTokens, final);
         }
     }
 }

@@ -59,6 +59,51 @@ public sealed class KVCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// Adds <paramref name="other"/>'s rows after this cache's (continuous batching: sequences join between
+    /// decode steps). The shorter side is left-padded with zeros to the longer length; returns how many
+    /// columns each side was padded by, which the caller masks out.
+    /// </summary>
+    public (long PadThis, long PadOther) AppendRows(KVCache other)
+    {
+        if (other.NumLayers != NumLayers) throw new PeftSharpException($"cannot join caches of {NumLayers} and {other.NumLayers} layers");
+        using var scope = NewDisposeScope();
+        long a = SeqLength, b = other.SeqLength, width = Math.Max(a, b);
+        for (int i = 0; i < NumLayers; i++)
+        {
+            if (other._keys[i] is null) continue;
+            if (_keys[i] is null) { Own(i, other._keys[i]!.clone(), other._values[i]!.clone()); continue; }
+            var k = cat(new[] { PadLeft(_keys[i]!, width - a), PadLeft(other._keys[i]!, width - b) }, 0);
+            var v = cat(new[] { PadLeft(_values[i]!, width - a), PadLeft(other._values[i]!, width - b) }, 0);
+            Own(i, k, v);
+        }
+        return (width - a, width - b);
+    }
+
+    /// <summary>Drops the first <paramref name="columns"/> positions of every row (padding no row attends to any more).</summary>
+    public void DropLeft(long columns)
+    {
+        if (columns <= 0) return;
+        using var scope = NewDisposeScope();
+        for (int i = 0; i < NumLayers; i++)
+        {
+            if (_keys[i] is null) continue;
+            long len = _keys[i]!.shape[2] - columns;
+            Own(i, _keys[i]!.narrow(2, columns, len).contiguous(), _values[i]!.narrow(2, columns, len).contiguous());
+        }
+    }
+
+    static Tensor PadLeft(Tensor t, long columns) =>
+        columns == 0 ? t : cat(new[] { zeros(t.shape[0], t.shape[1], columns, t.shape[3], t.dtype, t.device), t }, 2);
+
+    void Own(int layer, Tensor key, Tensor value)
+    {
+        key = key.DetachFromDisposeScope();
+        value = value.DetachFromDisposeScope();
+        Release(layer);
+        _keys[layer] = key; _values[layer] = value; _owned[layer] = true;
+    }
+
     void Release(int layer)
     {
         if (_owned[layer]) { _keys[layer]?.Dispose(); _values[layer]?.Dispose(); }

@@ -1,0 +1,86 @@
+using System.Threading.Channels;
+using PeftSharp.Tuners;
+
+namespace PeftSharp.Inference.Serving;
+
+/// <summary>Limits of a <see cref="ServingEngine"/>.</summary>
+public sealed record ServingOptions
+{
+    /// <summary>Sequences decoded together (the continuous batch); more requests wait in the queue.</summary>
+    public int MaxBatchSize { get; init; } = 32;
+    /// <summary>Requests waiting for a batch slot; beyond this a submit is refused (HTTP 429).</summary>
+    public int MaxQueue { get; init; } = 256;
+    /// <summary>Adapters held in the model at once (vLLM's --max-loras); the least recently used idle one is unloaded for a new one.</summary>
+    public int MaxLoras { get; init; } = 8;
+    /// <summary>Largest max_tokens a request may ask for.</summary>
+    public int MaxTokensLimit { get; init; } = 4096;
+    /// <summary>Folder that runtime-loaded adapters must lie in (null: loading at run time is off).</summary>
+    public string? AdapterRoot { get; init; }
+    /// <summary>The base model's name in requests (OpenAI's "model"). Null: the model folder's name, else "base".</summary>
+    public string? ModelName { get; init; }
+    /// <summary>Chat template used when a request names none: one of the folder's, or a built-in one (e.g. "chatml" for folders without a template).</summary>
+    public string? ChatTemplate { get; init; }
+}
+
+/// <summary>One generation request: prompt ids, the base model or an adapter name, and its decoding options.</summary>
+public sealed record ServingRequest
+{
+    public required IReadOnlyList<int> PromptIds { get; init; }
+    /// <summary>An adapter name, or <see cref="RowAdapters.Base"/> for the base model.</summary>
+    public string Adapter { get; init; } = RowAdapters.Base;
+    public GenerationOptions Options { get; init; } = new();
+}
+
+/// <summary>One generated token and the text it adds (null without a tokenizer).</summary>
+public readonly record struct ServedToken(int TokenId, string? TextDelta);
+
+/// <summary>A finished request.</summary>
+public sealed record ServedCompletion(int[] PromptIds, int[] Tokens, string? Text, FinishReason Reason, bool Cancelled);
+
+/// <summary>A submitted request: its tokens as they come, and the whole result at the end.</summary>
+public sealed class ServingHandle
+{
+    internal ServingHandle(Channel<ServedToken> tokens, Task<ServedCompletion> completion)
+    {
+        Tokens = tokens.Reader;
+        Completion = completion;
+    }
+
+    public ChannelReader<ServedToken> Tokens { get; }
+    /// <summary>Completes when the request finishes or is cancelled (then <see cref="ServedCompletion.Cancelled"/> is set).</summary>
+    public Task<ServedCompletion> Completion { get; }
+}
+
+/// <summary>An error with the HTTP status and OpenAI error type it maps to.</summary>
+public sealed class ServingException : PeftSharpException
+{
+    public ServingException(int status, string message, string? param = null, string? code = null) : base(message)
+    {
+        Status = status;
+        Param = param;
+        Code = code;
+    }
+
+    public int Status { get; }
+    public string? Param { get; }
+    public string? Code { get; }
+
+    /// <summary>OpenAI's error "type" for the status.</summary>
+    public string Type => Status switch
+    {
+        401 or 403 => "permission_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        429 => "rate_limit_error",
+        >= 500 => "server_error",
+        _ => "invalid_request_error",
+    };
+
+    public static ServingException BadRequest(string message, string? param = null) => new(400, message, param);
+}
+
+/// <summary>A snapshot of the engine's counters (for /metrics).</summary>
+public sealed record ServingMetrics(
+    long RequestsTotal, long RequestsFinished, long RequestsCancelled, long RequestsRejected,
+    int QueueLength, int BatchSize, long PromptTokensTotal, long GeneratedTokensTotal, double TokensPerSecond,
+    int AdaptersLoaded, long AdapterBytes, long DecodeSteps);
