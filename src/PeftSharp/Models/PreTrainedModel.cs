@@ -8,7 +8,7 @@ namespace PeftSharp.Models;
 /// name map (<see cref="WeightLoader"/>). Child layers are typed <c>Module&lt;Tensor,Tensor&gt;</c> so tuners
 /// can swap them for wrappers.
 /// </summary>
-public abstract class PreTrainedModel : nn.Module
+public abstract class PreTrainedModel : nn.Module, ILanguageModel
 {
     protected PreTrainedModel(string name, ModelConfig config) : base(name) => Config = config;
 
