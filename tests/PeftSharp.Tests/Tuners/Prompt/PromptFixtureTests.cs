@@ -68,7 +68,7 @@ public class PromptFixtureTests
     public void Greedy_generation_matches_peft(string baseModel, string caseName)
     {
         using var scope = NewDisposeScope();
-        var fx = GreedyFixture.FromFile(TestPaths.Data("adapters", baseModel, caseName, "greedy.json"));
+        var fx = GreedyFixture.FromFolder(TestPaths.Data("adapters", baseModel, caseName));
         var generator = new TextGenerator(Load(baseModel, caseName));
         var single = generator.Generate(new[] { fx.SinglePrompt }, GreedyFixture.Options);
         Assert.Equal(fx.SingleOutput, single.Sequences[0]);
