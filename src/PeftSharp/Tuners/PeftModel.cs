@@ -62,6 +62,10 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public PromptLearning.PromptLearner? ActivePromptLearner =>
         !_promptDisabled && prompt_encoder.Contains(ActiveAdapter) ? prompt_encoder[ActiveAdapter] : null;
 
+    /// <summary>The prompt learner of a prompt-learning adapter, or null for other methods.</summary>
+    public PromptLearning.PromptLearner? PromptLearnerOf(string adapterName) =>
+        prompt_encoder.Contains(adapterName) ? prompt_encoder[adapterName] : null;
+
     ModelConfig ILanguageModel.Config => Model.Config;
     public bool IsCausalLM => Model.IsCausalLM;
     public Device Device => Model.Device;

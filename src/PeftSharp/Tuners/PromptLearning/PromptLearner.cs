@@ -70,6 +70,9 @@ public abstract class VirtualTokenLearner : PromptLearner
 
     public override Tensor PromptEmbeddings() => Prompts();
 
+    /// <summary>The first num_virtual_tokens prompt vectors as the forward uses them (with gradients while training).</summary>
+    public Tensor VirtualTokens() => Prompts().narrow(0, 0, Config.NumVirtualTokens);
+
     public override ModelOutput Forward(PreTrainedModel model, ModelInputs inputs)
     {
         using var scope = NewDisposeScope();
@@ -80,7 +83,7 @@ public abstract class VirtualTokenLearner : PromptLearner
         if (!cached)
         {
             embeds ??= model.InputEmbeddings.call(inputs.InputIds!);
-            var prompts = Prompts().narrow(0, 0, nvt).to(embeds.dtype, embeds.device).unsqueeze(0).expand(embeds.shape[0], -1, -1);
+            var prompts = VirtualTokens().to(embeds.dtype, embeds.device).unsqueeze(0).expand(embeds.shape[0], -1, -1);
             embeds = cat(new[] { prompts, embeds }, 1);
             if (tokenTypes is not null)
                 tokenTypes = cat(new[] { zeros(tokenTypes.shape[0], nvt, tokenTypes.dtype, tokenTypes.device), tokenTypes }, 1);
