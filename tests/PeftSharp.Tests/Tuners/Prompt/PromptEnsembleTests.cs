@@ -2,6 +2,7 @@ using PeftSharp.Models;
 using PeftSharp.Tests.Tuners.Lora;
 using PeftSharp.Tuners;
 using PeftSharp.Tuners.PromptTuning;
+using PeftSharp.Tuners.PrefixTuning;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Tests.Tuners.Prompt;
@@ -33,5 +34,22 @@ public class PromptEnsembleTests
         FixtureAssert.Close(probs, (members[0].softmax(-1) + members[1].softmax(-1)) / 2, null, 1e-6, "mean probabilities");
         Assert.Equal(new long[] { 3 }, ensemble.Vote(inputs).shape);
         Assert.Throws<PeftSharpException>(() => new PromptEnsemble(peft, new[] { "a" }));
+    }
+}
+
+public class PromptFamilyTests
+{
+    [Fact]
+    public void Finetuning_types_map_to_peft_types()
+    {
+        var s = new PeftSharp.Tuners.PromptLearning.PromptFamilySettings { NumVirtualTokens = 6, PrefixProjection = true };
+        string Type(string t) => PeftSharp.Tuners.PromptLearning.PromptFamily.Config(t, s, "CAUSAL_LM", 2).PeftType;
+        Assert.Equal(new[] { "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT" },
+            PeftSharp.Tuners.PromptLearning.PromptFamily.FinetuningTypes.Select(Type));
+        var v2 = (PrefixTuningConfig)PeftSharp.Tuners.PromptLearning.PromptFamily.Config("p_tuning_v2", s, "SEQ_CLS", 2);
+        Assert.False(v2.PrefixProjection);
+        Assert.Equal(("SEQ_CLS", 6), (v2.TaskType, v2.NumVirtualTokens));
+        Assert.Equal(2, ((PeftSharp.Tuners.AdaptionPrompt.AdaptionPromptConfig)PeftSharp.Tuners.PromptLearning.PromptFamily.Config("llama_adapter", s, "CAUSAL_LM", 2)).AdapterLayers);
+        Assert.Throws<PeftConfigException>(() => PeftSharp.Tuners.PromptLearning.PromptFamily.Config("lora", s, "CAUSAL_LM", 2));
     }
 }
