@@ -71,14 +71,15 @@ public static class GenerateCommand
             }.WithGenerationConfig(dir);
             options.Validate();
 
-            var (m, _) = Cli.LoadModel(dir, pr.GetValue(adapter), Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
+            var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
             using var __ = m;
             bool json = pr.GetValue(Cli.JsonOption);
             Action<GeneratedToken>? stream = json ? null
                 : rows.Length == 1 && tokenizer is not null ? t => { o.Write(t.TextDelta); o.Flush(); }
                 : rows.Length == 1 ? t => { o.Write($"{t.TokenId} "); o.Flush(); }
                 : t => { o.WriteLine($"row {t.Row}: {t.TokenId}"); o.Flush(); };
-            var result = new TextGenerator(m).Generate(rows, options, stream);
+            // Through the PeftModel, so prompt-family adapters (inputs, KV prefix) apply at every step.
+            var result = new TextGenerator(peft is null ? m : peft).Generate(rows, options, stream);
 
             if (json)
             {

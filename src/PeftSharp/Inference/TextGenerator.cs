@@ -13,9 +13,10 @@ namespace PeftSharp.Inference;
 /// </summary>
 public sealed class TextGenerator
 {
-    readonly PreTrainedModel _model;
+    readonly ILanguageModel _model;
 
-    public TextGenerator(PreTrainedModel model)
+    /// <summary>Generates with a plain model or a PeftModel (whose adapters, prompts and prefixes apply at every step).</summary>
+    public TextGenerator(ILanguageModel model)
     {
         if (!model.IsCausalLM)
             throw new PeftSharpException($"{model.GetType().Name} is not a causal language model; generation needs one (e.g. LlamaForCausalLM, GPT2LMHeadModel)");

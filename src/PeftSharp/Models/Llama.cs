@@ -150,8 +150,18 @@ public sealed class LlamaRMSNorm : Module<Tensor, Tensor>
     }
 }
 
+/// <summary>
+/// What a decoder layer calls for self-attention. The seam for methods that wrap the whole attention
+/// (LLaMA-Adapter's adaption prompt adds a gated attention over learned keys/values to its output).
+/// </summary>
+public interface ILlamaAttention
+{
+    int? SlidingWindow { get; }
+    Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KVCache? cache);
+}
+
 /// <summary>Grouped-query self-attention with rotary embeddings and a KV cache.</summary>
-public sealed class LlamaAttention : nn.Module
+public sealed class LlamaAttention : nn.Module, ILlamaAttention
 {
     Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
     readonly int _heads, _kvHeads, _headDim, _layer;
@@ -169,6 +179,13 @@ public sealed class LlamaAttention : nn.Module
     }
 
     public int? SlidingWindow => _window;
+    public int Heads => _heads;
+    public int KvHeads => _kvHeads;
+    public int HeadDim => _headDim;
+    public Module<Tensor, Tensor> QProj => q_proj;
+    public Module<Tensor, Tensor> KProj => k_proj;
+    public Module<Tensor, Tensor> VProj => v_proj;
+    public Module<Tensor, Tensor> OProj => o_proj;
 
     public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KVCache? cache)
     {
@@ -211,7 +228,8 @@ public sealed class LlamaMLP : Module<Tensor, Tensor>
 /// <summary>Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)).</summary>
 public sealed class LlamaDecoderLayer : nn.Module
 {
-    LlamaAttention self_attn;
+    // Typed nn.Module so a tuner can replace it by a wrapper that implements ILlamaAttention.
+    nn.Module self_attn;
     Module<Tensor, Tensor> mlp;
     Module<Tensor, Tensor> input_layernorm, post_attention_layernorm;
 
@@ -224,12 +242,13 @@ public sealed class LlamaDecoderLayer : nn.Module
         RegisterComponents();
     }
 
-    public int? SlidingWindow => self_attn.SlidingWindow;
+    ILlamaAttention Attention => (ILlamaAttention)self_attn;
+    public int? SlidingWindow => Attention.SlidingWindow;
 
     public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KVCache? cache)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.forward(input_layernorm.call(x), cos, sin, mask, cache);
+        var h = x + Attention.forward(input_layernorm.call(x), cos, sin, mask, cache);
         var y = h + mlp.call(post_attention_layernorm.call(h));
         return y.MoveToOuterDisposeScope();
     }

@@ -11,7 +11,7 @@ public delegate Tensor BlockRunner(Func<Tensor, Tensor> block, Tensor hidden);
 /// name map (<see cref="WeightLoader"/>). Child layers are typed <c>Module&lt;Tensor,Tensor&gt;</c> so tuners
 /// can swap them for wrappers.
 /// </summary>
-public abstract class PreTrainedModel : nn.Module
+public abstract class PreTrainedModel : nn.Module, ILanguageModel
 {
     /// <summary>
     /// Runs each transformer block (block function, hidden state) instead of a plain call; the trainer sets it for

@@ -23,8 +23,8 @@ public static class Evaluation
                 using var scope = NewDisposeScope();
                 var chunk = data.Skip(i).Take(batchSize).ToList();
                 using var batch = TrainBatch.Collate(chunk, target.PadTokenId, target.Device, !lm);
-                var logits = target.Model.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
-                var loss = lm ? Losses.CausalLM(logits, batch.Labels) : Losses.Classification(logits, batch.Labels);
+                var logits = target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
+                var loss = lm ? Losses.CausalLM(logits, target.LmLabels(batch.Labels)) : Losses.Classification(logits, batch.Labels);
                 double v = loss.ToDouble();
                 if (double.IsFinite(v) || !lm) weighted += v * chunk.Count;
                 if (!lm) correct += logits.argmax(-1).eq(batch.Labels).sum().item<long>();

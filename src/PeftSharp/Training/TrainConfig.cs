@@ -19,6 +19,8 @@ public sealed record TrainConfig
     public double LoraDropout { get; init; }
     /// <summary>Module names (comma separated) or "all" (every linear layer but the output head).</summary>
     public string LoraTarget { get; init; } = "all";
+    /// <summary>Settings of the prompt-family finetuning types (num_virtual_tokens, prefix_projection, adapter_len, ...).</summary>
+    public Tuners.PromptLearning.PromptFamilySettings Prompt { get; init; } = new();
     public required string Dataset { get; init; }
     public DatasetFormat? DatasetFormat { get; init; }
     public string? Template { get; init; }
@@ -39,6 +41,8 @@ public sealed record TrainConfig
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
         "stage", "do_train", "plot_loss", "overwrite_output_dir",
+        "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
+        "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
     };
 
     public static IReadOnlyList<string> ValidKeys => Keys;
@@ -92,8 +96,8 @@ public sealed record TrainConfig
             throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
         if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
         var finetuning = Str("finetuning_type") ?? "lora";
-        if (finetuning is not ("lora" or "full"))
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full)");
+        if (finetuning is not ("lora" or "full") && !Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning))
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)})");
         var training = new TrainingArguments
         {
             OutputDir = Str("output_dir") ?? "output",
@@ -134,6 +138,17 @@ public sealed record TrainConfig
             LoraAlpha = OptDbl("lora_alpha"),
             LoraDropout = Dbl("lora_dropout", 0),
             LoraTarget = Str("lora_target") ?? "all",
+            Prompt = new Tuners.PromptLearning.PromptFamilySettings
+            {
+                NumVirtualTokens = Int("num_virtual_tokens", 20),
+                PromptTuningInit = Str("prompt_tuning_init") ?? "RANDOM",
+                PromptTuningInitText = Str("prompt_tuning_init_text"),
+                EncoderReparameterizationType = Str("encoder_reparameterization_type") ?? "MLP",
+                EncoderHiddenSize = Str("encoder_hidden_size") is null ? null : Int("encoder_hidden_size", 0),
+                PrefixProjection = Bool("prefix_projection", false),
+                AdapterLen = Int("adapter_len", 10),
+                AdapterLayers = Str("adapter_layers") is null ? null : Int("adapter_layers", 0),
+            },
             Dataset = Required("dataset"),
             DatasetFormat = format is null ? null : DatasetFormats.Parse(format),
             Template = Str("template"),

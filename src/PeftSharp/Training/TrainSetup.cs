@@ -27,7 +27,9 @@ public sealed class TrainSetup : IDisposable
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
             var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
-            var target = c.FinetuningType == "full" ? TrainingTarget.Full(model) : AdapterTargets.Lora(model, c, modelDir);
+            var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
+                : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
+                : AdapterTargets.Lora(model, c, modelDir);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
             return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir };
@@ -74,6 +76,20 @@ public static class AdapterTargets
             BaseModelNameOrPath = modelDir,
         };
         config.Validate("lora settings");
+        return Peft(PeftModel.Create(model, config));
+    }
+
+    /// <summary>
+    /// Prompt Tuning, P-Tuning, Prefix Tuning, P-Tuning v2 or LLaMA-Adapter (see <see cref="Tuners.PromptLearning.PromptFamily"/>):
+    /// a new adapter from the YAML's settings, or with adapter_name_or_path an existing one made trainable.
+    /// TEXT init reads the model folder's tokenizer.
+    /// </summary>
+    public static TrainingTarget PromptFamily(PreTrainedModel model, TrainConfig c, string modelDir)
+    {
+        if (c.AdapterNameOrPath is { } adapter)
+            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
+        var settings = c.Prompt.PromptTuningInit == "TEXT" ? c.Prompt with { TokenizerNameOrPath = c.Prompt.TokenizerNameOrPath ?? modelDir } : c.Prompt;
+        var config = Tuners.PromptLearning.PromptFamily.Config(c.FinetuningType, settings, model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS", model.Config.NumHiddenLayers, modelDir);
         return Peft(PeftModel.Create(model, config));
     }
 

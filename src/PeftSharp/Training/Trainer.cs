@@ -160,8 +160,8 @@ public sealed class Trainer : IDisposable
         foreach (var rows in micro)
         {
             using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
-            var logits = _target.Model.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
-            var l = lm ? Losses.CausalLM(logits, batch.Labels, numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+            var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
+            var l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
             double v = l.ToDouble();
             if (!double.IsFinite(v))
                 throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +

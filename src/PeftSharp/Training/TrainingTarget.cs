@@ -22,6 +22,12 @@ public sealed record TrainingTarget
 
     public Device Device => Model.Device;
 
+    /// <summary>The forward training and evaluation run: the PeftModel's when the root is one (prompt-family adapters change the inputs), else the model's.</summary>
+    public ModelOutput Forward(ModelInputs inputs) => Root is Tuners.PeftModel peft ? peft.Forward(inputs) : Model.Forward(inputs);
+
+    /// <summary>Causal-LM labels aligned with <see cref="Forward"/>'s output (-100 in front of Prompt Tuning / P-Tuning's virtual positions).</summary>
+    public Tensor LmLabels(Tensor labels) => Root is Tuners.PeftModel peft ? peft.ExtendLabels(labels) : labels;
+
     /// <summary>Full fine-tuning: every parameter of <paramref name="model"/> trains; saves a HF model folder.</summary>
     public static TrainingTarget Full(PreTrainedModel model)
     {

@@ -81,6 +81,12 @@ public static class ParameterAccounting
                     }
                 }
             }
+            // A prompt learner changes no weight: its own tensors are what it trains (and saves, possibly reparameterized).
+            if (peft.ActiveAdapter == adapter && peft.ActivePromptLearner is { } learner)
+            {
+                long own = learner.parameters().Sum(p => p.numel());
+                modules.Add(new ModuleDelta("prompt_encoder." + adapter, "prompt_learning", Array.Empty<long>(), 0, 0, own, 0, -1));
+            }
         }
         return new AdapterParameterReport(adapter, trainable, all,
             modules.Sum(m => m.AdapterElements), modules.Sum(m => m.ChangedElements), modules.Sum(m => m.WeightElements), modules);

@@ -30,6 +30,10 @@ public static class PeftMethods
     static readonly Dictionary<string, IPeftMethod> Registry = new(StringComparer.Ordinal)
     {
         ["LORA"] = new Lora.LoraMethod(),
+        ["PROMPT_TUNING"] = new PromptTuning.PromptTuningMethod(),
+        ["P_TUNING"] = new PTuning.PTuningMethod(),
+        ["PREFIX_TUNING"] = new PrefixTuning.PrefixTuningMethod(),
+        ["ADAPTION_PROMPT"] = new AdaptionPrompt.AdaptionPromptMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>

@@ -31,9 +31,12 @@ public sealed class TunerModel : nn.Module
 /// AddWeightedAdapter = add_weighted_adapter, SaveAdapter = save_pretrained, Forward(inputs, adapterNames) =
 /// forward(..., adapter_names=...), PrintTrainableParameters = print_trainable_parameters.
 /// </remarks>
-public sealed class PeftModel : nn.Module
+public sealed class PeftModel : nn.Module, ILanguageModel
 {
     readonly TunerModel base_model;
+    // Prompt-learning adapters (peft's prompt_encoder ModuleDict): run around the base forward, not inside it.
+    readonly AdapterModules<PromptLearning.PromptLearner> prompt_encoder = new();
+    bool _promptDisabled;
     readonly List<string> _order = new();
     readonly Dictionary<string, PeftConfig> _configs = new();
     bool _unloaded;
@@ -54,6 +57,19 @@ public sealed class PeftModel : nn.Module
     public IReadOnlyList<string> Adapters => _order;
     public IReadOnlyDictionary<string, PeftConfig> Configs => _configs;
     public PeftConfig ActiveConfig => _configs[ActiveAdapter];
+
+    /// <summary>The active adapter's prompt learner (Prompt Tuning, P-Tuning, Prefix Tuning), or null.</summary>
+    public PromptLearning.PromptLearner? ActivePromptLearner =>
+        !_promptDisabled && prompt_encoder.Contains(ActiveAdapter) ? prompt_encoder[ActiveAdapter] : null;
+
+    /// <summary>The prompt learner of a prompt-learning adapter, or null for other methods.</summary>
+    public PromptLearning.PromptLearner? PromptLearnerOf(string adapterName) =>
+        prompt_encoder.Contains(adapterName) ? prompt_encoder[adapterName] : null;
+
+    ModelConfig ILanguageModel.Config => Model.Config;
+    public bool IsCausalLM => Model.IsCausalLM;
+    public Device Device => Model.Device;
+    public KVCache NewCache() => Model.NewCache();
 
     /// <summary>Every adapter wrapper with its module path relative to <see cref="Model"/>.</summary>
     public IEnumerable<(string Name, IAdapterLayer Layer)> AdapterLayers() =>
@@ -120,15 +136,25 @@ public sealed class PeftModel : nn.Module
         try
         {
             method.Inject(Model, prepared, adapterName);
+            if (method is PromptLearning.IPromptLearningMethod pm)
+                prompt_encoder.Add(adapterName, pm.CreateLearner(Model, (PromptLearning.PromptLearningConfig)prepared));
         }
         catch
         {
             foreach (var (_, layer) in AdapterLayers().ToList()) layer.DeleteAdapter(adapterName);
+            prompt_encoder.Remove(adapterName);
             throw;
         }
         _configs[adapterName] = prepared;
         _order.Add(adapterName);
         foreach (var (_, layer) in AdapterLayers()) layer.SetTrainable(adapterName, trainable && !prepared.InferenceMode);
+        SetLearnerTrainable(adapterName, trainable && !prepared.InferenceMode);
+    }
+
+    void SetLearnerTrainable(string adapterName, bool trainable)
+    {
+        if (!prompt_encoder.Contains(adapterName)) return;
+        foreach (var p in prompt_encoder[adapterName].parameters()) p.requires_grad = trainable;
     }
 
     void ApplyActive()
@@ -167,6 +193,7 @@ public sealed class PeftModel : nn.Module
         {
             foreach (var a in layer.Adapters) layer.SetTrainable(a, a == adapterName && !_configs[a].InferenceMode);
         }
+        foreach (var a in _order) SetLearnerTrainable(a, a == adapterName && !_configs[a].InferenceMode);
         ApplyActive();
     }
 
@@ -177,6 +204,7 @@ public sealed class PeftModel : nn.Module
         foreach (var (name, layer) in AdapterLayers())
             if (layer.MergedAdapters.Contains(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' is merged in {name}; unmerge first");
         foreach (var (_, layer) in AdapterLayers().ToList()) layer.DeleteAdapter(adapterName);
+        prompt_encoder.Remove(adapterName);
         _configs.Remove(adapterName);
         _order.Remove(adapterName);
         if (ActiveAdapter == adapterName && _order.Count > 0)
@@ -194,7 +222,8 @@ public sealed class PeftModel : nn.Module
         if (AdapterLayers().Any(l => l.Layer.MergedAdapters.Count > 0)) Unmerge();
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
         foreach (var l in layers) l.AdaptersDisabled = true;
-        return new Scope(() => { foreach (var l in layers) l.AdaptersDisabled = false; });
+        _promptDisabled = true;
+        return new Scope(() => { foreach (var l in layers) l.AdaptersDisabled = false; _promptDisabled = false; });
     }
 
     sealed class Scope(Action onDispose) : IDisposable
@@ -210,7 +239,12 @@ public sealed class PeftModel : nn.Module
 
     // ---- forward ----
 
-    public ModelOutput Forward(ModelInputs inputs) => Model.Forward(inputs);
+    /// <summary>The model's forward with the active adapter; a prompt-learning adapter changes the inputs (see <see cref="PromptLearning.PromptLearner"/>).</summary>
+    public ModelOutput Forward(ModelInputs inputs) =>
+        ActivePromptLearner is { } learner ? learner.Forward(Model, inputs) : Model.Forward(inputs);
+
+    /// <summary>Labels for the active adapter's output: -100 in front for the virtual positions of Prompt Tuning / P-Tuning (peft pads them the same way).</summary>
+    public Tensor ExtendLabels(Tensor labels) => ActivePromptLearner?.ExtendLabels(labels) ?? labels.alias();
 
     /// <summary>
     /// Forward where row i uses adapter <paramref name="adapterNames"/>[i] or <see cref="RowAdapters.Base"/> (peft's
@@ -224,6 +258,9 @@ public sealed class PeftModel : nn.Module
         foreach (var n in adapterNames.Distinct())
             if (n != RowAdapters.Base && !_configs.ContainsKey(n))
                 throw new PeftSharpException($"adapter '{n}' in the per-row names does not exist (adapters: {string.Join(", ", _order)}, or {RowAdapters.Base})");
+        foreach (var n in adapterNames.Distinct().Where(_configs.ContainsKey))
+            if (_configs[n] is PromptLearning.PromptLearningConfig or AdaptionPrompt.AdaptionPromptConfig)
+                throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: mixed-adapter batches support adapters that replace modules (LoRA family), not prompt-family adapters; run it in a batch of its own");
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
         if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
         if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
@@ -240,6 +277,8 @@ public sealed class PeftModel : nn.Module
     {
         var names = (adapterNames ?? new[] { ActiveAdapter }).ToList();
         foreach (var n in names) RequireAdapter(n);
+        foreach (var n in names.Where(prompt_encoder.Contains))
+            throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: prompt-learning adapters change the inputs, not the weights, and cannot be merged (peft neither)");
         foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
     }
 
@@ -294,6 +333,10 @@ public sealed class PeftModel : nn.Module
 
     /// <summary>Prefix of every checkpoint key (peft's PeftModel.base_model.model).</summary>
     public const string KeyPrefix = "base_model.model.";
+    /// <summary>Prefix of modules_to_save keys of prompt-learning adapters.</summary>
+    public const string PromptKeyPrefix = "base_model.";
+    /// <summary>The one key a prompt-learning adapter's own tensor is saved under.</summary>
+    public const string PromptEmbeddingsKey = "prompt_embeddings";
 
     /// <summary>
     /// save_pretrained: writes adapter_config.json + adapter_model.safetensors for each adapter (or only
@@ -340,9 +383,13 @@ public sealed class PeftModel : nn.Module
         var config = _configs[adapterName];
         var result = new Dictionary<string, Tensor>();
         var layers = AdapterLayers().ToList();
+        // peft saves a prompt-learning model's modules_to_save under base_model.<module> (its task model wraps the user model directly).
+        var prefix = config is PromptLearning.PromptLearningConfig ? PromptKeyPrefix : KeyPrefix;
         foreach (var (name, layer) in layers)
             foreach (var (key, value) in layer.AdapterState(adapterName))
-                result[KeyPrefix + name + "." + key] = value;
+                result[prefix + name + "." + key] = value;
+        if (prompt_encoder.Contains(adapterName))
+            result[PromptEmbeddingsKey] = prompt_encoder[adapterName].PromptEmbeddings().to(ScalarType.Float32);
 
         if (config is Lora.LoraConfig lc)
         {
@@ -406,12 +453,21 @@ public sealed class PeftModel : nn.Module
         var modelState = Model.state_dict();
         var loaded = new HashSet<string>();
         var unexpected = new List<string>();
+        var learner = prompt_encoder.Contains(adapterName) ? prompt_encoder[adapterName] : null;
+        if (learner is not null) expected[PromptEmbeddingsKey] = (null!, PromptEmbeddingsKey);
         using (no_grad())
         {
             foreach (var (fileKey, load) in tensors)
             {
-                var key = fileKey.StartsWith(KeyPrefix, StringComparison.Ordinal) ? fileKey[KeyPrefix.Length..] : fileKey;
+                var key = fileKey.StartsWith(KeyPrefix, StringComparison.Ordinal) ? fileKey[KeyPrefix.Length..]
+                    : learner is not null && fileKey.StartsWith(PromptKeyPrefix, StringComparison.Ordinal) ? fileKey[PromptKeyPrefix.Length..] : fileKey;
                 using var value = load();
+                if (learner is not null && key == PromptEmbeddingsKey)
+                {
+                    learner.LoadPromptEmbeddings(value, source);
+                    loaded.Add(key);
+                    continue;
+                }
                 try
                 {
                     if (expected.TryGetValue(key, out var e) && e.Layer.LoadAdapterState(adapterName, e.Local, value)) { loaded.Add(key); continue; }

@@ -24,10 +24,14 @@ public class GenerateCommandTests
         Assert.False(row.TryGetProperty("text", out _));
     }
 
-    [Fact]
-    public void Adapter_generation_equals_peft_greedy_ids()
+    [Theory]
+    [InlineData("lora_qv")]
+    [InlineData("prompt_tuning")]
+    [InlineData("prefix_tuning")]
+    [InlineData("adaption_prompt")]
+    public void Adapter_generation_equals_peft_greedy_ids(string adapter)
     {
-        var dir = TestPaths.Data("adapters", "llama-tiny", "lora_qv");
+        var dir = TestPaths.Data("adapters", "llama-tiny", adapter);
         var fx = GreedyFixture.FromFolder(dir);
         var ids = string.Join(';', fx.BatchUnpadded.Select(r => string.Join(' ', r)));
         var (code, stdout, stderr) = Run("generate", "--model", TestPaths.Model("llama-tiny"), "--adapter", dir, "--input-ids", ids,
