@@ -315,6 +315,7 @@ public sealed class PeftModel : nn.Module
     {
         RequireAdapter(adapterName);
         Directory.CreateDirectory(dir);
+        if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.SaveWeights(this, dir, adapterName); return; }
         var config = ConfigForSave(adapterName);
         SafetensorsWriter.Save(Path.Combine(dir, AdapterFiles.WeightsFile), AdapterStateDict(adapterName), new Dictionary<string, string> { ["format"] = "pt" });
         config.Save(dir);
@@ -384,6 +385,7 @@ public sealed class PeftModel : nn.Module
     public void LoadWeights(string adapterDir, string adapterName)
     {
         RequireAdapter(adapterName);
+        if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.LoadWeights(this, adapterDir, adapterName); return; }
         var path = Path.Combine(adapterDir, AdapterFiles.WeightsFile);
         if (!File.Exists(path))
         {
