@@ -24,6 +24,12 @@ public interface IPeftMethod
     IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName);
 }
 
+/// <summary>A method that runs the model's forward itself (AdapterHub prefix tuning feeds it a seeded KV cache).</summary>
+public interface IForwardHook
+{
+    ModelOutput Forward(PeftModel peft, ModelInputs inputs);
+}
+
 /// <summary>A method whose adapter folders are not peft's (AdapterHub): <see cref="PeftModel"/> hands it the weight files.</summary>
 public interface IAdapterFolderFormat
 {

@@ -210,7 +210,8 @@ public sealed class PeftModel : nn.Module
 
     // ---- forward ----
 
-    public ModelOutput Forward(ModelInputs inputs) => Model.Forward(inputs);
+    public ModelOutput Forward(ModelInputs inputs) =>
+        _configs.TryGetValue(ActiveAdapter, out var c) && PeftMethods.For(c) is IForwardHook hook ? hook.Forward(this, inputs) : Model.Forward(inputs);
 
     /// <summary>
     /// Forward where row i uses adapter <paramref name="adapterNames"/>[i] or <see cref="RowAdapters.Base"/> (peft's

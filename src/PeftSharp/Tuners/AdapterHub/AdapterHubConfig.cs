@@ -7,7 +7,7 @@ namespace PeftSharp.Tuners.AdapterHub;
 /// <summary>
 /// An AdapterHub adapter (adapters 1.x <c>adapter_config.json</c>: <c>{config, hidden_size, model_class, model_name,
 /// model_type, name, version}</c>). <c>config</c> is one method or a union (<c>architecture: "union"</c>, as MAM and
-/// UniPELT are); its parts are <see cref="BottleneckConfig"/> and <see cref="HubLoraConfig"/>.
+/// UniPELT are); its parts are <see cref="BottleneckConfig"/>, <see cref="HubLoraConfig"/> and <see cref="HubPrefixConfig"/>.
 /// </summary>
 public sealed record AdapterHubConfig : PeftConfig
 {
@@ -62,7 +62,8 @@ public sealed record AdapterHubConfig : PeftConfig
         {
             "bottleneck" => BottleneckConfig.Parse(r),
             "lora" => HubLoraConfig.Parse(r),
-            _ => throw new PeftConfigException($"{source}: AdapterHub architecture '{arch}' is not supported by PeftSharp (supported: bottleneck, lora, union of them)"),
+            "prefix_tuning" => HubPrefixConfig.Parse(r),
+            _ => throw new PeftConfigException($"{source}: AdapterHub architecture '{arch}' is not supported by PeftSharp (supported: bottleneck, lora, prefix_tuning, union of them)"),
         };
         PeftMethods.WarnUnknown(r);
         return part;
@@ -75,6 +76,7 @@ public sealed record AdapterHubConfig : PeftConfig
         {
             BottleneckConfig b => b.ToJson(),
             HubLoraConfig l => l.ToJson(),
+            HubPrefixConfig x => x.ToJson(),
             _ => throw new PeftSharpException($"unknown AdapterHub part {p.GetType().Name}"),
         }).ToList();
         return parts.Count == 1 ? parts[0] : new JsonObject { ["architecture"] = "union", ["configs"] = new JsonArray(parts.ToArray<JsonNode?>()) };

@@ -12,7 +12,7 @@ namespace PeftSharp.Tuners.AdapterHub;
 /// AdapterHub adapters in <see cref="PeftModel"/>: bottleneck adapters fill the blocks' <see cref="BlockSlot"/>s,
 /// AdapterHub LoRA wraps the attention/FFN linears it names; files use AdapterHub's folder layout and key names.
 /// </summary>
-public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
+public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwardHook
 {
     public const string WeightsFile = "adapter.safetensors";
     public const string PickleWeightsFile = "pytorch_adapter.bin";
@@ -49,6 +49,7 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
             {
                 case BottleneckConfig b: names.AddRange(InjectBottleneck(model, b, adapterName)); break;
                 case HubLoraConfig l: names.AddRange(InjectLora(model, l, adapterName)); break;
+                case HubPrefixConfig p: names.AddRange(InjectPrefix(model, p, adapterName)); break;
             }
         }
         if (names.Count == 0) throw new PeftConfigException($"AdapterHub adapter '{adapterName}' fits no module of this {model.GetType().Name} (check leave_out and the locations)");
@@ -108,8 +109,10 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
     {
         var type = model.Config.ModelType;
         var targets = model.named_modules()
-            .Where(m => m.module is Linear or HubLoraLinear && IsLoraTarget(type, m.name, l) && !l.LeaveOut.Contains(LayerOf(m.name)))
+            .Where(m => m.module is Linear or HubLoraLinear or HubPrefixProbe && IsLoraTarget(type, m.name, l) && !l.LeaveOut.Contains(LayerOf(m.name)))
             .Select(m => (m.name, m.module)).ToList();
+        if (targets.FirstOrDefault(t => t.module is HubPrefixProbe).name is { } probed)
+            throw new PeftConfigException($"AdapterHub LoRA on {probed} together with prefix tuning on the same module is not supported; add the LoRA adapter first");
         foreach (var (name, module) in targets)
         {
             var layer = module as HubLoraLinear ?? new HubLoraLinear((Linear)module);
@@ -119,7 +122,90 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
         }
     }
 
+    /// <summary>The module whose input is the attention input, per architecture (prefix probes wrap it).</summary>
+    static string AttentionInputSuffix(string modelType) => modelType switch
+    {
+        "bert" => ".attention.self.key",
+        "gpt2" => ".attn.c_attn",
+        _ => ".self_attn.k_proj",
+    };
+
+    static IEnumerable<string> InjectPrefix(PreTrainedModel model, HubPrefixConfig p, string adapterName)
+    {
+        var suffix = AttentionInputSuffix(model.Config.ModelType);
+        var targets = model.named_modules().Where(m => m.name.EndsWith(suffix, StringComparison.Ordinal))
+            .Select(m => (m.name, Module: m.module as nn.Module<Tensor, Tensor> ?? throw new PeftSharpException($"{m.name} cannot be wrapped for prefix tuning")))
+            .OrderBy(m => LayerOf(m.name)).ToList();
+        if (targets.Count != model.Config.NumHiddenLayers)
+            throw new PeftSharpException($"prefix tuning expects one '{suffix}' per layer ({model.Config.NumHiddenLayers}); found {targets.Count}");
+        var owner = targets.Select(t => t.Module).OfType<HubPrefixProbe>().FirstOrDefault(x => x.OwnsPool);
+        foreach (var (name, module) in targets)
+        {
+            var probe = module as HubPrefixProbe ?? new HubPrefixProbe(module, LayerOf(name), owner);
+            if (!ReferenceEquals(probe, module)) ModuleSurgery.Replace(model, name, probe);
+            owner ??= probe;
+            if (p.UseGating) probe.AddGate(adapterName, model.Config.HiddenSize);
+            probe.train(model.training);
+            yield return name;
+        }
+        var (heads, headDim) = model.KvShape;
+        var generator = new HubPrefixGenerator(p, model.Config.HiddenSize, model.Config.NumHiddenLayers, heads, headDim);
+        generator.to(model.DType).to(model.Device);
+        generator.train(model.training);
+        owner!.Pool.Add(adapterName, generator);
+    }
+
+    /// <summary>
+    /// With an active prefix: seeds a fresh KV cache with the prefix of every layer (computed now, so training reaches
+    /// the generator), extends the attention mask by the prefix and keeps the tokens at positions 0..seq-1.
+    /// </summary>
+    public ModelOutput Forward(PeftModel peft, ModelInputs inputs)
+    {
+        var probes = peft.AdapterLayers().Select(l => l.Layer).OfType<HubPrefixProbe>().ToList();
+        var owner = probes.FirstOrDefault(p => p.OwnsPool);
+        var active = owner is null || owner.AdaptersDisabled ? new List<string>() : owner.ActiveAdapters.Where(owner.Pool.Contains).ToList();
+        if (active.Count == 0) return peft.Model.Forward(inputs);
+        if (inputs.Cache is not null) throw new PeftSharpException("AdapterHub prefix tuning: forwards with a KV cache (cached generation) are not supported; run without a cache");
+        var (b, t) = inputs.Shape();
+        var device = peft.Model.Device;
+        using var cache = new KVCache(peft.Model.Config.NumHiddenLayers);
+        var run = new HubPrefixRun(cache, active.Select(a => (a, owner!.Pool[a].Compute(b))).ToList());
+        var mask = inputs.AttentionMask ?? ones(b, t, ScalarType.Int64, device);
+        var extended = cat(new[] { ones(b, run.Length, mask.dtype, mask.device), mask }, 1);
+        var positions = inputs.PositionIds ?? arange(t, device: device).unsqueeze(0).expand(b, t);
+        var prefixed = new ModelInputs
+        {
+            InputIds = inputs.InputIds, InputsEmbeds = inputs.InputsEmbeds, AttentionMask = extended, PositionIds = positions,
+            TokenTypeIds = inputs.TokenTypeIds, Cache = cache, OutputHiddenStates = inputs.OutputHiddenStates,
+        };
+        foreach (var p in probes) p.Run = run;
+        try { return peft.Model.Forward(prefixed); }
+        finally { foreach (var p in probes) p.Run = null; }
+    }
+
     // ---- files ----
+
+    /// <summary>The base model's path (where AdapterHub keeps the model-level prefix_tuning): the part before the layer list.</summary>
+    static string BaseOf(string path)
+    {
+        foreach (var marker in new[] { ".encoder.layer.", ".layers.", ".h." })
+        {
+            int i = path.IndexOf(marker, StringComparison.Ordinal);
+            if (i >= 0) return path[..i];
+        }
+        foreach (var start in new[] { "encoder.layer.", "layers.", "h." })
+            if (path.StartsWith(start, StringComparison.Ordinal)) return "";
+        throw new PeftSharpException($"cannot tell the base model of {path}");
+    }
+
+    static string PrefixKey(string path, string local, string keyName) => local.StartsWith("pool.", StringComparison.Ordinal)
+        ? Join(BaseOf(path), $"prefix_tuning.prefix_tunings.{keyName}.self_prefix.{local[5..]}")
+        : Join(Parent(path), $"prefix_tuning.prefix_gates.{keyName}.{local[5..]}");
+
+    /// <summary>AdapterHub also registers the prefix generator under every attention layer (same tensors): those keys are aliases.</summary>
+    static string PoolAlias(string probePath, string local, string keyName) => Join(Parent(probePath), $"prefix_tuning.pool.prefix_tunings.{keyName}.self_prefix.{local[5..]}");
+
+    static bool IsPoolAlias(string key) => key.Contains(".prefix_tuning.pool.prefix_tunings.", StringComparison.Ordinal);
 
     static string Parent(string path) { int dot = path.LastIndexOf('.'); return dot < 0 ? "" : path[..dot]; }
     static string Join(string a, string b) => a.Length == 0 ? b : a + "." + b;
@@ -130,13 +216,15 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
         var result = new Dictionary<string, (IAdapterLayer, string, Tensor)>();
         foreach (var (path, layer) in peft.AdapterLayers())
         {
-            string prefix = layer switch
+            string? prefix = layer switch
             {
                 AdapterSlot s => Join(s.KeysInParent ? Parent(path) : path, $"adapters.{keyName}"),
                 HubLoraLinear => $"{path}.loras.{keyName}",
+                HubPrefixProbe => null,
                 _ => throw new PeftSharpException($"{path} holds a {layer.GetType().Name}, which AdapterHub files cannot describe"),
             };
-            foreach (var (local, value) in layer.AdapterState(adapter)) result[$"{prefix}.{local}"] = (layer, local, value);
+            foreach (var (local, value) in layer.AdapterState(adapter))
+                result[prefix is null ? PrefixKey(path, local, keyName) : $"{prefix}.{local}"] = (layer, local, value);
         }
         return result;
     }
@@ -145,6 +233,10 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
     {
         var config = (AdapterHubConfig)peft.Configs[adapterName] with { Name = adapterName };
         var state = HubState(peft, adapterName, adapterName).ToDictionary(kv => kv.Key, kv => kv.Value.Value);
+        var probes = peft.AdapterLayers().Where(l => l.Layer is HubPrefixProbe).ToList();
+        foreach (var (path, _) in probes)
+            foreach (var (local, value) in probes.Select(p => p.Layer).OfType<HubPrefixProbe>().First(p => p.OwnsPool).AdapterState(adapterName))
+                if (local.StartsWith("pool.", StringComparison.Ordinal)) state[PoolAlias(path, local, adapterName)] = value;
         SafetensorsWriter.Save(Path.Combine(dir, WeightsFile), state, new Dictionary<string, string> { ["format"] = "pt" });
         AtomicFile.WriteAllText(Path.Combine(dir, AdapterFiles.ConfigFile), config.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
@@ -174,7 +266,7 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat
         var loaded = new HashSet<string>();
         foreach (var key in file.Keys)
         {
-            if (!expected.TryGetValue(key, out var e)) { unexpected.Add(key); continue; }
+            if (!expected.TryGetValue(key, out var e)) { if (!IsPoolAlias(key)) unexpected.Add(key); continue; }
             using var value = file.Load(key);
             try
             {

@@ -41,7 +41,7 @@ public class AdapterHubFixtureTests
     {
         var d = new TheoryData<string, string>();
         foreach (var b in new[] { "bert-tiny-cls", "llama-tiny" })
-            foreach (var c in new[] { "seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_leave_out", "lora", "lora_all" })
+            foreach (var c in new[] { "seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_leave_out", "lora", "lora_all", "prefix_tuning", "mam", "unipelt" })
                 d.Add(b, c);
         return d;
     }
