@@ -26,6 +26,17 @@ public sealed record AdapterHubConfig : PeftConfig
 
     public static AdapterHubConfig Of(params object[] parts) => new() { Parts = parts };
 
+    /// <summary>One line per part, e.g. "bottleneck seq (rf 16, relu) at output_adapter".</summary>
+    public string Describe() => string.Join("; ", Parts.Select(p => p switch
+    {
+        BottleneckConfig b => $"bottleneck {(b.IsParallel ? "parallel" : "sequential")} (reduction_factor {b.ReductionFactor}, {b.NonLinearity}, scaling {b.Scaling.ToJsonString()}{(b.UseGating ? ", gated" : "")}) at " +
+            string.Join("+", new[] { b.MhAdapter ? "mh_adapter" : null, b.OutputAdapter ? "output_adapter" : null }.Where(x => x is not null)) +
+            (b.LeaveOut.Count > 0 ? $", leave_out [{string.Join(", ", b.LeaveOut)}]" : ""),
+        HubLoraConfig l => $"lora r={l.R} alpha={l.Alpha} on {string.Join(",", l.AttnMatrices)}{(l.IntermediateLora ? "+intermediate" : "")}{(l.OutputLora ? "+output" : "")}{(l.UseGating ? ", gated" : "")}",
+        HubPrefixConfig x => $"prefix_tuning length {x.PrefixLength}, bottleneck {x.BottleneckSize}{(x.UseGating ? ", gated" : "")}",
+        _ => p.GetType().Name,
+    }));
+
     /// <summary>True for an AdapterHub adapter_config.json (no peft_type; a config object and an adapters version).</summary>
     public static bool Recognizes(JsonObject json) =>
         json["peft_type"] is null && json["config"] is JsonObject && (json["version"]?.ToString().StartsWith("adapters.", StringComparison.Ordinal) == true || json["model_class"] is not null);
@@ -50,6 +61,7 @@ public sealed record AdapterHubConfig : PeftConfig
             ModelClass = r.String("model_class"), ModelName = r.String("model_name"), ModelType = r.String("model_type"),
             Version = r.String("version") ?? "adapters.1.2.0",
         };
+        c = c with { BaseModelNameOrPath = c.ModelName };
         PeftMethods.WarnUnknown(r);
         return c;
     }
