@@ -44,6 +44,7 @@ public static class PeftMethods
     {
         ["LORA"] = new Lora.LoraMethod(),
         [AdapterHub.AdapterHubConfig.Type] = new AdapterHub.AdapterHubMethod(),
+        [BitFit.BitFitConfig.Type] = new BitFit.BitFitMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>
