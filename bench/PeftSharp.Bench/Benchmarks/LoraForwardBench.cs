@@ -85,7 +85,7 @@ public sealed class LoraForwardBench : IBenchmark
     }
 
     // Wall time plus process CPU time: on a shared machine CPU time is the steadier figure.
-    static (double Median, double Min, double MinCpu) Time(Action f, int repeat)
+    internal static (double Median, double Min, double MinCpu) Time(Action f, int repeat)
     {
         for (int i = 0; i < 2; i++) f();
         var times = new List<double>();
