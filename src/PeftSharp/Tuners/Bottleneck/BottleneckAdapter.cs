@@ -44,7 +44,7 @@ public sealed class BottleneckAdapter : nn.Module
         adapter_up = upLinear;
         if (c.Scaling is JsonValue v && v.TryGetValue<string>(out var s))
             scaling = Parameter(s == "learned" ? ones(1) : ones(hidden));
-        else _scaling = c.Scaling.GetValue<double>();
+        else _scaling = double.Parse(c.Scaling.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture);
         if (c.LnAfter) adapter_norm_after = LayerNorm(hidden);
         Linear? gateLinear = c.UseGating ? Linear(hidden, 1) : null;
         gate = gateLinear;

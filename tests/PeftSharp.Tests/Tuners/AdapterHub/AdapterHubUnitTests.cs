@@ -199,4 +199,26 @@ public class AdapterHubUnitTests
         Assert.True(code2 == 0, err2);
         Assert.Contains("AdapterHub bottleneck sequential (reduction_factor 16, relu", output);
     }
+
+    [Fact]
+    public void Finetuning_types_build_configs_from_yaml_keys()
+    {
+        var keys = new Dictionary<string, JsonNode?> { ["adapter_config"] = "double_seq_bn", ["reduction_factor"] = 8, ["leave_out"] = new JsonArray(0) };
+        var c = Assert.IsType<AdapterHubConfig>(AdapterFamilyTypes.Create("adapter", keys));
+        var bn = Assert.IsType<BottleneckConfig>(Assert.Single(c.Parts));
+        Assert.True(bn.MhAdapter && bn.OutputAdapter);
+        Assert.Equal(8, bn.ReductionFactor);
+        Assert.Equal("swish", bn.NonLinearity);
+        Assert.Equal(new[] { 0 }, bn.LeaveOut);
+        var u = Assert.IsType<AdapterHubConfig>(AdapterFamilyTypes.Create("unipelt", new Dictionary<string, JsonNode?>()));
+        Assert.Equal(3, u.Parts.Count);
+        Assert.All(u.Parts, p => Assert.True(p switch { HubPrefixConfig x => x.UseGating, BottleneckConfig x => x.UseGating, HubLoraConfig x => x.UseGating, _ => false }));
+        Assert.IsType<PeftSharp.Tuners.BitFit.BitFitConfig>(AdapterFamilyTypes.Create("bitfit", new Dictionary<string, JsonNode?>()));
+        Assert.Throws<PeftConfigException>(() => AdapterFamilyTypes.Create("adapter", new Dictionary<string, JsonNode?> { ["adapter_config"] = "nope" }));
+
+        using var scope = NewDisposeScope();
+        var dir = Case("llama-tiny", "fuse");
+        var peft = AdapterFamilyTypes.FusionStage(AutoModel.FromPretrained(TestPaths.Model("llama-tiny")), new[] { Path.Combine(dir, "a"), Path.Combine(dir, "b") });
+        Assert.All(peft.Model.named_parameters().Where(p => p.parameter.requires_grad), p => Assert.Contains("adapter_fusion_layer.a,b.", p.name));
+    }
 }
