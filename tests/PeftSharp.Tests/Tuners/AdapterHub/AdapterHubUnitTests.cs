@@ -221,4 +221,24 @@ public class AdapterHubUnitTests
         var peft = AdapterFamilyTypes.FusionStage(AutoModel.FromPretrained(TestPaths.Model("llama-tiny")), new[] { Path.Combine(dir, "a"), Path.Combine(dir, "b") });
         Assert.All(peft.Model.named_parameters().Where(p => p.parameter.requires_grad), p => Assert.Contains("adapter_fusion_layer.a,b.", p.name));
     }
+
+    /// <summary>GPT-2 has the same slots: bottleneck adapters and the AdapterHub prefix run there too (no fixture: behaviour checks).</summary>
+    [Fact]
+    public void Gpt2_slots_and_prefix_change_the_output_and_disable_restores_it()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        using var cases = SafetensorsFile.Open(Path.Combine(TestPaths.Model("gpt2-tiny"), "cases.safetensors"));
+        var inputs = new ModelInputs { InputIds = cases.Load("input_ids"), AttentionMask = cases.Load("attention_mask") };
+        var baseLogits = AutoModel.FromPretrained(TestPaths.Model("gpt2-tiny")).Forward(inputs).Logits;
+        manual_seed(0);
+        var peft = PeftModel.Create(AutoModel.FromPretrained(TestPaths.Model("gpt2-tiny")),
+            AdapterHubConfig.Of(new HubPrefixConfig { PrefixLength = 3, BottleneckSize = 8 }, BottleneckConfig.DoubleSeqBn() with { InitWeights = "houlsby" }));
+        peft.eval();
+        Assert.Equal(4, peft.AdapterLayers().Count(l => l.Layer is AdapterSlot));
+        var logits = peft.Forward(inputs).Logits;
+        Assert.Equal(baseLogits.shape, logits.shape);
+        Assert.True(FixtureAssert.MaxAbsDiff(logits, baseLogits, inputs.AttentionMask) > 1e-4);
+        using (peft.DisableAdapters()) FixtureAssert.Close(peft.Forward(inputs).Logits, baseLogits, inputs.AttentionMask, 1e-6, "disabled");
+    }
 }
