@@ -27,7 +27,9 @@ public sealed class TrainSetup : IDisposable
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
             var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
-            var target = c.FinetuningType == "full" ? TrainingTarget.Full(model) : AdapterTargets.Lora(model, c, modelDir);
+            var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
+                : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
+                : AdapterTargets.Lora(model, c, modelDir);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
             return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir };
@@ -74,6 +76,28 @@ public static class AdapterTargets
             BaseModelNameOrPath = modelDir,
         };
         config.Validate("lora settings");
+        return Peft(PeftModel.Create(model, config));
+    }
+
+    /// <summary>
+    /// The adapter family (finetuning_type adapter | bitfit | mam | unipelt): a new adapter from the YAML keys, an
+    /// existing one (adapter_name_or_path) made trainable, or with adapter_fusion the fusion stage over trained
+    /// AdapterHub folders (saves the fusion folder).
+    /// </summary>
+    public static TrainingTarget Family(PreTrainedModel model, TrainConfig c, string modelDir)
+    {
+        if (c.AdapterNameOrPath is { } adapter)
+            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
+        if (c.AdapterKeys.TryGetValue("adapter_fusion", out var fusion) && fusion is not null)
+        {
+            var dirs = (fusion as System.Text.Json.Nodes.JsonArray ?? throw new PeftConfigException("adapter_fusion must be a list of adapter folders"))
+                .Select(d => c.ResolvePath(d!.GetValue<string>())).ToList();
+            var fused = Tuners.AdapterHub.AdapterFamilyTypes.FusionStage(model, dirs);
+            var names = fused.Adapters.ToList();
+            return Peft(fused) with { Save = dir => Tuners.AdapterHub.HubAdapters.SaveFusion(fused, dir, names) };
+        }
+        var config = Tuners.AdapterHub.AdapterFamilyTypes.Create(c.FinetuningType, c.AdapterKeys, "train config");
+        config = config with { BaseModelNameOrPath = modelDir, TaskType = config.TaskType ?? (model.IsCausalLM ? null : "SEQ_CLS") };
         return Peft(PeftModel.Create(model, config));
     }
 
