@@ -8,6 +8,8 @@ using PeftSharp.Tuners.AdapterHub;
 namespace PeftSharp.Tests.Tuners.AdapterHub;
 
 /// <summary>peft train with the adapter family's finetuning types: learns, writes an AdapterHub folder that loads back.</summary>
+// Seeds and trains through the global torch RNG: run outside the parallel phase so concurrent trainer tests stay deterministic.
+[Collection(nameof(PeftSharp.Tests.Runtime.MemoryCollection))]
 public class AdapterFamilyTrainTests
 {
     [Theory]

@@ -11,6 +11,8 @@ using static TorchSharp.torch;
 
 namespace PeftSharp.Tests.Tuners.AdapterHub;
 
+// Seeds and trains through the global torch RNG: run outside the parallel phase so concurrent trainer tests stay deterministic.
+[Collection(nameof(PeftSharp.Tests.Runtime.MemoryCollection))]
 public class AdapterHubUnitTests
 {
     static void AssertSameFile(string expected, string actual)

@@ -7,6 +7,8 @@ using static TorchSharp.torch;
 
 namespace PeftSharp.Tests.Tuners.BitFit;
 
+// Seeds and trains through the global torch RNG: run outside the parallel phase so concurrent trainer tests stay deterministic.
+[Collection(nameof(PeftSharp.Tests.Runtime.MemoryCollection))]
 public class BitFitTests
 {
     static double Train(PeftModel peft, ModelInputs inputs, Func<Tensor, Tensor> loss, int steps = 15)
