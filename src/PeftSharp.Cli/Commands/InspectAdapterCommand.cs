@@ -22,7 +22,8 @@ public static class InspectAdapterCommand
         {
             var adapterDir = pr.GetValue(dir)!;
             var config = PeftMethods.LoadConfig(adapterDir);
-            var weightsPath = Path.Combine(adapterDir, AdapterFiles.WeightsFile);
+            var hub = config as PeftSharp.Tuners.AdapterHub.AdapterHubConfig;
+            var weightsPath = Path.Combine(adapterDir, hub is null ? AdapterFiles.WeightsFile : PeftSharp.Tuners.AdapterHub.AdapterHubMethod.WeightsFile);
             long bytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             long fileParams;
             int tensors;
@@ -41,7 +42,7 @@ public static class InspectAdapterCommand
             var info = new
             {
                 Adapter = adapterDir,
-                Method = config.PeftType + (lora?.UseDora == true ? " (DoRA)" : "") + (lora?.UseRsLora == true ? " (rsLoRA)" : ""),
+                Method = (hub is null ? config.PeftType : $"AdapterHub {hub.Describe()}") + (lora?.UseDora == true ? " (DoRA)" : "") + (lora?.UseRsLora == true ? " (rsLoRA)" : ""),
                 TaskType = config.TaskType,
                 BaseModel = config.BaseModelNameOrPath,
                 BaseModelResolved = baseDir,

@@ -111,17 +111,19 @@ public sealed class BertSelfAttention : nn.Module
     }
 }
 
-/// <summary>Post-norm residual: LayerNorm(dropout(dense(h)) + input). Used after attention (BertSelfOutput) and after the FFN (BertOutput).</summary>
+/// <summary>Post-norm residual: LayerNorm(dropout(dense(h)) + input), through the block's adapter slot. Used after attention (BertSelfOutput) and after the FFN (BertOutput).</summary>
 public sealed class BertResidualOutput : nn.Module
 {
     Module<Tensor, Tensor> dense;
     Module<Tensor, Tensor> LayerNorm;
+    BlockSlot adapter_slot;
     readonly double _dropout;
 
-    public BertResidualOutput(BertConfig c, int inFeatures, string name) : base(name)
+    public BertResidualOutput(BertConfig c, int inFeatures, string name, BlockSlot slot) : base(name)
     {
         dense = Linear(inFeatures, c.HiddenSize);
         LayerNorm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
+        adapter_slot = slot;
         _dropout = c.HiddenDropoutProb;
         RegisterComponents();
     }
@@ -130,7 +132,7 @@ public sealed class BertResidualOutput : nn.Module
     {
         using var scope = NewDisposeScope();
         var y = functional.dropout(dense.call(h), _dropout, training);
-        return LayerNorm.call(y + input).MoveToOuterDisposeScope();
+        return adapter_slot.Apply(y, input, LayerNorm).MoveToOuterDisposeScope();
     }
 }
 
@@ -143,7 +145,7 @@ public sealed class BertAttention : nn.Module
     public BertAttention(BertConfig c, int layer) : base(nameof(BertAttention))
     {
         self = new BertSelfAttention(c, layer);
-        output = new BertResidualOutput(c, c.HiddenSize, "BertSelfOutput");
+        output = new BertResidualOutput(c, c.HiddenSize, "BertSelfOutput", new BlockSlot(SlotLocation.Attention, layer, keysInParent: true));
         RegisterComponents();
     }
 
@@ -185,7 +187,7 @@ public sealed class BertLayer : nn.Module
     {
         attention = new BertAttention(c, layer);
         intermediate = new BertIntermediate(c);
-        output = new BertResidualOutput(c, c.IntermediateSize, "BertOutput");
+        output = new BertResidualOutput(c, c.IntermediateSize, "BertOutput", new BlockSlot(SlotLocation.Output, layer, keysInParent: true));
         RegisterComponents();
     }
 

@@ -109,6 +109,7 @@ public sealed class GPT2Block : nn.Module
     GPT2Attention attn;
     Module<Tensor, Tensor> ln_2;
     Module<Tensor, Tensor> mlp;
+    BlockSlot attention_adapters, output_adapters;
 
     public GPT2Block(GPT2Config c, int layer) : base(nameof(GPT2Block))
     {
@@ -116,14 +117,16 @@ public sealed class GPT2Block : nn.Module
         attn = new GPT2Attention(c, layer);
         ln_2 = LayerNorm(c.HiddenSize, c.LayerNormEpsilon);
         mlp = new GPT2MLP(c);
+        attention_adapters = new BlockSlot(SlotLocation.Attention, layer);
+        output_adapters = new BlockSlot(SlotLocation.Output, layer);
         RegisterComponents();
     }
 
     public Tensor forward(Tensor x, Tensor? mask, KVCache? cache)
     {
         using var scope = NewDisposeScope();
-        var h = x + attn.forward(ln_1.call(x), mask, cache);
-        return (h + mlp.call(ln_2.call(h))).MoveToOuterDisposeScope();
+        var h = attention_adapters.Apply(attn.forward(ln_1.call(x), mask, cache), x, null);
+        return output_adapters.Apply(mlp.call(ln_2.call(h)), h, null).MoveToOuterDisposeScope();
     }
 }
 

@@ -232,6 +232,7 @@ public sealed class LlamaDecoderLayer : nn.Module
     nn.Module self_attn;
     Module<Tensor, Tensor> mlp;
     Module<Tensor, Tensor> input_layernorm, post_attention_layernorm;
+    BlockSlot attention_adapters, output_adapters;
 
     public LlamaDecoderLayer(LlamaConfig c, int layer) : base(nameof(LlamaDecoderLayer))
     {
@@ -239,6 +240,8 @@ public sealed class LlamaDecoderLayer : nn.Module
         mlp = new LlamaMLP(c);
         input_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
         post_attention_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        attention_adapters = new BlockSlot(SlotLocation.Attention, layer);
+        output_adapters = new BlockSlot(SlotLocation.Output, layer);
         RegisterComponents();
     }
 
@@ -248,8 +251,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KVCache? cache)
     {
         using var scope = NewDisposeScope();
-        var h = x + Attention.forward(input_layernorm.call(x), cos, sin, mask, cache);
-        var y = h + mlp.call(post_attention_layernorm.call(h));
+        var h = attention_adapters.Apply(Attention.forward(input_layernorm.call(x), cos, sin, mask, cache), x, null);
+        var y = output_adapters.Apply(mlp.call(post_attention_layernorm.call(h)), h, null);
         return y.MoveToOuterDisposeScope();
     }
 }

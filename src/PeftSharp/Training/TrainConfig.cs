@@ -29,6 +29,8 @@ public sealed record TrainConfig
     public bool Packing { get; init; }
     public double ValSize { get; init; }
     public required TrainingArguments Training { get; init; }
+    /// <summary>The adapter-family keys (AdapterHub config names, adapter_fusion) as JSON values, for finetuning_type adapter | bitfit | mam | unipelt.</summary>
+    public IReadOnlyDictionary<string, System.Text.Json.Nodes.JsonNode?> AdapterKeys { get; init; } = new Dictionary<string, System.Text.Json.Nodes.JsonNode?>();
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
     public string BaseDir { get; init; } = ".";
 
@@ -43,6 +45,25 @@ public sealed record TrainConfig
         "stage", "do_train", "plot_loss", "overwrite_output_dir",
         "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
         "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
+        // adapter family (AdapterHub names; see Tuners/AdapterHub/AdapterFamilyTypes)
+        "adapter_config", "reduction_factor", "non_linearity", "leave_out", "original_ln_before", "original_ln_after", "residual_before_ln",
+        "adapter_residual_before_ln", "ln_before", "ln_after", "mh_adapter", "output_adapter", "is_parallel", "scaling", "use_gating",
+        "init_weights", "dropout", "prefix_length", "bottleneck_size", "target_modules", "adapter_fusion",
+    };
+
+    static readonly string[] FamilyKeys = Keys[Array.IndexOf(Keys, "adapter_config")..];
+
+    // A YAML scalar or list as the JSON value an adapter config expects (bool, number, string, list).
+    static System.Text.Json.Nodes.JsonNode? ToJson(YamlNode node) => node switch
+    {
+        YamlSequenceNode seq => new System.Text.Json.Nodes.JsonArray(seq.Children.Select(ToJson).ToArray()),
+        YamlScalarNode { Value: null or "" or "null" or "~" } => null,
+        YamlScalarNode s when s.Style is YamlDotNet.Core.ScalarStyle.SingleQuoted or YamlDotNet.Core.ScalarStyle.DoubleQuoted => s.Value,
+        YamlScalarNode s when bool.TryParse(s.Value, out var b) => b,
+        YamlScalarNode s when long.TryParse(s.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) => l,
+        YamlScalarNode s when double.TryParse(s.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) => d,
+        YamlScalarNode s => s.Value,
+        _ => throw new PeftConfigException($"line {node.Start.Line}: expected a value or a list"),
     };
 
     public static IReadOnlyList<string> ValidKeys => Keys;
@@ -96,8 +117,13 @@ public sealed record TrainConfig
             throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
         if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
         var finetuning = Str("finetuning_type") ?? "lora";
-        if (finetuning is not ("lora" or "full") && !Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning))
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)})");
+        bool prompt = Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning);
+        bool family = Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(finetuning);
+        if (finetuning is not ("lora" or "full") && !prompt && !family)
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)})");
+        var familyKeys = FamilyKeys.Where(values.ContainsKey).ToDictionary(k => k, k => ToJson(values[k]));
+        if (familyKeys.Count > 0 && !family)
+            throw new PeftConfigException($"{source}: {string.Join(", ", familyKeys.Keys)} apply to finetuning_type {string.Join(" | ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, not '{finetuning}'");
         var training = new TrainingArguments
         {
             OutputDir = Str("output_dir") ?? "output",
@@ -157,6 +183,7 @@ public sealed record TrainConfig
             Packing = Bool("packing", false),
             ValSize = Dbl("val_size", 0),
             Training = training,
+            AdapterKeys = familyKeys,
             BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
         };
     }

@@ -29,6 +29,7 @@ public sealed class TrainSetup : IDisposable
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
                 : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
+                : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
                 : AdapterTargets.Lora(model, c, modelDir);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
@@ -90,6 +91,28 @@ public static class AdapterTargets
             return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
         var settings = c.Prompt.PromptTuningInit == "TEXT" ? c.Prompt with { TokenizerNameOrPath = c.Prompt.TokenizerNameOrPath ?? modelDir } : c.Prompt;
         var config = Tuners.PromptLearning.PromptFamily.Config(c.FinetuningType, settings, model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS", model.Config.NumHiddenLayers, modelDir);
+        return Peft(PeftModel.Create(model, config));
+    }
+
+    /// <summary>
+    /// The adapter family (finetuning_type adapter | bitfit | mam | unipelt): a new adapter from the YAML keys, an
+    /// existing one (adapter_name_or_path) made trainable, or with adapter_fusion the fusion stage over trained
+    /// AdapterHub folders (saves the fusion folder).
+    /// </summary>
+    public static TrainingTarget Family(PreTrainedModel model, TrainConfig c, string modelDir)
+    {
+        if (c.AdapterNameOrPath is { } adapter)
+            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
+        if (c.AdapterKeys.TryGetValue("adapter_fusion", out var fusion) && fusion is not null)
+        {
+            var dirs = (fusion as System.Text.Json.Nodes.JsonArray ?? throw new PeftConfigException("adapter_fusion must be a list of adapter folders"))
+                .Select(d => c.ResolvePath(d!.GetValue<string>())).ToList();
+            var fused = Tuners.AdapterHub.AdapterFamilyTypes.FusionStage(model, dirs);
+            var names = fused.Adapters.ToList();
+            return Peft(fused) with { Save = dir => Tuners.AdapterHub.HubAdapters.SaveFusion(fused, dir, names) };
+        }
+        var config = Tuners.AdapterHub.AdapterFamilyTypes.Create(c.FinetuningType, c.AdapterKeys, "train config");
+        config = config with { BaseModelNameOrPath = modelDir, TaskType = config.TaskType ?? (model.IsCausalLM ? null : "SEQ_CLS") };
         return Peft(PeftModel.Create(model, config));
     }
 

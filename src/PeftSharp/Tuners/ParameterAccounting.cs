@@ -79,6 +79,10 @@ public static class ParameterAccounting
                         modules.Add(new ModuleDelta(name, "modules_to_save", shape, elements, changed, own, 0, -1));
                         break;
                     }
+                    default:
+                        // Layers that are not merged into a weight (bottleneck slots, prefixes): only their own size.
+                        modules.Add(new ModuleDelta(name, layer.GetType().Name, Array.Empty<long>(), 0, 0, own, 0, -1));
+                        break;
                 }
             }
             // A prompt learner changes no weight: its own tensors are what it trains (and saves, possibly reparameterized).

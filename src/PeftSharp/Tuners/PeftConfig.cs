@@ -27,7 +27,8 @@ public abstract record PeftConfig
     /// <summary>Method-specific keys; <see cref="ToJson"/> adds the common ones and sorts (peft writes sort_keys=True).</summary>
     protected abstract void WriteFields(JsonObject o);
 
-    public JsonObject ToJson()
+    /// <summary>The adapter_config.json object (a method with another file layout, AdapterHub, overrides it).</summary>
+    public virtual JsonObject ToJson()
     {
         var o = new JsonObject
         {

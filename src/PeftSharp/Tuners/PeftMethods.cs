@@ -24,6 +24,19 @@ public interface IPeftMethod
     IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName);
 }
 
+/// <summary>A method that runs the model's forward itself (AdapterHub prefix tuning feeds it a seeded KV cache).</summary>
+public interface IForwardHook
+{
+    ModelOutput Forward(PeftModel peft, ModelInputs inputs);
+}
+
+/// <summary>A method whose adapter folders are not peft's (AdapterHub): <see cref="PeftModel"/> hands it the weight files.</summary>
+public interface IAdapterFolderFormat
+{
+    void SaveWeights(PeftModel peft, string dir, string adapterName);
+    void LoadWeights(PeftModel peft, string dir, string adapterName);
+}
+
 /// <summary>The peft_type → method registry (one line per method) and the adapter_config.json reader.</summary>
 public static class PeftMethods
 {
@@ -34,6 +47,8 @@ public static class PeftMethods
         ["P_TUNING"] = new PTuning.PTuningMethod(),
         ["PREFIX_TUNING"] = new PrefixTuning.PrefixTuningMethod(),
         ["ADAPTION_PROMPT"] = new AdaptionPrompt.AdaptionPromptMethod(),
+        [AdapterHub.AdapterHubConfig.Type] = new AdapterHub.AdapterHubMethod(),
+        [BitFit.BitFitConfig.Type] = new BitFit.BitFitMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>
@@ -50,6 +65,7 @@ public static class PeftMethods
     /// <summary>Parses an adapter_config.json object, dispatching on peft_type.</summary>
     public static PeftConfig ParseConfig(JsonObject json, string source = AdapterFiles.ConfigFile)
     {
+        if (AdapterHub.AdapterHubConfig.Recognizes(json)) return Get(AdapterHub.AdapterHubConfig.Type).ParseConfig(json, source);
         var type = json["peft_type"] is JsonValue v && v.TryGetValue<string>(out var s) ? s
             : throw new PeftConfigException($"{source}: missing 'peft_type' (the only required key; supported: {string.Join(", ", Registry.Keys)})");
         return Get(type).ParseConfig(json, source);

@@ -239,9 +239,14 @@ public sealed class PeftModel : nn.Module, ILanguageModel
 
     // ---- forward ----
 
-    /// <summary>The model's forward with the active adapter; a prompt-learning adapter changes the inputs (see <see cref="PromptLearning.PromptLearner"/>).</summary>
+    /// <summary>
+    /// The model's forward with the active adapter: a prompt-learning adapter changes the inputs (see
+    /// <see cref="PromptLearning.PromptLearner"/>), a method with a forward hook (AdapterHub prefixes) wraps the call.
+    /// </summary>
     public ModelOutput Forward(ModelInputs inputs) =>
-        ActivePromptLearner is { } learner ? learner.Forward(Model, inputs) : Model.Forward(inputs);
+        ActivePromptLearner is { } learner ? learner.Forward(Model, inputs)
+        : _configs.TryGetValue(ActiveAdapter, out var c) && PeftMethods.For(c) is IForwardHook hook ? hook.Forward(this, inputs)
+        : Model.Forward(inputs);
 
     /// <summary>Labels for the active adapter's output: -100 in front for the virtual positions of Prompt Tuning / P-Tuning (peft pads them the same way).</summary>
     public Tensor ExtendLabels(Tensor labels) => ActivePromptLearner?.ExtendLabels(labels) ?? labels.alias();
@@ -358,6 +363,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     {
         RequireAdapter(adapterName);
         Directory.CreateDirectory(dir);
+        if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.SaveWeights(this, dir, adapterName); return; }
         var config = ConfigForSave(adapterName);
         SafetensorsWriter.Save(Path.Combine(dir, AdapterFiles.WeightsFile), AdapterStateDict(adapterName), new Dictionary<string, string> { ["format"] = "pt" });
         config.Save(dir);
@@ -431,6 +437,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public void LoadWeights(string adapterDir, string adapterName)
     {
         RequireAdapter(adapterName);
+        if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.LoadWeights(this, adapterDir, adapterName); return; }
         var path = Path.Combine(adapterDir, AdapterFiles.WeightsFile);
         if (!File.Exists(path))
         {

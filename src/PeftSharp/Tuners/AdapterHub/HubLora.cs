@@ -1,0 +1,174 @@
+using System.Text.Json.Nodes;
+using PeftSharp.Tuners.Bottleneck;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace PeftSharp.Tuners.AdapterHub;
+
+/// <summary>AdapterHub's LoRAConfig (not peft's): targets are named by role (attn_matrices, intermediate_lora, output_lora).</summary>
+public sealed record HubLoraConfig
+{
+    public int R { get; init; } = 8;
+    public double Alpha { get; init; } = 8;
+    public double Dropout { get; init; }
+    public IReadOnlyList<string> AttnMatrices { get; init; } = new[] { "q", "v" };
+    public bool SelfattnLora { get; init; } = true;
+    public bool IntermediateLora { get; init; }
+    public bool OutputLora { get; init; }
+    public string CompositionMode { get; init; } = "add";
+    /// <summary>"lora" (A kaiming-uniform, B zero) or "bert" (both N(0, 0.02)).</summary>
+    public string InitWeights { get; init; } = "lora";
+    public bool UseGating { get; init; }
+    public IReadOnlyList<int> LeaveOut { get; init; } = Array.Empty<int>();
+
+    internal static HubLoraConfig Parse(ConfigReader r)
+    {
+        var d = new HubLoraConfig();
+        r.Accept("architecture", "dtype", "init_weights_seed");
+        if (r.Bool("use_dora", false)) throw new PeftConfigException($"{r.Source}: AdapterHub LoRA 'use_dora' true is not supported by PeftSharp");
+        foreach (var k in new[] { "vera_b", "vera_d" })
+            if (r.Node(k) is not null) throw new PeftConfigException($"{r.Source}: AdapterHub '{k}' (VeRA) is not supported by PeftSharp");
+        var c = new HubLoraConfig
+        {
+            R = r.Int("r", d.R), Alpha = r.Double("alpha", d.Alpha), Dropout = r.Double("dropout", 0),
+            AttnMatrices = r.StringOrList("attn_matrices")?.Items ?? d.AttnMatrices,
+            SelfattnLora = r.Bool("selfattn_lora", true), IntermediateLora = r.Bool("intermediate_lora", false), OutputLora = r.Bool("output_lora", false),
+            CompositionMode = r.String("composition_mode") ?? "add", InitWeights = r.String("init_weights") ?? "lora",
+            UseGating = r.Bool("use_gating", false), LeaveOut = r.IntOrList("leave_out") ?? Array.Empty<int>(),
+        };
+        if (c.R <= 0) throw new PeftConfigException($"{r.Source}: 'r' must be positive; found {c.R}");
+        if (c.CompositionMode != "add") throw new PeftConfigException($"{r.Source}: 'composition_mode' '{c.CompositionMode}' is not supported (PeftSharp supports add)");
+        if (c.InitWeights is not ("lora" or "bert")) throw new PeftConfigException($"{r.Source}: 'init_weights' '{c.InitWeights}' is not supported (lora, bert)");
+        if (c.AttnMatrices.Any(m => m is not ("q" or "k" or "v"))) throw new PeftConfigException($"{r.Source}: 'attn_matrices' must contain only q, k, v; found [{string.Join(", ", c.AttnMatrices)}]");
+        return c;
+    }
+
+    public JsonObject ToJson() => new()
+    {
+        ["alpha"] = Alpha == Math.Floor(Alpha) ? JsonValue.Create((long)Alpha) : JsonValue.Create(Alpha),
+        ["architecture"] = "lora",
+        ["attn_matrices"] = new JsonArray(AttnMatrices.Select(m => (JsonNode?)m).ToArray()),
+        ["composition_mode"] = CompositionMode, ["dropout"] = Dropout, ["dtype"] = null, ["init_weights"] = InitWeights,
+        ["init_weights_seed"] = null, ["intermediate_lora"] = IntermediateLora,
+        ["leave_out"] = new JsonArray(LeaveOut.Select(i => (JsonNode?)i).ToArray()),
+        ["output_lora"] = OutputLora, ["r"] = R, ["selfattn_lora"] = SelfattnLora, ["use_dora"] = false,
+        ["use_gating"] = UseGating, ["vera_b"] = null, ["vera_d"] = null,
+    };
+}
+
+/// <summary>One AdapterHub LoRA: lora_A [r, in], lora_B [out, r], optional gate Linear(in, 1).</summary>
+public sealed class HubLoraAdapter : nn.Module
+{
+    public Parameter lora_A, lora_B;
+    Module<Tensor, Tensor>? gate;
+    public HubLoraConfig Config { get; }
+
+    public HubLoraAdapter(HubLoraConfig c, long inFeatures, long outFeatures) : base("LoRA")
+    {
+        Config = c;
+        lora_A = Parameter(zeros(c.R, inFeatures));
+        lora_B = Parameter(zeros(outFeatures, c.R));
+        Linear? g = c.UseGating ? Linear(inFeatures, 1) : null;
+        gate = g;
+        RegisterComponents();
+        using var _ = no_grad();
+        if (c.InitWeights == "lora") init.kaiming_uniform_(lora_A, Math.Sqrt(5));
+        else { lora_A.normal_(0, 0.02); lora_B.normal_(0, 0.02); }
+        if (g is not null) { g.weight!.normal_(0, 0.02); g.bias!.zero_(); }
+    }
+
+    public bool Gated => gate is not null;
+    public double Scaling => Config.Alpha / Config.R;
+
+    public Tensor Delta(Tensor x)
+    {
+        var d = matmul(matmul(functional.dropout(x, Config.Dropout, training), lora_A.t()), lora_B.t());
+        if (gate is null) return d * Scaling;
+        // The gate replaces alpha/r: mean over the sequence of sigmoid(gate(x)), one per row.
+        return d * functional.sigmoid(gate.call(x)).mean(new long[] { 1 }).unsqueeze(-1);
+    }
+}
+
+/// <summary>A Linear with AdapterHub LoRAs (<c>loras.&lt;name&gt;</c>) added to its output.</summary>
+public sealed class HubLoraLinear : Module<Tensor, Tensor>, IAdapterLayer
+{
+    readonly Linear base_layer;
+    readonly AdapterModules<HubLoraAdapter> loras = new();
+    List<string> _active = new();
+    readonly List<string> _merged = new();
+
+    public HubLoraLinear(Linear original) : base("LoRALinear")
+    {
+        base_layer = original;
+        RegisterComponents();
+    }
+
+    public void Add(string name, HubLoraConfig c, bool trainable)
+    {
+        var a = new HubLoraAdapter(c, base_layer.in_features, base_layer.out_features);
+        a.to(base_layer.weight!.dtype).to(base_layer.weight!.device);
+        a.train(training);
+        loras.Add(name, a);
+        SetTrainable(name, trainable);
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        if (RowAdapters is not null) throw new PeftSharpException("mixed-adapter batches are not supported for AdapterHub LoRA");
+        using var scope = NewDisposeScope();
+        var y = base_layer.call(x);
+        if (!AdaptersDisabled)
+            foreach (var n in _active)
+                if (loras.Contains(n) && !_merged.Contains(n)) y = y + loras[n].Delta(x).to(y.dtype);
+        return y.MoveToOuterDisposeScope();
+    }
+
+    public nn.Module BaseLayer => base_layer;
+    public IReadOnlyList<string> Adapters => loras.Keys.ToList();
+    public IReadOnlyList<string> ActiveAdapters => _active;
+    public void SetActiveAdapters(IReadOnlyList<string> names) => _active = names.ToList();
+    public bool AdaptersDisabled { get; set; }
+    public RowAdapters? RowAdapters { get; set; }
+    public IReadOnlyList<string> MergedAdapters => _merged;
+
+    public void Merge(IEnumerable<string> names)
+    {
+        using var _ = no_grad();
+        foreach (var n in names)
+        {
+            if (!loras.Contains(n) || _merged.Contains(n)) continue;
+            var a = loras[n];
+            if (a.Gated) throw new PeftSharpException($"AdapterHub LoRA '{n}' uses gating (its scale depends on the input), so it cannot be merged");
+            base_layer.weight!.add_((matmul(a.lora_B, a.lora_A) * a.Scaling).to(base_layer.weight.dtype));
+            _merged.Add(n);
+        }
+    }
+
+    public void Unmerge()
+    {
+        using var _ = no_grad();
+        for (int i = _merged.Count - 1; i >= 0; i--)
+        {
+            var a = loras[_merged[i]];
+            base_layer.weight!.sub_((matmul(a.lora_B, a.lora_A) * a.Scaling).to(base_layer.weight.dtype));
+        }
+        _merged.Clear();
+    }
+
+    public void DeleteAdapter(string name) { loras.Remove(name); _active.Remove(name); }
+
+    public void SetTrainable(string name, bool trainable)
+    {
+        if (!loras.Contains(name)) return;
+        foreach (var p in loras[name].parameters()) p.requires_grad = trainable;
+    }
+
+    public IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter) =>
+        loras.Contains(adapter) ? loras[adapter].named_parameters().Select(p => (p.name, (Tensor)p.parameter)) : Enumerable.Empty<(string, Tensor)>();
+
+    public bool LoadAdapterState(string adapter, string key, Tensor value) => loras.Contains(adapter) && HubTensors.CopyInto(loras[adapter], key, value);
+
+    public nn.Module Unwrapped => base_layer;
+}
