@@ -20,8 +20,9 @@ public static class QuickstartCommand
     {
         var output = new Option<string>("--output") { Description = "Folder for the base model, adapter, merged model and plots", DefaultValueFactory = _ => "quickstart-output" };
         var seed = new Option<int>("--seed") { Description = "Seed for the corpus and the models", DefaultValueFactory = _ => 42 };
+        var methodOption = new Option<string>("--method") { Description = "full (default) or lora", DefaultValueFactory = _ => "full" };
         var tiny = new Option<bool>("--tiny") { Description = "A much shorter run (seconds; accuracy stays low) to check the pipeline", Hidden = true };
-        var cmd = new Command("quickstart", "Pretrain a small model, fine-tune it on a new task, and show before/after accuracy (no download)") { output, seed, tiny };
+        var cmd = new Command("quickstart", "Pretrain a small model, fine-tune it on a new task, and show before/after accuracy (no download)") { output, seed, methodOption, tiny };
         cmd.SetHandler((pr, o) =>
         {
             bool json = pr.GetValue(Cli.JsonOption), small = pr.GetValue(tiny);
@@ -48,22 +49,22 @@ public static class QuickstartCommand
             double before = QuickstartTask.Accuracy(model, heldOut);
             Say($"   base model: copy accuracy {copyAcc:P0}; reversal (\"rv kqz=zqk\", never seen) accuracy {before:P0}");
 
-            var adapterDir = Path.Combine(dir, "adapter");
+            var (target, peft, method, lr) = QuickstartFineTune.Target(model, baseDir, pr.GetValue(methodOption)!);
+            var adapterDir = Path.Combine(dir, peft is null ? "finetuned" : "adapter");
             var fineTune = new TrainingArguments
             {
-                OutputDir = adapterDir, LearningRate = 2e-3, MaxSteps = small ? 20 : 400, PerDeviceTrainBatchSize = 32,
+                OutputDir = adapterDir, LearningRate = lr, MaxSteps = small ? 20 : 400, PerDeviceTrainBatchSize = 32,
                 WarmupRatio = 0.05, LrSchedulerType = "cosine", LoggingSteps = 10, Seed = s,
             };
-            var (target, peft, method) = QuickstartFineTune.Target(model, baseDir);
             Say($"2/4 fine-tuning on reversal with {method}");
             var ftRun = Run(o, json, target, fineTune, task.FineTuning(small ? 200 : 4000), $"fine-tuning ({method})");
             double after = QuickstartTask.Accuracy(model, heldOut);
             Say($"   held-out reversal accuracy: {before:P0} before -> {after:P0} after");
 
             var mergedDir = Path.Combine(dir, "merged");
-            var merged = QuickstartFineTune.Merge(peft, mergedDir);
+            var merged = QuickstartFineTune.Merge(model, peft, mergedDir);
             QuickstartTask.WriteTokenizer(mergedDir);
-            Say($"3/4 saved the base model to {baseDir}, the adapter to {adapterDir} ({AdapterKb(adapterDir):F0} KB), the merged model to {mergedDir}");
+            Say($"3/4 saved the base model to {baseDir}, the fine-tuned weights to {adapterDir} ({AdapterKb(adapterDir):F0} KB), the merged model to {mergedDir}");
             var samples = new[] { "hello", "peft", "sharp" };
             var gen = new TextGenerator(merged).Generate(samples.Select(w => (IReadOnlyList<int>)new[] { QuickstartTask.Bos }.Concat(QuickstartTask.Encode($"rv {w}=")).ToList()).ToList(),
                 new GenerationOptions { MaxNewTokens = 8, EosTokenIds = new[] { QuickstartTask.Eos }, PadTokenId = QuickstartTask.Pad });

@@ -22,6 +22,7 @@ public sealed class TrainSetup : IDisposable
     {
         var modelDir = c.ResolvePath(c.ModelNameOrPath);
         var model = AutoModel.FromPretrained(modelDir, device);
+        manual_seed(c.Training.Seed); // as HF's set_seed before get_peft_model: the adapter's init follows the seed
         try
         {
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
