@@ -30,6 +30,7 @@ public static class PeftMethods
     static readonly Dictionary<string, IPeftMethod> Registry = new(StringComparer.Ordinal)
     {
         ["LORA"] = new Lora.LoraMethod(),
+        ["VERA"] = new Vera.VeraMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>

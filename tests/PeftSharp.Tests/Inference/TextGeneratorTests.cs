@@ -11,9 +11,11 @@ public sealed record GreedyFixture(int[] SinglePrompt, int[] SingleOutput, int[]
 {
     public static readonly GenerationOptions Options = new() { MaxNewTokens = 8, PadTokenId = 0, EosTokenIds = new[] { 2 } };
 
-    public static GreedyFixture Load(string model)
+    public static GreedyFixture Load(string model) => LoadFile(Path.Combine(TestPaths.Model(model), "greedy.json"));
+
+    public static GreedyFixture LoadFile(string greedyJson)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(TestPaths.Model(model), "greedy.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(greedyJson));
         var single = doc.RootElement.GetProperty("single");
         var batch = doc.RootElement.GetProperty("batch");
         static int[] Row(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
