@@ -191,3 +191,31 @@ public interface IModelLevelState
     /// <summary>Copies a checkpoint tensor in; false if the key is not one of this method's model-level keys.</summary>
     bool LoadModelState(PeftModel peft, string adapter, string key, Tensor value);
 }
+
+/// <summary>Config preparation shared by the LoRA-variant methods (the same rules as LoRA's).</summary>
+internal static class VariantPreparation
+{
+    /// <summary>The model type's default targets when none are given, and "all-linear" expanded.</summary>
+    public static StringOrList ResolveTargets(PreTrainedModel model, StringOrList? targets, string? taskType, string method)
+    {
+        if (targets is null)
+        {
+            if (!TargetMatcher.DefaultTargets.TryGetValue(model.Config.ModelType, out var defaults))
+                throw new PeftConfigException($"{method}: target_modules is not set and there is no default for model_type '{model.Config.ModelType}'; give target_modules");
+            return StringOrList.Of(defaults);
+        }
+        if (targets is { IsString: true } t && string.Equals(t.Pattern, TargetMatcher.AllLinear, StringComparison.OrdinalIgnoreCase))
+            return StringOrList.Of(TargetMatcher.ExpandAllLinear(model, taskType));
+        return targets;
+    }
+
+    /// <summary>peft forces fan_in_fan_out to true for Conv1D targets and to false for Linear ones (with a warning).</summary>
+    public static bool FanInFanOut(PreTrainedModel model, TargetSpec spec, Func<nn.Module, bool> supported, string method, bool configured)
+    {
+        var targets = TargetMatcher.Resolve(model, spec, supported, method).Select(n => ModuleSurgery.Get(model, n));
+        bool conv1D = targets.Any(m => m is Conv1D || m is LinearAdapterLayer { FanInFanOut: true });
+        if (conv1D != configured)
+            PeftMethods.Warn($"fan_in_fan_out is set to {configured.ToString().ToLowerInvariant()} but the targets are {(conv1D ? "Conv1D" : "Linear")}; setting it to {conv1D.ToString().ToLowerInvariant()}");
+        return conv1D;
+    }
+}

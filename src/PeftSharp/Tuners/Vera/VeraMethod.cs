@@ -24,21 +24,8 @@ public sealed class VeraMethod : IPeftMethod, IModelLevelState
     {
         var c = Cast(config);
         c.Validate();
-        if (c.TargetModules is null)
-        {
-            if (!TargetMatcher.DefaultTargets.TryGetValue(model.Config.ModelType, out var defaults))
-                throw new PeftConfigException($"VeRA: target_modules is not set and there is no default for model_type '{model.Config.ModelType}'; give target_modules");
-            c = c with { TargetModules = StringOrList.Of(defaults) };
-        }
-        if (c.TargetModules is { IsString: true } t && string.Equals(t.Pattern, TargetMatcher.AllLinear, StringComparison.OrdinalIgnoreCase))
-            c = c with { TargetModules = StringOrList.Of(TargetMatcher.ExpandAllLinear(model, c.TaskType)) };
-        var targets = TargetMatcher.Resolve(model, c.Targets, Supports, "VeRA").Select(n => ModuleSurgery.Get(model, n)).ToList();
-        bool conv1D = targets.Any(m => m is Conv1D || m is VeraLinear { FanInFanOut: true });
-        if (conv1D != c.FanInFanOut)
-        {
-            PeftMethods.Warn($"fan_in_fan_out is set to {c.FanInFanOut.ToString().ToLowerInvariant()} but the targets are {(conv1D ? "Conv1D" : "Linear")}; setting it to {conv1D.ToString().ToLowerInvariant()}");
-            c = c with { FanInFanOut = conv1D };
-        }
+        c = c with { TargetModules = VariantPreparation.ResolveTargets(model, c.TargetModules, c.TaskType, "VeRA") };
+        c = c with { FanInFanOut = VariantPreparation.FanInFanOut(model, c.Targets, Supports, "VeRA", c.FanInFanOut) };
         return c;
     }
 

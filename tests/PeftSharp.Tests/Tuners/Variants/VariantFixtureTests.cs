@@ -10,7 +10,7 @@ namespace PeftSharp.Tests.Tuners.Variants;
 /// <summary>The VeRA and AdaLoRA adapter fixtures made by peft 0.20.0: load, forward, greedy, merge, save.</summary>
 public class VariantFixtureTests
 {
-    public static TheoryData<string> Cases => new() { "vera" };
+    public static TheoryData<string> Cases => new() { "vera", "adalora" };
 
     static string Dir(string caseName) => TestPaths.Data("adapters", "llama-tiny", caseName);
 
