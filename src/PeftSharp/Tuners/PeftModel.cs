@@ -111,6 +111,15 @@ public sealed class PeftModel : nn.Module
         if (!isTrainable) eval();
     }
 
+    /// <summary>Replaces an adapter's stored config by one of the same method (AdaLoRA's allocator records rank_pattern this way).</summary>
+    public void UpdateConfig(string adapterName, PeftConfig config)
+    {
+        RequireAdapter(adapterName);
+        if (config.PeftType != _configs[adapterName].PeftType)
+            throw new PeftConfigException($"adapter '{adapterName}' is {_configs[adapterName].PeftType}; cannot replace its config by a {config.PeftType} one");
+        _configs[adapterName] = config;
+    }
+
     void Inject(string adapterName, PeftConfig config, bool trainable = true)
     {
         if (_configs.ContainsKey(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' already exists (adapters: {string.Join(", ", _order)})");
