@@ -13,7 +13,7 @@ internal static class VariantTestModels
     {
         var logits = model.Forward(new ModelInputs { InputIds = ids }).Logits;
         long v = logits.shape[2];
-        return nn.functional.cross_entropy(logits[.., ..^1, ..].reshape(-1, v), ids[.., 1..].reshape(-1));
+        return nn.functional.cross_entropy(logits.narrow(1, 0, logits.shape[1] - 1).reshape(-1, v), ids.narrow(1, 1, ids.shape[1] - 1).reshape(-1));
     }
 
     /// <summary>A fixed random batch of token ids.</summary>
