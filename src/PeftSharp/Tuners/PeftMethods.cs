@@ -32,6 +32,7 @@ public static class PeftMethods
         ["LORA"] = new Lora.LoraMethod(),
         ["VERA"] = new Vera.VeraMethod(),
         ["ADALORA"] = new AdaLora.AdaLoraMethod(),
+        ["DELTA_LORA"] = new DeltaLora.DeltaLoraMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>
