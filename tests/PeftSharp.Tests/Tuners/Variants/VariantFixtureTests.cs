@@ -45,7 +45,7 @@ public class VariantFixtureTests
     public void Greedy_ids_match_peft_generate(string caseName)
     {
         using var scope = NewDisposeScope();
-        var fx = GreedyFixture.LoadFile(Path.Combine(Dir(caseName), "greedy.json"));
+        var fx = GreedyFixture.FromFolder(Dir(caseName));
         var peft = Load(caseName);
         var gen = new TextGenerator(peft.Model);
         Assert.Equal(fx.SingleNew, gen.Generate(new[] { fx.SinglePrompt }, GreedyFixture.Options).NewTokens[0]);
