@@ -68,6 +68,13 @@ public class DeltaLoraTests
 
         var reloaded = PeftModel.FromPretrained(VariantTestModels.LlamaTiny(), dir);
         FixtureAssert.Close(reloaded.Forward(inputs).Logits, trained, null, 1e-5, "reloaded on the original base");
+        // Mixed batch: rows on the adapter, on the base and on a second copy of the adapter.
+        reloaded.LoadAdapter(dir, "second");
+        Tensor baseLogits;
+        using (reloaded.DisableAdapters()) baseLogits = reloaded.Forward(inputs).Logits;
+        var mixed = reloaded.Forward(inputs, new[] { "default", RowAdapters.Base }).Logits;
+        FixtureAssert.Close(mixed[0], trained[0], null, 1e-5, "mixed row 0");
+        FixtureAssert.Close(mixed[1], baseLogits[1], null, 1e-5, "mixed row 1 (base)");
         var merged = reloaded.MergeAndUnload();
         FixtureAssert.Close(merged.Forward(inputs).Logits, trained, null, 1e-5, "reloaded and merged");
         peft.Merge();
