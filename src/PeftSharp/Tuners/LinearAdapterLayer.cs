@@ -91,6 +91,16 @@ public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLa
     /// <summary>ΔW as [out, in] in <paramref name="dtype"/>.</summary>
     protected abstract Tensor DeltaOI(string adapter, ScalarType dtype);
 
+    /// <summary>What merging adds to the base weight as it is now ([out, in]); ΔW itself unless the method already changed the base weight.</summary>
+    protected virtual Tensor MergeDeltaOI(string adapter, ScalarType dtype) => DeltaOI(adapter, dtype);
+
+    Tensor MergeDelta(string adapter, ScalarType dtype)
+    {
+        var d = MergeDeltaOI(adapter, dtype);
+        return FanInFanOut ? d.t().contiguous() : d;
+    }
+
+    /// <summary>ΔW = merged weight − original base weight, in the base weight's layout.</summary>
     public Tensor DeltaWeight(string adapter, ScalarType? dtype = null)
     {
         using var _ = no_grad();
@@ -127,7 +137,7 @@ public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLa
             if (!_order.Contains(a) || _merged.Contains(a)) continue;
             using var scope = NewDisposeScope();
             var w = BaseWeight;
-            w.add_(DeltaWeight(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
+            w.add_(MergeDelta(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
             _merged.Add(a);
         }
     }
@@ -140,7 +150,7 @@ public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLa
             var a = _merged[^1];
             using var scope = NewDisposeScope();
             var w = BaseWeight;
-            w.sub_(DeltaWeight(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
+            w.sub_(MergeDelta(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
             _merged.RemoveAt(_merged.Count - 1);
         }
     }

@@ -90,10 +90,9 @@ public sealed class DeltaLoraLinear : LinearAdapterLayer
         _folded.Remove(adapter);
     }
 
-    // The part of W_T − W_0 the base weight does not hold yet: λ·s·(B·A − B_K·A_K) unless folded.
-    Tensor? Telescoped(string adapter, ScalarType dtype)
+    // λ·s·(B·A − B_K·A_K): the part of W_T − W_0 the base weight holds once folded.
+    Tensor Telescoped(string adapter, ScalarType dtype)
     {
-        if (_folded.Contains(adapter)) return null;
         var (s, ratio, _) = _settings[adapter];
         var (a0, b0) = _start[adapter];
         return (B(adapter).to(dtype).matmul(A(adapter).to(dtype)) - b0.to(dtype).matmul(a0.to(dtype))) * (ratio * s);
@@ -103,15 +102,17 @@ public sealed class DeltaLoraLinear : LinearAdapterLayer
     {
         var xa = x.to(A(adapter).dtype);
         var y = lora_B[adapter].call(lora_A[adapter].call(xa)) * _settings[adapter].Scaling;
-        if (Telescoped(adapter, xa.dtype) is { } d) y = y + nn.functional.linear(xa, d.detach());
+        if (!_folded.Contains(adapter)) y = y + nn.functional.linear(xa, Telescoped(adapter, xa.dtype).detach());
         return y;
     }
 
-    protected override Tensor DeltaOI(string adapter, ScalarType dtype)
-    {
-        var d = B(adapter).to(dtype).matmul(A(adapter).to(dtype)) * _settings[adapter].Scaling;
-        return Telescoped(adapter, dtype) is { } t ? d + t : d;
-    }
+    Tensor LoraDelta(string adapter, ScalarType dtype) => B(adapter).to(dtype).matmul(A(adapter).to(dtype)) * _settings[adapter].Scaling;
+
+    /// <summary>Merged − original weight: s·B·A + λ·s·(B·A − B_K·A_K), folded or not.</summary>
+    protected override Tensor DeltaOI(string adapter, ScalarType dtype) => LoraDelta(adapter, dtype) + Telescoped(adapter, dtype);
+
+    protected override Tensor MergeDeltaOI(string adapter, ScalarType dtype) =>
+        _folded.Contains(adapter) ? LoraDelta(adapter, dtype) : DeltaOI(adapter, dtype);
 
     public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
     {
