@@ -36,8 +36,8 @@ public class LoraFaTests
     static readonly double[] Bf16Losses = { 6.171204566955566, 6.171204566955566, 6.148595333099365, 6.103461265563965, 6.066033840179443, 6.036243915557861, 6.013994216918945, 5.999201774597168 };
 
     // Row 3 of the batch is left-padded: HF's SDPA gives fully masked pad queries a zero output, which the model matches
-    // only with branch train's attention-mask change (verified passing on it). Unskip once train is merged.
-    [Theory(Skip = "needs the boolean SDPA attention mask from branch train")]
+    // with the boolean SDPA mask.
+    [Theory]
     [InlineData(true)]
     [InlineData(false)]
     public void Optimizer_reproduces_peft_lorafa_trajectory(bool bf16Projection)
