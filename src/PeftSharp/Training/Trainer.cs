@@ -66,6 +66,8 @@ public sealed class Trainer : IDisposable
     public event Action<JsonObject>? Logged;
     /// <summary>Raised after backward of each optimizer step (1-based), before clipping: the gradients are the raw ones.</summary>
     public event Action<int>? GradientsComputed;
+    /// <summary>Method hooks called after each optimizer step, before the gradients are zeroed (AdaLoRA's allocator, Delta-LoRA's W update).</summary>
+    public List<ITrainingCallback> Callbacks { get; } = new();
     /// <summary>Raised after a checkpoint folder is complete.</summary>
     public event Action<string>? CheckpointSaved;
 
@@ -113,6 +115,7 @@ public sealed class Trainer : IDisposable
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
             var (loss, gradNorm, stepTokens) = TrainStep(step, trainable);
             _optimizer.Step();
+            foreach (var c in Callbacks) c.OnStepEnd(step);
             _optimizer.ZeroGrad();
             GlobalStep = step + 1;
             tokens += stepTokens;

@@ -66,6 +66,15 @@ public static class ParameterAccounting
                         modules.Add(new ModuleDelta(name, s.UseDora ? "dora" : "lora", w.shape, w.numel(), changed, own, s.R, rank));
                         break;
                     }
+                    case IDeltaWeightLayer variant:
+                    {
+                        var w = variant.BaseWeight;
+                        var delta = variant.DeltaWeight(adapter, ScalarType.Float64);
+                        var changed = (w.to(ScalarType.Float64) + delta).to(w.dtype).ne(w).sum().item<long>();
+                        long rank = linalg.matrix_rank(delta).item<long>();
+                        modules.Add(new ModuleDelta(name, variant.Kind, w.shape, w.numel(), changed, own, variant.RankOf(adapter), rank));
+                        break;
+                    }
                     case ModulesToSaveWrapper wrapper:
                     {
                         var original = wrapper.BaseLayer.state_dict();

@@ -49,6 +49,9 @@ public static class PeftMethods
         ["ADAPTION_PROMPT"] = new AdaptionPrompt.AdaptionPromptMethod(),
         [AdapterHub.AdapterHubConfig.Type] = new AdapterHub.AdapterHubMethod(),
         [BitFit.BitFitConfig.Type] = new BitFit.BitFitMethod(),
+        ["VERA"] = new Vera.VeraMethod(),
+        ["ADALORA"] = new AdaLora.AdaLoraMethod(),
+        ["DELTA_LORA"] = new DeltaLora.DeltaLoraMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>

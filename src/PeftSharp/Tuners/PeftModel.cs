@@ -127,6 +127,15 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         if (!isTrainable) eval();
     }
 
+    /// <summary>Replaces an adapter's stored config by one of the same method (AdaLoRA's allocator records rank_pattern this way).</summary>
+    public void UpdateConfig(string adapterName, PeftConfig config)
+    {
+        RequireAdapter(adapterName);
+        if (config.PeftType != _configs[adapterName].PeftType)
+            throw new PeftConfigException($"adapter '{adapterName}' is {_configs[adapterName].PeftType}; cannot replace its config by a {config.PeftType} one");
+        _configs[adapterName] = config;
+    }
+
     void Inject(string adapterName, PeftConfig config, bool trainable = true)
     {
         if (_configs.ContainsKey(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' already exists (adapters: {string.Join(", ", _order)})");
@@ -396,6 +405,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
                 result[prefix + name + "." + key] = value;
         if (prompt_encoder.Contains(adapterName))
             result[PromptEmbeddingsKey] = prompt_encoder[adapterName].PromptEmbeddings().to(ScalarType.Float32);
+        if (PeftMethods.For(config) is IModelLevelState shared)
+            foreach (var (key, value) in shared.ModelState(this, adapterName)) result[key] = value;
 
         if (config is Lora.LoraConfig lc)
         {
@@ -457,6 +468,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         foreach (var (name, layer) in AdapterLayers())
             foreach (var (local, _) in layer.AdapterState(adapterName))
                 expected[name + "." + local] = (layer, local);
+        var shared = PeftMethods.For(_configs[adapterName]) as IModelLevelState;
+        var sharedKeys = shared?.ModelState(this, adapterName).Select(kv => kv.Key).ToList() ?? new List<string>();
         var modelState = Model.state_dict();
         var loaded = new HashSet<string>();
         var unexpected = new List<string>();
@@ -477,6 +490,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
                 }
                 try
                 {
+                    if (shared is not null && shared.LoadModelState(this, adapterName, fileKey, value)) { loaded.Add(fileKey); continue; }
                     if (expected.TryGetValue(key, out var e) && e.Layer.LoadAdapterState(adapterName, e.Local, value)) { loaded.Add(key); continue; }
                     // Pass-through entries (bias="all", saved embedding layers), and the old "<module>.bias" spelling of lora_only biases.
                     var target = modelState.TryGetValue(key, out var t) ? t
@@ -492,11 +506,11 @@ public sealed class PeftModel : nn.Module, ILanguageModel
                 }
             }
         }
-        var missing = expected.Keys.Where(k => !loaded.Contains(k)).ToList();
+        var missing = expected.Keys.Where(k => !loaded.Contains(k)).Select(k => KeyPrefix + k).Concat(sharedKeys.Where(k => !loaded.Contains(k))).ToList();
         if (unexpected.Count > 0 || missing.Count > 0)
         {
             var parts = new List<string>();
-            if (missing.Count > 0) parts.Add($"missing adapter tensors: {string.Join(", ", missing.Take(8).Select(k => KeyPrefix + k))}{(missing.Count > 8 ? $" (+{missing.Count - 8} more)" : "")}");
+            if (missing.Count > 0) parts.Add($"missing adapter tensors: {string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? $" (+{missing.Count - 8} more)" : "")}");
             if (unexpected.Count > 0) parts.Add($"keys that fit no module of the model: {string.Join(", ", unexpected.Take(8))}{(unexpected.Count > 8 ? $" (+{unexpected.Count - 8} more)" : "")}");
             throw new PeftFormatException(source, $"adapter weights do not fit its config and the model: {string.Join(" | ", parts)}");
         }
