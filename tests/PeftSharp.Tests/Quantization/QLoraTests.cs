@@ -143,4 +143,16 @@ public class QLoraTests
         using var _ = no_grad();
         Assert.Equal(ScalarType.Float32, model.Forward(ids, mask).Logits.dtype);
     }
+
+    [Fact]
+    public void Llama_factory_quantization_keys_map_to_bitsandbytes_config()
+    {
+        Assert.Null(BitsAndBytesConfig.FromLlamaFactory(null));
+        var c = BitsAndBytesConfig.FromLlamaFactory(4, computeDType: "bfloat16")!;
+        Assert.Equal((true, QuantType.NF4, true, ScalarType.BFloat16), (c.LoadIn4bit, c.QuantType, c.Bnb4bitUseDoubleQuant, c.ComputeDType));
+        var fp4 = BitsAndBytesConfig.FromLlamaFactory(4, "fp4", doubleQuantization: false)!;
+        Assert.Equal((QuantType.FP4, false, ScalarType.Float32), (fp4.QuantType, fp4.Bnb4bitUseDoubleQuant, fp4.ComputeDType));
+        Assert.Contains("quantization_bit 8", Assert.Throws<PeftConfigException>(() => BitsAndBytesConfig.FromLlamaFactory(8, source: "qlora.yaml")).Message);
+        Assert.Contains("quantization_type 'int4'", Assert.Throws<PeftConfigException>(() => BitsAndBytesConfig.FromLlamaFactory(4, "int4")).Message);
+    }
 }
