@@ -42,12 +42,12 @@ public sealed class LoraLinear : LoraLayer
         RegisterComponents();
     }
 
-    /// <summary>The stored weight; for a 4-bit base a fresh dequantized copy in its compute dtype.</summary>
+    /// <summary>The stored weight; for a 4-bit base a fresh dequantized copy in its original dtype (peft's dequantize_module_weight).</summary>
     public override Tensor BaseWeight => base_layer switch
     {
         Linear l => l.weight!,
         Conv1D c => c.weight,
-        Linear4bit q => q.Dequantize(),
+        Linear4bit q => q.Dequantize(q.OriginalDType),
         _ => throw new InvalidOperationException(),
     };
 
