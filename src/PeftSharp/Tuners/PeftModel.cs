@@ -460,6 +460,8 @@ public sealed class PeftModel : nn.Module
             all += p.numel();
             if (p.requires_grad) trainable += p.numel();
         }
+        // peft counts a bnb Params4bit as two parameters per packed byte; here the packed weight is a buffer.
+        foreach (var (_, q) in QuantizedModelLoader.QuantizedLayers(this)) all += q.PackedWeight.numel() * 2;
         return (trainable, all);
     }
 

@@ -38,6 +38,14 @@ public class QLoraTests
 
         var logits = peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }).Logits;
         FixtureAssert.Close(logits, ExpectedLogits(), mask, 1e-4, "QLoRA logits");
+
+        // peft counts each packed byte as two parameters: the same total as the float model plus the adapter.
+        using var floatModel = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
+        long adapter = 2 * (8 * 64 + 64 * 8) + 2 * (8 * 64 + 32 * 8);
+        Assert.Equal((0L, floatModel.ParameterCount() + adapter), peft.TrainableParameterCounts());
+        var report = peft.ParameterReport();
+        Assert.Equal(4, report.Modules.Count);
+        Assert.All(report.Modules, m => Assert.Equal((8, 8L), (m.R, m.DeltaRank)));
         // The adapter really acts (the fixture's lora_B is random): the 4-bit base alone is far off.
         using (peft.DisableAdapters())
             Assert.True((peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }).Logits - ExpectedLogits()).abs().max().item<float>() > 0.1f);
