@@ -133,6 +133,36 @@ public class QLoraTests
     }
 
     [Fact]
+    public void Qlora_learns_with_8bit_paged_adamw()
+    {
+        using var scope = NewDisposeScope();
+        var (ids, mask) = Inputs();
+        var model = AutoModel.FromPretrained(Case("llama-tiny-nf4-dq"));
+        using var prep = KbitTraining.Prepare(model);
+        // r=64 makes each A 64x64 = 4096 elements: the smallest size bnb keeps in 8 bits.
+        var peft = PeftModel.Create(model, new LoraConfig { R = 64, LoraAlpha = 16, TargetModules = StringOrList.Of("q_proj", "v_proj") });
+        var trainable = peft.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)).ToList();
+        using var opt = new PeftSharp.Training.Optimizers.BnbAdamW(trainable, lr: 1e-2, options: PeftSharp.Training.Optimizers.BnbAdamWOptions.FromOptimName("paged_adamw_8bit"));
+        peft.train();
+        float first = 0, last = 0;
+        for (int step = 0; step < 8; step++)
+        {
+            using var stepScope = NewDisposeScope();
+            var logits = peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }).Logits;
+            var loss = nn.functional.cross_entropy(logits[.., ..^1].reshape(-1, logits.shape[^1]), ids[.., 1..].reshape(-1));
+            loss.backward();
+            opt.Step();
+            opt.ZeroGrad();
+            if (step == 0) first = loss.item<float>();
+            last = loss.item<float>();
+        }
+        Assert.True(last < first * 0.9f, $"loss {first} -> {last}");
+        // The four A matrices (4096 elements) hold 8-bit state; the B matrices (64x64 and 32x64) too or float32 below 4096.
+        long fp32Bytes = trainable.Sum(t => t.Item2.numel()) * 8;
+        Assert.True(opt.StateBytes < fp32Bytes * 0.6, $"state {opt.StateBytes} B vs fp32 {fp32Bytes} B");
+    }
+
+    [Fact]
     public void Prepare_casts_half_parameters_to_float32_and_freezes_them()
     {
         using var scope = NewDisposeScope();
