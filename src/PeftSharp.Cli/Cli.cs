@@ -30,6 +30,38 @@ public static class Cli
         catch (JsonException e) { throw new ArgumentException($"{option} is not valid JSON: {e.Message}"); }
     }
 
+    public static Option<string[]> AdapterOption() => new("--adapter")
+    {
+        Description = "Adapter folder, or NAME=DIR; repeat to load several (the first is active)",
+    };
+
+    /// <summary>"DIR" or "NAME=DIR" values; a bare first folder is named "default" (as peft), later ones after their folder.</summary>
+    public static List<(string Name, string Dir)> ParseAdapters(string[]? values)
+    {
+        var list = new List<(string Name, string Dir)>();
+        foreach (var v in values ?? Array.Empty<string>())
+        {
+            int eq = v.IndexOf('=');
+            var named = eq > 0 && !v[..eq].Contains('/') && !v[..eq].Contains('\\');
+            var dir = named ? v[(eq + 1)..] : v;
+            var name = named ? v[..eq] : list.Count == 0 ? "default" : Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
+            if (dir.Length == 0) throw new ArgumentException($"--adapter '{v}': no folder given");
+            if (list.Any(a => a.Name == name)) throw new ArgumentException($"--adapter: the name '{name}' is used twice (use NAME=DIR)");
+            list.Add((name, dir));
+        }
+        return list;
+    }
+
+    /// <summary>Loads a model folder and, when adapters are given, wraps it in a PeftModel with them loaded (the first active).</summary>
+    public static (PeftSharp.Models.PreTrainedModel Model, PeftSharp.Tuners.PeftModel? Peft) LoadModel(string dir, string[]? adapters, Device device, ScalarType dtype)
+    {
+        var model = PeftSharp.Models.AutoModel.FromPretrained(dir, device, dtype);
+        var list = ParseAdapters(adapters);
+        if (list.Count == 0) return (model, null);
+        var peft = PeftSharp.Tuners.PeftModel.LoadWithAdapters(model, list);
+        return (peft.Model, peft);
+    }
+
     public static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = false,

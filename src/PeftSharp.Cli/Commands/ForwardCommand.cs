@@ -19,9 +19,11 @@ public static class ForwardCommand
         var mask = new Option<string?>("--attention-mask") { Description = "1 = attend, 0 = padding; same shape as --input-ids" };
         var types = new Option<string?>("--token-type-ids") { Description = "Segment ids (BERT); same shape as --input-ids" };
         var output = new Option<string>("--output") { Description = "safetensors file to write (logits, input_ids, attention_mask[, token_type_ids])", Required = true };
+        var adapter = Cli.AdapterOption();
+        var perRow = new Option<string?>("--adapter-per-row") { Description = "Adapter name per row, e.g. a,b,__base__ (a mixed-adapter batch in one pass)" };
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
-        var cmd = new Command("forward", "Run one forward pass and write the logits to a safetensors file") { model, ids, mask, types, output, device, dtype };
+        var cmd = new Command("forward", "Run one forward pass and write the logits to a safetensors file") { model, ids, mask, types, output, adapter, perRow, device, dtype };
         cmd.SetHandler((pr, o) =>
         {
             var dev = Cli.ParseDevice(pr.GetValue(device)!);
@@ -39,14 +41,22 @@ public static class ForwardCommand
             if (idRows.SelectMany(r => r).FirstOrNull(v => v < 0 || v >= config.VocabSize) is long oob)
                 throw new ArgumentException($"--input-ids: {oob} is outside the vocabulary [0, {config.VocabSize})");
 
-            using var m = AutoModel.FromPretrained(dir, dev, dt);
+            var rowNames = pr.GetValue(perRow)?.Split(',', StringSplitOptions.TrimEntries);
+            if (rowNames is not null && rowNames.Length != idRows.Length)
+                throw new ArgumentException($"--adapter-per-row names {rowNames.Length} adapters for {idRows.Length} rows");
+            var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), dev, dt);
+            if (rowNames is not null && peft is null) throw new ArgumentException("--adapter-per-row needs --adapter");
+            using var _ = m;
             using var scope = NewDisposeScope();
             var inputIds = Rows(idRows);
             var attentionMask = maskRows is null ? ones_like(inputIds) : Rows(maskRows);
             var tokenTypes = typeRows is null ? null : Rows(typeRows);
             Tensor logits;
             using (no_grad())
-                logits = m.Forward(inputIds.to(dev), attentionMask.to(dev), tokenTypes?.to(dev)).Logits.cpu();
+            {
+                var inputs = new ModelInputs { InputIds = inputIds.to(dev), AttentionMask = attentionMask.to(dev), TokenTypeIds = tokenTypes?.to(dev) };
+                logits = (peft is null ? m.Forward(inputs) : peft.Forward(inputs, rowNames)).Logits.cpu();
+            }
 
             var tensors = new Dictionary<string, Tensor> { ["logits"] = logits, ["input_ids"] = inputIds, ["attention_mask"] = attentionMask };
             if (tokenTypes is not null) tensors["token_type_ids"] = tokenTypes;

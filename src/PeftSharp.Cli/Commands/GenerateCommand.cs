@@ -28,11 +28,12 @@ public static class GenerateCommand
         var stop = new Option<string[]>("--stop") { Description = "Stop strings (need the tokenizer)", AllowMultipleArgumentsPerToken = true };
         var eosIds = new Option<int[]>("--eos-id") { Description = "Token ids that end a row (default: generation_config.json, else config.json)", AllowMultipleArgumentsPerToken = true };
         var padId = new Option<int?>("--pad-id") { Description = "Pad id for left padding and finished rows (default: the model's)" };
+        var adapter = Cli.AdapterOption();
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
         var cmd = new Command("generate", "Generate tokens with a causal LM (greedy or sampled, KV-cached)")
         {
-            model, prompt, chat, system, extra, template, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, device, dtype,
+            model, prompt, chat, system, extra, template, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, adapter, device, dtype,
         };
         cmd.SetHandler((pr, o) =>
         {
@@ -70,7 +71,8 @@ public static class GenerateCommand
             }.WithGenerationConfig(dir);
             options.Validate();
 
-            using var m = AutoModel.FromPretrained(dir, Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
+            var (m, _) = Cli.LoadModel(dir, pr.GetValue(adapter), Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
+            using var __ = m;
             bool json = pr.GetValue(Cli.JsonOption);
             Action<GeneratedToken>? stream = json ? null
                 : rows.Length == 1 && tokenizer is not null ? t => { o.Write(t.TextDelta); o.Flush(); }

@@ -3,14 +3,15 @@ using static TorchSharp.torch;
 namespace PeftSharp.Models;
 
 /// <summary>
-/// Builds transformers' additive 4-D masks [batch, 1, q, k]: 0 where a query may attend, the dtype's
-/// minimum elsewhere. A finite minimum (not -inf) keeps fully masked rows (left padding) free of NaN,
-/// which would otherwise leak through the value matmul into real positions.
+/// Builds transformers' boolean 4-D attention masks [batch, 1, q, k] (true = may attend) for SDPA, as its sdpa
+/// path does. A fully masked query row (a left pad) then gets a zero attention output, as torch >= 2.5 gives
+/// transformers; an additive finite-minimum mask would instead average the masked values there, which changes
+/// the loss wherever a pad position predicts the first real token (training fixture, left-padded row).
 /// </summary>
 public static class AttentionMasks
 {
     /// <summary>Causal mask for queries at positions past..past+q-1 over past+q keys, with padding and an optional sliding window.</summary>
-    public static Tensor Causal(long batch, long q, long past, Tensor? paddingMask, ScalarType dtype, Device device, int? slidingWindow = null)
+    public static Tensor Causal(long batch, long q, long past, Tensor? paddingMask, Device device, int? slidingWindow = null)
     {
         long k = past + q;
         using var scope = NewDisposeScope();
@@ -25,21 +26,14 @@ public static class AttentionMasks
                 throw new PeftSharpException($"attention mask covers {paddingMask.shape[1]} positions but past + input is {k}");
             allowed4 = allowed4 & paddingMask.to(ScalarType.Bool, device).unsqueeze(1).unsqueeze(1);
         }
-        return Additive(allowed4, dtype).MoveToOuterDisposeScope();
+        return allowed4.contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>Bidirectional (encoder) mask from a [batch, k] padding mask.</summary>
-    public static Tensor Bidirectional(Tensor paddingMask, ScalarType dtype)
+    public static Tensor Bidirectional(Tensor paddingMask)
     {
         using var scope = NewDisposeScope();
-        var allowed = paddingMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1);
-        return Additive(allowed, dtype).MoveToOuterDisposeScope();
-    }
-
-    static Tensor Additive(Tensor allowed, ScalarType dtype)
-    {
-        var min = dtype == ScalarType.BFloat16 ? -3.3895313892515355e38 : dtype == ScalarType.Float64 ? double.MinValue : float.MinValue;
-        return zeros(allowed.shape, dtype, allowed.device).masked_fill(allowed.logical_not(), min);
+        return paddingMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1).MoveToOuterDisposeScope();
     }
 
     /// <summary>Position ids as generate() derives them: cumsum(mask) - 1, with 1 at padded positions.</summary>

@@ -270,7 +270,7 @@ public sealed class BertModel : PreTrainedModel
         var cache = inputs.Cache;
         var x = embeddings.forward(inputs, cache?.SeqLength ?? 0);
         // The padding mask hides keys only; every query row (pads included) attends to the real tokens.
-        using var mask = inputs.AttentionMask is null ? null : AttentionMasks.Bidirectional(inputs.AttentionMask, x.dtype);
+        using var mask = inputs.AttentionMask is null ? null : AttentionMasks.Bidirectional(inputs.AttentionMask);
         var all = inputs.OutputHiddenStates ? new List<Tensor> { x } : null;
         foreach (var layer in encoder.layer)
         {

@@ -20,7 +20,12 @@ public sealed class TiedLMHead : Module<Tensor, Tensor>
     public static Tensor EmbeddingWeight(nn.Module embedding) =>
         embedding.get_parameter("weight") ?? embedding.named_parameters().First(p => p.name.EndsWith("weight")).parameter;
 
-    public override Tensor forward(Tensor x) => functional.linear(x, Weight);
+    public override Tensor forward(Tensor x)
+    {
+        var w = Weight;
+        // The trainer's bf16 mode stores a frozen embedding in bfloat16 while activations stay float32.
+        return w.dtype == x.dtype ? functional.linear(x, w) : functional.linear(x.to(w.dtype), w).to(x.dtype);
+    }
 }
 
 /// <summary>transformers' default initialization for randomly built models: N(0, std) for linear and embedding weights, zero biases, unit norms.</summary>

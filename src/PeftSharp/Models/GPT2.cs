@@ -163,7 +163,7 @@ public sealed class GPT2Model : nn.Module
         if (inputs.TokenTypeIds is not null) x = x + wte.call(inputs.TokenTypeIds);
         x = functional.dropout(x, _config.EmbdPdrop, training);
 
-        using var mask = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, x.dtype, device);
+        using var mask = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, device);
         var all = inputs.OutputHiddenStates ? new List<Tensor> { x } : null;
         foreach (var block in h)
         {

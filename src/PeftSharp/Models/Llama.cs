@@ -242,10 +242,13 @@ public sealed class LlamaModel : nn.Module
     internal ModuleList<LlamaDecoderLayer> layers;
     Module<Tensor, Tensor> norm;
     readonly LlamaConfig _config;
+    readonly Func<BlockRunner?> _runner;
 
-    public LlamaModel(LlamaConfig c) : base(nameof(LlamaModel))
+    /// <param name="runner">Read at each forward: the owner's block runner (gradient checkpointing), or null.</param>
+    public LlamaModel(LlamaConfig c, Func<BlockRunner?>? runner = null) : base(nameof(LlamaModel))
     {
         _config = c;
+        _runner = runner ?? (() => null);
         embed_tokens = Embedding(c.VocabSize, c.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new LlamaDecoderLayer(c, i)).ToArray());
         norm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
@@ -272,14 +275,16 @@ public sealed class LlamaModel : nn.Module
         {
             int key = window ?? -1;
             if (!masks.TryGetValue(key, out var m))
-                masks[key] = m = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, h.dtype, device, window);
+                masks[key] = m = AttentionMasks.Causal(b, t, past, inputs.AttentionMask, device, window);
             return m;
         }
 
         var all = inputs.OutputHiddenStates ? new List<Tensor> { h } : null;
+        var run = _runner();
         foreach (var layer in layers)
         {
-            h = layer.forward(h, cos, sin, MaskFor(layer.SlidingWindow), cache);
+            var mask = MaskFor(layer.SlidingWindow);
+            h = run is null ? layer.forward(h, cos, sin, mask, cache) : run(x => layer.forward(x, cos, sin, mask, cache), h);
             all?.Add(h);
         }
         h = norm.call(h);
@@ -296,7 +301,7 @@ public sealed class LlamaForCausalLM : PreTrainedModel
 
     public LlamaForCausalLM(LlamaConfig c) : base(nameof(LlamaForCausalLM), c)
     {
-        model = new LlamaModel(c);
+        model = new LlamaModel(c, () => BlockRunner);
         lm_head = c.TieWordEmbeddings ? new TiedLMHead(() => model.InputEmbeddingWeight) : Linear(c.HiddenSize, c.VocabSize, hasBias: false);
         RegisterComponents();
         ModelInit.Normal(this, c.InitializerRange);
@@ -307,6 +312,7 @@ public sealed class LlamaForCausalLM : PreTrainedModel
     public override Module<Tensor, Tensor> InputEmbeddings => model.embed_tokens;
     public override IReadOnlyCollection<string> TiedKeys => LlamaConfig.TieWordEmbeddings ? new[] { "lm_head.weight" } : Array.Empty<string>();
     public override (int KvHeads, int HeadDim) KvShape => (LlamaConfig.NumKeyValueHeads, LlamaConfig.HeadDim);
+    public override bool SupportsBlockRunner => true;
 
     public override ModelOutput Forward(ModelInputs inputs)
     {

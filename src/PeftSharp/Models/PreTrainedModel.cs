@@ -3,6 +3,9 @@ using static TorchSharp.torch;
 
 namespace PeftSharp.Models;
 
+/// <summary>Runs one transformer block <paramref name="block"/> on <paramref name="hidden"/> (a seam for gradient checkpointing).</summary>
+public delegate Tensor BlockRunner(Func<Tensor, Tensor> block, Tensor hidden);
+
 /// <summary>
 /// Base of every architecture. Module and parameter names equal the HF checkpoint keys, so loading is a
 /// name map (<see cref="WeightLoader"/>). Child layers are typed <c>Module&lt;Tensor,Tensor&gt;</c> so tuners
@@ -10,6 +13,15 @@ namespace PeftSharp.Models;
 /// </summary>
 public abstract class PreTrainedModel : nn.Module
 {
+    /// <summary>
+    /// Runs each transformer block (block function, hidden state) instead of a plain call; the trainer sets it for
+    /// gradient checkpointing. Only architectures with <see cref="SupportsBlockRunner"/> use it.
+    /// </summary>
+    public BlockRunner? BlockRunner { get; set; }
+
+    /// <summary>True when the forward passes every block through <see cref="BlockRunner"/>.</summary>
+    public virtual bool SupportsBlockRunner => false;
+
     protected PreTrainedModel(string name, ModelConfig config) : base(name) => Config = config;
 
     public ModelConfig Config { get; }

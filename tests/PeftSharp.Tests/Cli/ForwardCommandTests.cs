@@ -126,3 +126,55 @@ public class ForwardCommandTests
         Assert.Contains("   at ", stderr);
     }
 }
+
+public class ForwardWithAdaptersTests
+{
+    static string Multi(params string[] p) => TestPaths.Data(new[] { "multi", "llama-tiny" }.Concat(p).ToArray());
+
+    static string Rows(Tensor t) => string.Join(";", Enumerable.Range(0, (int)t.shape[0]).Select(r => string.Join(' ', t[r].data<long>().ToArray())));
+
+    [Fact]
+    public void Mixed_adapter_batch_in_one_forward_equals_peft()
+    {
+        using var scope = NewDisposeScope();
+        using var cases = SafetensorsFile.Open(Path.Combine(TestPaths.Model("llama-tiny"), "cases.safetensors"));
+        var mask = cases.Load("attention_mask");
+        var outPath = Path.Combine(TestPaths.TempDir(), "mixed.safetensors");
+        var (code, _, err) = CliRunner.Run("forward", "--model", TestPaths.Model("llama-tiny"),
+            "--input-ids", Rows(cases.Load("input_ids")), "--attention-mask", Rows(mask),
+            "--adapter", "a=" + Multi("a"), "--adapter", "b=" + Multi("b"), "--adapter-per-row", "a,b,__base__", "--output", outPath);
+        Assert.True(code == 0, err);
+        using var written = SafetensorsFile.Open(outPath);
+        using var expected = SafetensorsFile.Open(Multi("expected.safetensors"));
+        FixtureAssert.Close(written.Load("logits"), expected.Load("mixed_logits"), mask, 1e-4, "mixed batch");
+    }
+
+    [Fact]
+    public void Single_adapter_folder_becomes_the_active_adapter()
+    {
+        using var scope = NewDisposeScope();
+        using var cases = SafetensorsFile.Open(Path.Combine(TestPaths.Model("llama-tiny"), "cases.safetensors"));
+        var mask = cases.Load("attention_mask");
+        var outPath = Path.Combine(TestPaths.TempDir(), "b.safetensors");
+        var (code, _, err) = CliRunner.Run("forward", "--model", TestPaths.Model("llama-tiny"),
+            "--input-ids", Rows(cases.Load("input_ids")), "--attention-mask", Rows(mask), "--adapter", Multi("b"), "--output", outPath);
+        Assert.True(code == 0, err);
+        using var written = SafetensorsFile.Open(outPath);
+        using var expected = SafetensorsFile.Open(Multi("expected.safetensors"));
+        FixtureAssert.Close(written.Load("logits"), expected.Load("logits_b"), mask, 1e-4, "adapter b");
+    }
+
+    [Fact]
+    public void Per_row_names_must_match_rows_and_exist()
+    {
+        var outPath = Path.Combine(TestPaths.TempDir(), "x.safetensors");
+        var (c1, _, e1) = CliRunner.Run("forward", "--model", TestPaths.Model("llama-tiny"), "--input-ids", "1 2;3 4",
+            "--adapter", "a=" + Multi("a"), "--adapter-per-row", "a", "--output", outPath);
+        Assert.Equal(1, c1);
+        Assert.Contains("2 rows", e1);
+        var (c2, _, e2) = CliRunner.Run("forward", "--model", TestPaths.Model("llama-tiny"), "--input-ids", "1 2;3 4",
+            "--adapter", "a=" + Multi("a"), "--adapter-per-row", "a,zzz", "--output", outPath);
+        Assert.Equal(1, c2);
+        Assert.Contains("zzz", e2);
+    }
+}

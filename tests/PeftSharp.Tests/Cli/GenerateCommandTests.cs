@@ -25,6 +25,19 @@ public class GenerateCommandTests
     }
 
     [Fact]
+    public void Adapter_generation_equals_peft_greedy_ids()
+    {
+        var dir = TestPaths.Data("adapters", "llama-tiny", "lora_qv");
+        var fx = GreedyFixture.FromFolder(dir);
+        var ids = string.Join(';', fx.BatchUnpadded.Select(r => string.Join(' ', r)));
+        var (code, stdout, stderr) = Run("generate", "--model", TestPaths.Model("llama-tiny"), "--adapter", dir, "--input-ids", ids,
+            "--max-new-tokens", "8", "--eos-id", "2", "--pad-id", "0", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal(fx.BatchNew, doc.RootElement.GetProperty("rows").EnumerateArray().Select(r => Ints(r.GetProperty("new_ids"))).ToArray());
+    }
+
+    [Fact]
     public void Batch_rows_are_left_padded_and_streamed_in_text_mode()
     {
         var fx = GreedyFixture.Load("llama-tiny");

@@ -11,9 +11,12 @@ public sealed record GreedyFixture(int[] SinglePrompt, int[] SingleOutput, int[]
 {
     public static readonly GenerationOptions Options = new() { MaxNewTokens = 8, PadTokenId = 0, EosTokenIds = new[] { 2 } };
 
-    public static GreedyFixture Load(string model)
+    public static GreedyFixture Load(string model) => FromFolder(TestPaths.Model(model));
+
+    /// <summary>greedy.json of any fixture folder (models, adapters).</summary>
+    public static GreedyFixture FromFolder(string dir)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(TestPaths.Model(model), "greedy.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "greedy.json")));
         var single = doc.RootElement.GetProperty("single");
         var batch = doc.RootElement.GetProperty("batch");
         static int[] Row(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();

@@ -18,12 +18,21 @@ public class LoraFixtureTests
         { "llama-tiny", "lora_patterns" },
         { "llama-tiny", "dora" },
         { "qwen2-tiny", "lora_all_linear" },
+        { "gpt2-tiny", "lora_c_attn" },
+        { "gpt2-tiny", "lora_bias_all" },
+        { "bert-tiny-cls", "lora_qv" },
     };
 
     internal static (Tensor Ids, Tensor Mask) Inputs(string baseModel)
     {
         using var cases = SafetensorsFile.Open(Path.Combine(TestPaths.Model(baseModel), "cases.safetensors"));
         return (cases.Load("input_ids"), cases.Load("attention_mask"));
+    }
+
+    internal static Tensor? TokenTypes(string baseModel)
+    {
+        using var cases = SafetensorsFile.Open(Path.Combine(TestPaths.Model(baseModel), "cases.safetensors"));
+        return cases.Contains("token_type_ids") ? cases.Load("token_type_ids") : null;
     }
 
     internal static Tensor Expected(string file, string key)
@@ -43,12 +52,28 @@ public class LoraFixtureTests
         var (ids, mask) = Inputs(baseModel);
         var peft = PeftModel.FromPretrained(AutoModel.FromPretrained(TestPaths.Model(baseModel)), dir);
 
-        var logits = peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask }).Logits;
-        FixtureAssert.Close(logits, Expected(expected, "logits"), mask, 1e-4, $"{caseName} logits");
+        var tokenTypes = TokenTypes(baseModel);
+        var logits = peft.Forward(new ModelInputs { InputIds = ids, AttentionMask = mask, TokenTypeIds = tokenTypes }).Logits;
+        // Class logits ([batch, labels]) are compared everywhere, LM logits where the mask is 1.
+        var compareMask = logits.dim() == 3 ? mask : null;
+        FixtureAssert.Close(logits, Expected(expected, "logits"), compareMask, 1e-4, $"{caseName} logits");
 
         var merged = peft.MergeAndUnload();
         Assert.DoesNotContain(merged.named_modules(), m => m.module is IAdapterLayer);
-        FixtureAssert.Close(merged.Forward(ids, mask).Logits, Expected(expected, "merged_logits"), mask, 1e-4, $"{caseName} merged_logits");
+        FixtureAssert.Close(merged.Forward(ids, mask, tokenTypes).Logits, Expected(expected, "merged_logits"), compareMask, 1e-4, $"{caseName} merged_logits");
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Greedy_ids_match_peft_generate(string baseModel, string caseName)
+    {
+        var dir = TestPaths.Data("adapters", baseModel, caseName);
+        if (baseModel == "bert-tiny-cls") return; // a classifier does not generate
+        var fx = PeftSharp.Tests.Inference.GreedyFixture.FromFolder(dir);
+        var peft = PeftModel.FromPretrained(AutoModel.FromPretrained(TestPaths.Model(baseModel)), dir);
+        var gen = new PeftSharp.Inference.TextGenerator(peft.Model);
+        Assert.Equal(fx.SingleOutput, gen.Generate(new[] { fx.SinglePrompt }, PeftSharp.Tests.Inference.GreedyFixture.Options).Sequences[0]);
+        Assert.Equal(fx.BatchOutput, gen.Generate(fx.BatchUnpadded, PeftSharp.Tests.Inference.GreedyFixture.Options).Sequences);
     }
 
     [Theory]

@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using PeftSharp.Models;
+using PeftSharp.Runtime;
+using PeftSharp.Training;
+using PeftSharp.Training.Data;
+using PeftSharp.Tuners;
+using PeftSharp.Tuners.Lora;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Bench.Benchmarks;
+
+/// <summary>
+/// One optimizer step (forward, backward, clip, AdamW) of the real Trainer on a Llama with hidden 512, 8 layers,
+/// 8 heads, intermediate 1376, vocab 8192 (untied), batch 4 × 256. Peak RSS is the process's VmHWM, so run each
+/// configuration in its own process: <c>train-step --mode lora --precision bf16</c>.
+/// </summary>
+public sealed class TrainStepBench : IBenchmark
+{
+    public string Name => "train-step";
+    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora --precision fp32|bf16 [--steps 5] [--threads 2]";
+
+    public BenchResult Run(BenchOptions o)
+    {
+        var mode = o.Get("mode", "lora");
+        var precision = o.Get("precision", "fp32");
+        int steps = o.GetInt("steps", 5), warmup = o.GetInt("warmup", 2), threads = o.GetInt("threads", 2);
+        int batch = o.GetInt("batch", 4), seq = o.GetInt("seq", 256);
+        if (mode is not ("full" or "lora")) throw new ArgumentException($"--mode {mode}: expected full or lora");
+        if (precision is not ("fp32" or "bf16")) throw new ArgumentException($"--precision {precision}: expected fp32 or bf16");
+        TorchRuntime.EnsureInitialized();
+        set_num_threads(threads);
+        manual_seed(0);
+        var config = AutoModel.ParseConfig(new JsonObject
+        {
+            ["model_type"] = "llama", ["vocab_size"] = 8192, ["hidden_size"] = 512, ["intermediate_size"] = 1376,
+            ["num_hidden_layers"] = 8, ["num_attention_heads"] = 8, ["num_key_value_heads"] = 8, ["tie_word_embeddings"] = false,
+            ["max_position_embeddings"] = 512,
+        });
+        using var model = AutoModel.FromConfig(config);
+        var target = mode == "full" ? TrainingTarget.Full(model) : BenchLora.Target(model, rank: 16);
+        var rng = new Random(1);
+        var rows = Enumerable.Range(0, batch).Select(_ => new TrainExample { InputIds = Enumerable.Range(0, seq).Select(_ => rng.Next(3, 8192)).ToArray() }).ToList();
+        var args = new TrainingArguments
+        {
+            OutputDir = Path.Combine(Path.GetTempPath(), $"peftsharp-bench-{Guid.NewGuid():N}"), MaxSteps = warmup + steps,
+            PerDeviceTrainBatchSize = batch, LearningRate = 1e-4, LoggingSteps = 1000, Bf16 = precision == "bf16", Shuffle = false,
+        };
+        var times = new List<double>();
+        var clock = new Stopwatch();
+        using (var trainer = new Trainer(target with { Save = _ => { } }, args, rows))
+        {
+            trainer.StepCompleted += s =>
+            {
+                if (s.Step > warmup) times.Add(clock.Elapsed.TotalSeconds);
+                clock.Restart();
+            };
+            clock.Start();
+            trainer.Train();
+        }
+        if (Directory.Exists(args.OutputDir)) Directory.Delete(args.OutputDir, true);
+        times.Sort();
+        double median = times[times.Count / 2];
+        var (trainable, all) = target.ParameterCounts();
+        var result = new BenchResult { Columns = new[] { "mode", "precision", "s/step (median)", "s/step (min)", "tokens/s", "peak RSS MB", "trainable params" } };
+        result.Add(mode, precision, median, times[0], batch * seq / median, (ProcessMemory.PeakRss() ?? 0) / 1048576.0, $"{trainable:N0} of {all:N0}");
+        result.Notes.Add($"{steps} timed steps after {warmup} warmup, {threads} threads, batch {batch} x {seq}; peak RSS covers the whole process (model build included).");
+        return result;
+    }
+}
+
+/// <summary>The LoRA configuration the bench measures (r=16 on every linear layer but lm_head).</summary>
+static class BenchLora
+{
+    public static TrainingTarget Target(PreTrainedModel model, int rank) =>
+        AdapterTargets.Peft(PeftModel.Create(model, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) }));
+}

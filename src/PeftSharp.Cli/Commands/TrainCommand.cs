@@ -1,0 +1,42 @@
+using System.CommandLine;
+using PeftSharp.Training;
+
+namespace PeftSharp.Cli.Commands;
+
+/// <summary><c>peft train CONFIG.yaml</c>: LLaMA-Factory-style YAML → trained adapter (or model), trainer_log.jsonl, loss.png.</summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var config = new Argument<string>("config") { Description = "YAML file with LLaMA-Factory's keys (model_name_or_path, dataset, finetuning_type, ...)" };
+        var device = Cli.DeviceOption();
+        var cmd = new Command("train", "Fine-tune a model (LoRA or full) from a YAML config") { config, device };
+        cmd.SetHandler((pr, o) =>
+        {
+            bool json = pr.GetValue(Cli.JsonOption);
+            var cfg = TrainConfig.Load(pr.GetValue(config)!);
+            using var setup = TrainSetup.FromConfig(cfg, Cli.ParseDevice(pr.GetValue(device)!));
+            var outDir = cfg.Training.OutputDir;
+            var resuming = cfg.Training.ResumeFromCheckpoint is { Length: > 0 } r && r != "false";
+            var log = Path.Combine(outDir, "trainer_log.jsonl");
+            if (!resuming && File.Exists(log)) File.Delete(log);
+            var reporter = new TrainingReporter(o, json, $"{Path.GetFileName(setup.ModelDir.TrimEnd('/'))} · {cfg.FinetuningType}");
+            if (!json)
+            {
+                var (trainable, all) = setup.Target.ParameterCounts();
+                o.WriteLine($"training {setup.ModelDir} ({cfg.FinetuningType}): {setup.Train.Count} rows" +
+                    (setup.Eval.Count > 0 ? $", {setup.Eval.Count} held out" : "") + $", {trainable:N0} trainable parameters of {all:N0}");
+            }
+            using var trainer = new Trainer(setup.Target, cfg.Training, setup.Train, setup.Eval);
+            reporter.Attach(trainer);
+            var result = trainer.Train();
+            var plot = reporter.SavePlot(outDir);
+            EvalResult? eval = setup.Eval.Count > 0 ? trainer.Evaluate(setup.Eval) : null;
+            var summary = reporter.Finish(result, setup.Target, outDir, plot, eval);
+            if (json) Cli.WriteJson(o, summary);
+            else reporter.Print(summary);
+            return 0;
+        });
+        return cmd;
+    }
+}

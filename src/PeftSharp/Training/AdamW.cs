@@ -1,0 +1,117 @@
+using PeftSharp.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Training;
+
+/// <summary>One optimizer parameter group: named parameters sharing a learning rate and weight decay.</summary>
+public sealed class ParamGroup
+{
+    public required string Name { get; init; }
+    public required IReadOnlyList<(string Name, Tensor Param)> Params { get; init; }
+    /// <summary>The lr the schedule scales.</summary>
+    public required double BaseLr { get; init; }
+    public required double WeightDecay { get; init; }
+    /// <summary>The lr of the current step (BaseLr × schedule factor).</summary>
+    public double Lr { get; set; }
+}
+
+/// <summary>
+/// torch.optim.AdamW (single-tensor path) in float32: p *= 1 - lr·wd; m = lerp(m, g, 1-β1); v = β2·v + (1-β2)·g²;
+/// p -= lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps). Its state is saved by parameter name in safetensors, so a resumed run
+/// continues bit for bit.
+/// </summary>
+public sealed class AdamW : IDisposable
+{
+    readonly double _beta1, _beta2, _eps;
+    readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();
+
+    public AdamW(IReadOnlyList<ParamGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8)
+    {
+        Groups = groups;
+        _beta1 = beta1; _beta2 = beta2; _eps = eps;
+        var dup = groups.SelectMany(g => g.Params).GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
+        if (dup is not null) throw new PeftSharpException($"parameter '{dup.Key}' is in two optimizer groups");
+    }
+
+    public IReadOnlyList<ParamGroup> Groups { get; }
+    /// <summary>Completed optimizer steps (torch keeps one per parameter; they are always equal here).</summary>
+    public long StepCount { get; private set; }
+
+    public void Step()
+    {
+        StepCount++;
+        double bc1 = 1 - Math.Pow(_beta1, StepCount), bc2Sqrt = Math.Sqrt(1 - Math.Pow(_beta2, StepCount));
+        using var _ = no_grad();
+        foreach (var g in Groups)
+        {
+            double stepSize = g.Lr / bc1;
+            foreach (var (name, p) in g.Params)
+            {
+                var grad = p.grad;
+                if (grad is null) continue;
+                using var scope = NewDisposeScope();
+                if (!_state.TryGetValue(name, out var s))
+                {
+                    s = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
+                    _state[name] = s;
+                }
+                if (g.WeightDecay != 0) p.mul_(1 - g.Lr * g.WeightDecay);
+                s.M.lerp_(grad, 1 - _beta1);
+                s.V.mul_(_beta2).addcmul_(grad, grad, 1 - _beta2);
+                var denom = (s.V.sqrt() / bc2Sqrt).add_(_eps);
+                p.addcdiv_(s.M, denom, -stepSize);
+            }
+        }
+    }
+
+    public void ZeroGrad()
+    {
+        foreach (var g in Groups)
+            foreach (var (_, p) in g.Params)
+                if (p.grad is { } grad) { grad.Dispose(); p.grad = null; }
+    }
+
+    const string StepKey = "__step__";
+
+    public void Save(string path)
+    {
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        foreach (var (name, (m, v)) in _state)
+        {
+            tensors.Add(new($"exp_avg.{name}", m));
+            tensors.Add(new($"exp_avg_sq.{name}", v));
+        }
+        using var step = tensor(new[] { StepCount });
+        tensors.Add(new(StepKey, step));
+        SafetensorsWriter.Save(path, tensors);
+    }
+
+    public void Load(string path)
+    {
+        using var file = SafetensorsFile.Open(path);
+        if (!file.Contains(StepKey)) throw new PeftFormatException(path, $"not an optimizer state file (no '{StepKey}')");
+        using (var step = file.Load(StepKey)) StepCount = step.data<long>()[0];
+        Clear();
+        foreach (var g in Groups)
+            foreach (var (name, p) in g.Params)
+            {
+                string mk = $"exp_avg.{name}", vk = $"exp_avg_sq.{name}";
+                if (!file.Contains(mk)) continue;
+                if (!file.Contains(vk)) throw new PeftFormatException(path, $"'{mk}' has no matching '{vk}'");
+                var m = file.Load(mk, p.device, ScalarType.Float32).DetachFromDisposeScope();
+                var v = file.Load(vk, p.device, ScalarType.Float32).DetachFromDisposeScope();
+                if (!m.shape.SequenceEqual(p.shape))
+                    throw new PeftFormatException(path, $"'{mk}' has shape [{string.Join(", ", m.shape)}] but the parameter has [{string.Join(", ", p.shape)}]");
+                _state[name] = (m, v);
+            }
+    }
+
+    void Clear()
+    {
+        foreach (var (m, v) in _state.Values) { m.Dispose(); v.Dispose(); }
+        _state.Clear();
+    }
+
+    public void Dispose() => Clear();
+}

@@ -1,0 +1,69 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace PeftSharp.Training.Data;
+
+/// <summary>One JSON record of a dataset file, with the 1-based line where it starts (for error messages).</summary>
+public sealed record DatasetRecord(string File, int Line, JsonObject Json)
+{
+    public PeftFormatException Error(string message) => new($"{File}:{Line}", message);
+}
+
+/// <summary>Reads JSONL (one object per line) or JSON (an array of objects) dataset files.</summary>
+public static class DatasetReader
+{
+    public static List<DatasetRecord> Read(string path)
+    {
+        if (!File.Exists(path)) throw new PeftFormatException(path, "dataset file not found");
+        var bytes = File.ReadAllBytes(path);
+        int start = 0;
+        while (start < bytes.Length && bytes[start] is (byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n' or 0xEF or 0xBB or 0xBF) start++;
+        var records = start < bytes.Length && bytes[start] == (byte)'[' ? ReadArray(path, bytes) : ReadLines(path, bytes);
+        if (records.Count == 0) throw new PeftFormatException(path, "the dataset has no records");
+        return records;
+    }
+
+    static List<DatasetRecord> ReadLines(string path, byte[] bytes)
+    {
+        var list = new List<DatasetRecord>();
+        var lines = Encoding.UTF8.GetString(bytes).TrimStart('\uFEFF').Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            var line = lines[i].Trim();
+            if (line.Length == 0) continue;
+            JsonNode? node;
+            try { node = JsonNode.Parse(line); }
+            catch (JsonException e) { throw new PeftFormatException($"{path}:{i + 1}", $"not valid JSON ({e.Message})"); }
+            if (node is not JsonObject obj) throw new PeftFormatException($"{path}:{i + 1}", "each line must be a JSON object");
+            list.Add(new DatasetRecord(path, i + 1, obj));
+        }
+        return list;
+    }
+
+    static List<DatasetRecord> ReadArray(string path, byte[] bytes)
+    {
+        var list = new List<DatasetRecord>();
+        int LineAt(long offset)
+        {
+            int n = 1;
+            for (long k = 0; k < offset && k < bytes.Length; k++) if (bytes[k] == (byte)'\n') n++;
+            return n;
+        }
+        try
+        {
+            var reader = new Utf8JsonReader(bytes, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            reader.Read(); // [
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                long at = reader.TokenStartIndex;
+                if (reader.TokenType != JsonTokenType.StartObject)
+                    throw new PeftFormatException($"{path}:{LineAt(at)}", $"each array element must be a JSON object (found {reader.TokenType})");
+                var obj = JsonNode.Parse(ref reader)!.AsObject();
+                list.Add(new DatasetRecord(path, LineAt(at), obj));
+            }
+        }
+        catch (JsonException e) { throw new PeftFormatException(path, $"not valid JSON ({e.Message})"); }
+        return list;
+    }
+}

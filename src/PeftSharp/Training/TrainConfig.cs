@@ -1,0 +1,162 @@
+using System.Globalization;
+using PeftSharp.Training.Data;
+using YamlDotNet.RepresentationModel;
+
+namespace PeftSharp.Training;
+
+/// <summary>
+/// A `peft train` YAML file with LLaMA-Factory's key names (plus HF TrainingArguments' optimizer keys,
+/// <c>dataset_format</c> and <c>shuffle</c>). Unknown keys are an error that lists the valid ones.
+/// </summary>
+public sealed record TrainConfig
+{
+    public required string ModelNameOrPath { get; init; }
+    public string? AdapterNameOrPath { get; init; }
+    /// <summary>lora or full.</summary>
+    public string FinetuningType { get; init; } = "lora";
+    public int LoraRank { get; init; } = 8;
+    public double? LoraAlpha { get; init; }
+    public double LoraDropout { get; init; }
+    /// <summary>Module names (comma separated) or "all" (every linear layer but the output head).</summary>
+    public string LoraTarget { get; init; } = "all";
+    public required string Dataset { get; init; }
+    public DatasetFormat? DatasetFormat { get; init; }
+    public string? Template { get; init; }
+    public int CutoffLen { get; init; } = 2048;
+    public bool TrainOnPrompt { get; init; }
+    public bool Packing { get; init; }
+    public double ValSize { get; init; }
+    public required TrainingArguments Training { get; init; }
+    /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
+    public string BaseDir { get; init; } = ".";
+
+    static readonly string[] Keys =
+    {
+        "model_name_or_path", "adapter_name_or_path", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+        "dataset", "dataset_format", "template", "cutoff_len", "train_on_prompt", "packing", "val_size", "shuffle",
+        "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+        "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "logging_steps", "save_steps",
+        "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
+        "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+        "stage", "do_train", "plot_loss", "overwrite_output_dir",
+    };
+
+    public static IReadOnlyList<string> ValidKeys => Keys;
+
+    public static TrainConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new PeftFormatException(path, "config file not found");
+        return Parse(File.ReadAllText(path), path);
+    }
+
+    public static TrainConfig Parse(string yaml, string source = "config.yaml")
+    {
+        var stream = new YamlStream();
+        try { stream.Load(new StringReader(yaml)); }
+        catch (YamlDotNet.Core.YamlException e) { throw new PeftFormatException(source, $"not valid YAML (line {e.Start.Line}: {e.Message})"); }
+        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
+            throw new PeftFormatException(source, "expected a mapping of key: value");
+        var values = new Dictionary<string, YamlNode>();
+        foreach (var (k, v) in root.Children)
+        {
+            var key = ((YamlScalarNode)k).Value ?? "";
+            if (!Keys.Contains(key))
+                throw new PeftConfigException($"{source}: unknown key '{key}' (line {k.Start.Line}). Valid keys: {string.Join(", ", Keys)}");
+            values[key] = v;
+        }
+
+        string? Str(string key)
+        {
+            if (!values.TryGetValue(key, out var node)) return null;
+            return node switch
+            {
+                YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
+                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => ((YamlScalarNode)c).Value)),
+                _ => throw new PeftConfigException($"{source}: '{key}' must be a value or a list"),
+            };
+        }
+        T Get<T>(string key, T fallback, Func<string, T?> parse, string expected)
+        {
+            var s = Str(key);
+            if (s is null) return fallback;
+            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s}'; expected {expected}");
+        }
+        int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
+        double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
+        double? OptDbl(string key) => Str(key) is null ? null : Dbl(key, 0);
+        bool Bool(string key, bool fallback) => Get<bool?>(key, fallback, s => s.ToLowerInvariant() switch { "true" or "yes" or "1" => true, "false" or "no" or "0" => false, _ => null }, "true or false")!.Value;
+        string Required(string key) => Str(key) ?? throw new PeftConfigException($"{source}: missing required key '{key}'");
+
+        var stage = Str("stage");
+        if (stage is not null and not "sft" and not "pt")
+            throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
+        if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
+        var finetuning = Str("finetuning_type") ?? "lora";
+        if (finetuning is not ("lora" or "full"))
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full)");
+        var training = new TrainingArguments
+        {
+            OutputDir = Str("output_dir") ?? "output",
+            LearningRate = Dbl("learning_rate", 5e-5),
+            NumTrainEpochs = Dbl("num_train_epochs", 3.0),
+            MaxSteps = Int("max_steps", -1),
+            PerDeviceTrainBatchSize = Int("per_device_train_batch_size", 8),
+            PerDeviceEvalBatchSize = Int("per_device_eval_batch_size", 8),
+            GradientAccumulationSteps = Int("gradient_accumulation_steps", 1),
+            LrSchedulerType = Str("lr_scheduler_type") ?? "linear",
+            WarmupRatio = Dbl("warmup_ratio", 0),
+            WarmupSteps = Int("warmup_steps", 0),
+            LoggingSteps = Int("logging_steps", 10),
+            SaveSteps = Int("save_steps", 0),
+            EvalSteps = Int("eval_steps", 0),
+            SaveTotalLimit = Int("save_total_limit", 0),
+            Seed = Int("seed", 42),
+            Shuffle = Bool("shuffle", true),
+            Bf16 = Bool("bf16", false),
+            GradientCheckpointing = Bool("gradient_checkpointing", false),
+            LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
+            ResumeFromCheckpoint = Str("resume_from_checkpoint"),
+            WeightDecay = Dbl("weight_decay", 0),
+            AdamBeta1 = Dbl("adam_beta1", 0.9),
+            AdamBeta2 = Dbl("adam_beta2", 0.999),
+            AdamEpsilon = Dbl("adam_epsilon", 1e-8),
+            MaxGradNorm = Dbl("max_grad_norm", 1.0),
+        };
+        try { training.Validate(); }
+        catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }
+        var format = Str("dataset_format");
+        return new TrainConfig
+        {
+            ModelNameOrPath = Required("model_name_or_path"),
+            AdapterNameOrPath = Str("adapter_name_or_path"),
+            FinetuningType = finetuning,
+            LoraRank = Int("lora_rank", 8),
+            LoraAlpha = OptDbl("lora_alpha"),
+            LoraDropout = Dbl("lora_dropout", 0),
+            LoraTarget = Str("lora_target") ?? "all",
+            Dataset = Required("dataset"),
+            DatasetFormat = format is null ? null : DatasetFormats.Parse(format),
+            Template = Str("template"),
+            CutoffLen = Int("cutoff_len", 2048),
+            TrainOnPrompt = Bool("train_on_prompt", false),
+            Packing = Bool("packing", false),
+            ValSize = Dbl("val_size", 0),
+            Training = training,
+            BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
+        };
+    }
+
+    /// <summary>A path from the config: as given when it exists from the working folder, else relative to the YAML file.</summary>
+    public string ResolvePath(string path)
+    {
+        if (Path.IsPathRooted(path) || File.Exists(path) || Directory.Exists(path)) return path;
+        var beside = Path.Combine(BaseDir, path);
+        return File.Exists(beside) || Directory.Exists(beside) ? beside : path;
+    }
+
+    public DataOptions DataOptions(IReadOnlyDictionary<string, int>? labelMap) => new()
+    {
+        Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Packing,
+        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap,
+    };
+}

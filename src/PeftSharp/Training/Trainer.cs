@@ -1,0 +1,315 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PeftSharp.IO;
+using PeftSharp.Models;
+using PeftSharp.Runtime;
+using PeftSharp.Training.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Training;
+
+/// <summary>What one optimizer step did (raised for every step, whatever logging_steps is).</summary>
+public sealed record StepRecord(int Step, int TotalSteps, double Epoch, double Loss, double GradNorm, double LearningRate,
+    IReadOnlyList<double> GroupLearningRates, long Tokens, TimeSpan Elapsed);
+
+/// <summary>Loss, perplexity and (classification) accuracy over a dataset.</summary>
+public sealed record EvalResult(double Loss, double Perplexity, double? Accuracy, int Rows);
+
+public sealed record TrainResult(int GlobalStep, double TrainLoss, TimeSpan Elapsed, long Tokens, int ResumedFromStep);
+
+/// <summary>
+/// A training loop with HF Trainer's semantics: AdamW over the target's trainable parameters (HF's decay groups or
+/// LoRA+), transformers' LR schedules, gradient accumulation with Trainer 4.57's token-count normalization,
+/// max_grad_norm clipping (the pre-clip norm is reported), periodic logging/eval/checkpoints and exact resume.
+/// It is not tied to any tuning method: whatever has requires_grad trains.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    readonly TrainingTarget _target;
+    readonly TrainingArguments _args;
+    readonly IReadOnlyList<TrainExample> _train;
+    readonly IReadOnlyList<TrainExample>? _eval;
+    readonly AdamW _optimizer;
+    readonly List<JsonObject> _logHistory = new();
+    readonly int _batchesPerEpoch;
+
+    public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null)
+    {
+        args.Validate();
+        if (train.Count == 0) throw new PeftSharpException("the training set is empty");
+        _target = target; _args = args; _train = train; _eval = eval is { Count: > 0 } ? eval : null;
+        var groups = args.LoraPlusLrRatio is { } ratio
+            ? OptimizerGroups.LoraPlus(target.Root, args.LearningRate, ratio, args.WeightDecay, args.LoraPlusLrEmbedding)
+            : OptimizerGroups.Default(target.Root, args.LearningRate, args.WeightDecay);
+        if (groups.All(g => g.Params.Count == 0)) throw new PeftSharpException("the model has no trainable parameters (nothing has requires_grad)");
+        if (args.Bf16) Bf16Base.Apply(target.Root);
+        if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
+        _optimizer = new AdamW(groups, args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon);
+        _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        StepsPerEpoch = (_batchesPerEpoch + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
+        TotalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * StepsPerEpoch);
+        WarmupSteps = args.WarmupStepsFor(TotalSteps);
+    }
+
+    public int StepsPerEpoch { get; }
+    public int TotalSteps { get; }
+    public int WarmupSteps { get; }
+    public int GlobalStep { get; private set; }
+    public IReadOnlyList<ParamGroup> ParamGroups => _optimizer.Groups;
+    public IReadOnlyList<JsonObject> LogHistory => _logHistory;
+
+    /// <summary>Raised after every optimizer step.</summary>
+    public event Action<StepRecord>? StepCompleted;
+    /// <summary>Raised for each entry written to trainer_log.jsonl (training logs every logging_steps, evaluations).</summary>
+    public event Action<JsonObject>? Logged;
+    /// <summary>Raised after backward of each optimizer step (1-based), before clipping: the gradients are the raw ones.</summary>
+    public event Action<int>? GradientsComputed;
+    /// <summary>Raised after a checkpoint folder is complete.</summary>
+    public event Action<string>? CheckpointSaved;
+
+    // ---- data order: a pure function of (seed, epoch), so a resumed run sees the same batches ----
+
+    int[] EpochOrder(int epoch)
+    {
+        if (!_args.Shuffle) return Enumerable.Range(0, _train.Count).ToArray();
+        using var g = new Generator((ulong)(_args.Seed + epoch));
+        using var perm = randperm(_train.Count, generator: g);
+        return perm.data<long>().Select(i => (int)i).ToArray();
+    }
+
+    int[]? _orderCache; int _orderEpoch = -1;
+
+    List<List<TrainExample>> MicroBatches(int step)
+    {
+        int epoch = step / StepsPerEpoch, within = step % StepsPerEpoch;
+        if (_orderEpoch != epoch) { _orderCache = EpochOrder(epoch); _orderEpoch = epoch; }
+        int bs = _args.PerDeviceTrainBatchSize, ga = _args.GradientAccumulationSteps;
+        var result = new List<List<TrainExample>>();
+        for (int b = within * ga; b < Math.Min((within + 1) * ga, _batchesPerEpoch); b++)
+            result.Add(_orderCache!.Skip(b * bs).Take(bs).Select(i => _train[i]).ToList());
+        return result;
+    }
+
+    // ---- training ----
+
+    public TrainResult Train(CancellationToken cancel = default)
+    {
+        var clock = Stopwatch.StartNew();
+        manual_seed(_args.Seed);
+        int resumedFrom = 0;
+        if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
+            resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
+        double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
+        long tokens = 0;
+        double lastLoss = double.NaN;
+        var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
+        while (GlobalStep < TotalSteps)
+        {
+            cancel.ThrowIfCancellationRequested();
+            int step = GlobalStep;
+            double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
+            foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
+            var (loss, gradNorm, stepTokens) = TrainStep(step, trainable);
+            _optimizer.Step();
+            _optimizer.ZeroGrad();
+            GlobalStep = step + 1;
+            tokens += stepTokens;
+            lastLoss = loss;
+            pendingLoss += loss; pendingSteps++;
+            double epoch = (double)GlobalStep / StepsPerEpoch;
+            var lrs = _optimizer.Groups.Select(g => g.Lr).ToList();
+            double lr = _optimizer.Groups.First(g => g.Params.Count > 0).Lr;
+            StepCompleted?.Invoke(new StepRecord(GlobalStep, TotalSteps, epoch, loss, gradNorm, lr, lrs, stepTokens, clock.Elapsed));
+
+            if (GlobalStep % _args.LoggingSteps == 0 || GlobalStep == TotalSteps)
+            {
+                Emit(new JsonObject
+                {
+                    ["step"] = GlobalStep, ["total_steps"] = TotalSteps, ["epoch"] = Math.Round(epoch, 4),
+                    ["loss"] = pendingLoss / pendingSteps, ["learning_rate"] = lr, ["grad_norm"] = gradNorm,
+                    ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 3),
+                });
+                pendingLoss = 0; pendingSteps = 0;
+            }
+            _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;
+            if (_eval is not null && _args.EvalSteps > 0 && GlobalStep % _args.EvalSteps == 0 && GlobalStep != TotalSteps) EmitEval();
+            if (_args.SaveSteps > 0 && GlobalStep % _args.SaveSteps == 0 && GlobalStep != TotalSteps) SaveCheckpoint();
+            if (_args.TrimMemorySteps > 0 && GlobalStep % _args.TrimMemorySteps == 0) TorchRuntime.TrimMemory();
+        }
+        if (_eval is not null) EmitEval();
+        if (_args.SaveSteps > 0) SaveCheckpoint();
+        _target.Save(_args.OutputDir);
+        TorchRuntime.TrimMemory();
+        return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
+    }
+
+    double _pendingLoss; int _pendingSteps;
+
+    (double Loss, double GradNorm, long Tokens) TrainStep(int step, IReadOnlyList<Tensor> trainable)
+    {
+        using var scope = NewDisposeScope();
+        _target.Root.train();
+        bool lm = _target.Task == TrainingTask.CausalLM;
+        var micro = MicroBatches(step);
+        // Trainer 4.57: one token count over the whole accumulated batch; each micro loss is sum / count.
+        long? numItems = lm ? micro.Sum(b => (long)b.Sum(e => e.LabelTokens)) : null;
+        if (numItems == 0) throw new PeftSharpException($"step {step + 1}: no row in the batch has a label token (all labels are -100)");
+        double loss = 0; long tokens = 0;
+        foreach (var rows in micro)
+        {
+            using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
+            var logits = _target.Model.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
+            var l = lm ? Losses.CausalLM(logits, batch.Labels, numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+            double v = l.ToDouble();
+            if (!double.IsFinite(v))
+                throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
+                    "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
+            l.backward();
+            loss += v; tokens += batch.Tokens;
+        }
+        GradientsComputed?.Invoke(step + 1);
+        double norm = ClipGradNorm(trainable, _args.MaxGradNorm);
+        if (!double.IsFinite(norm))
+            throw new PeftSharpException($"step {step + 1}: the gradient norm is {norm} (loss {loss:G6}); stopped before applying the update. Lower learning_rate or check the data.");
+        return (loss, norm, tokens);
+    }
+
+    /// <summary>torch.nn.utils.clip_grad_norm_: total L2 norm before clipping; grads × min(1, max/(norm+1e-6)).</summary>
+    static double ClipGradNorm(IReadOnlyList<Tensor> parameters, double maxNorm)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var grads = parameters.Select(p => p.grad).Where(g => g is not null).Cast<Tensor>().ToList();
+        if (grads.Count == 0) return 0;
+        var total = stack(grads.Select(g => linalg.vector_norm(g, 2)).ToArray()).norm();
+        double value = total.ToDouble();
+        if (maxNorm > 0)
+        {
+            var coef = (maxNorm / (total + 1e-6)).clamp_max(1.0);
+            foreach (var g in grads) g.mul_(coef);
+        }
+        return value;
+    }
+
+    // ---- evaluation ----
+
+    void EmitEval()
+    {
+        var r = Evaluate(_eval!);
+        var entry = new JsonObject { ["step"] = GlobalStep, ["epoch"] = Math.Round((double)GlobalStep / StepsPerEpoch, 4), ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity };
+        if (r.Accuracy is { } acc) entry["eval_accuracy"] = acc;
+        Emit(entry);
+    }
+
+    /// <summary>HF's evaluation loss: each batch's mean loss, averaged with the batch's row count as weight.</summary>
+    public EvalResult Evaluate(IReadOnlyList<TrainExample> data) =>
+        Evaluation.Run(_target, data, _args.PerDeviceEvalBatchSize);
+
+    void Emit(JsonObject entry)
+    {
+        _logHistory.Add(entry);
+        Directory.CreateDirectory(_args.OutputDir);
+        File.AppendAllText(Path.Combine(_args.OutputDir, "trainer_log.jsonl"), entry.ToJsonString() + "\n");
+        Logged?.Invoke(entry);
+    }
+
+    // ---- checkpoints ----
+
+    const string StateFile = "trainer_state.json", TrainableFile = "trainable.safetensors", OptimizerFile = "optimizer.safetensors", RngFile = "rng_state.safetensors";
+
+    /// <summary>Writes output_dir/checkpoint-N atomically (a temp folder renamed into place), then prunes old ones.</summary>
+    public string SaveCheckpoint()
+    {
+        var final = Path.Combine(_args.OutputDir, $"checkpoint-{GlobalStep}");
+        var tmp = Path.Combine(_args.OutputDir, $".checkpoint-{GlobalStep}.tmp");
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        _target.Save(tmp);
+        SafetensorsWriter.Save(Path.Combine(tmp, TrainableFile),
+            _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter)));
+        _optimizer.Save(Path.Combine(tmp, OptimizerFile));
+        using (var rng = get_rng_state()) SafetensorsWriter.Save(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
+        var state = new JsonObject
+        {
+            ["global_step"] = GlobalStep, ["total_steps"] = TotalSteps, ["steps_per_epoch"] = StepsPerEpoch,
+            ["seed"] = _args.Seed, ["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize,
+            ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count,
+            ["pending_loss"] = _pendingLoss, ["pending_steps"] = _pendingSteps,
+            ["log_history"] = new JsonArray(_logHistory.Select(e => (JsonNode)e.DeepClone()).ToArray()),
+        };
+        AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (Directory.Exists(final)) Directory.Delete(final, true);
+        Directory.Move(tmp, final);
+        Prune();
+        CheckpointSaved?.Invoke(final);
+        return final;
+    }
+
+    static IEnumerable<(int Step, string Dir)> Checkpoints(string outputDir) =>
+        !Directory.Exists(outputDir) ? Enumerable.Empty<(int, string)>()
+        : Directory.EnumerateDirectories(outputDir, "checkpoint-*")
+            .Select(d => (Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), n, d))
+            .Where(x => x.Ok).Select(x => (x.n, x.d)).OrderBy(x => x.n);
+
+    void Prune()
+    {
+        if (_args.SaveTotalLimit <= 0) return;
+        var all = Checkpoints(_args.OutputDir).ToList();
+        foreach (var (_, dir) in all.Take(Math.Max(0, all.Count - _args.SaveTotalLimit))) Directory.Delete(dir, true);
+    }
+
+    string ResolveCheckpoint(string resume)
+    {
+        if (resume is "true" or "last" or "latest")
+        {
+            var last = Checkpoints(_args.OutputDir).LastOrDefault();
+            return last.Dir ?? throw new PeftConfigException($"resume_from_checkpoint: no checkpoint-N folder in output_dir '{_args.OutputDir}'");
+        }
+        if (!Directory.Exists(resume)) throw new PeftConfigException($"resume_from_checkpoint: folder '{resume}' not found");
+        return resume;
+    }
+
+    /// <summary>Restores weights, optimizer, RNG, step and log state from a checkpoint folder; returns its step.</summary>
+    public int LoadCheckpoint(string dir)
+    {
+        var statePath = Path.Combine(dir, StateFile);
+        if (!File.Exists(statePath)) throw new PeftFormatException(dir, $"not a trainer checkpoint (no {StateFile})");
+        var state = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
+        void Same(string key, long now)
+        {
+            long then = state[key]!.GetValue<long>();
+            if (then != now) throw new PeftConfigException($"{statePath}: {key} was {then} when the checkpoint was written but is {now} now; resuming would not continue the same run");
+        }
+        Same("seed", _args.Seed);
+        Same("per_device_train_batch_size", _args.PerDeviceTrainBatchSize);
+        Same("gradient_accumulation_steps", _args.GradientAccumulationSteps);
+        Same("train_rows", _train.Count);
+        using (var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile)))
+        using (no_grad())
+        {
+            foreach (var (name, p) in _target.Root.named_parameters().Where(p => p.parameter.requires_grad))
+            {
+                if (!file.Contains(name)) throw new PeftFormatException(file.FilePath, $"no tensor for trainable parameter '{name}'");
+                using var t = file.Load(name, p.device, p.dtype);
+                p.copy_(t);
+            }
+        }
+        _optimizer.Load(Path.Combine(dir, OptimizerFile));
+        using (var file = SafetensorsFile.Open(Path.Combine(dir, RngFile)))
+        using (var rng = file.Load("cpu")) set_rng_state(rng);
+        GlobalStep = state["global_step"]!.GetValue<int>();
+        _pendingLoss = state["pending_loss"]!.GetValue<double>();
+        _pendingSteps = state["pending_steps"]!.GetValue<int>();
+        _logHistory.Clear();
+        foreach (var e in state["log_history"]!.AsArray()) _logHistory.Add(e!.DeepClone().AsObject());
+        return GlobalStep;
+    }
+
+    public void Dispose()
+    {
+        _optimizer.Dispose();
+        if (_args.GradientCheckpointing) GradientCheckpointing.Disable(_target.Model);
+    }
+}

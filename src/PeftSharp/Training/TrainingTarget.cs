@@ -1,0 +1,48 @@
+using PeftSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PeftSharp.Training;
+
+public enum TrainingTask { CausalLM, SequenceClassification }
+
+/// <summary>
+/// What a <see cref="Trainer"/> trains: the module whose requires_grad parameters it optimizes and checkpoints
+/// (a PeftModel, or the model itself for full fine-tuning), the model that runs the forward, and how to write the
+/// deliverable (an adapter folder or a HF model folder).
+/// </summary>
+public sealed record TrainingTarget
+{
+    public required nn.Module Root { get; init; }
+    public required PreTrainedModel Model { get; init; }
+    /// <summary>Writes the trained result into a folder (adapter or full model).</summary>
+    public required Action<string> Save { get; init; }
+    public TrainingTask Task { get; init; } = TrainingTask.CausalLM;
+    public int PadTokenId { get; init; }
+
+    public Device Device => Model.Device;
+
+    /// <summary>Full fine-tuning: every parameter of <paramref name="model"/> trains; saves a HF model folder.</summary>
+    public static TrainingTarget Full(PreTrainedModel model)
+    {
+        foreach (var p in model.parameters()) p.requires_grad = true;
+        return new TrainingTarget
+        {
+            Root = model,
+            Model = model,
+            Save = dir => AutoModel.SavePretrained(model, dir),
+            Task = TaskOf(model),
+            PadTokenId = model.Config.PadTokenId ?? 0,
+        };
+    }
+
+    public static TrainingTask TaskOf(PreTrainedModel model) =>
+        model.IsCausalLM ? TrainingTask.CausalLM : TrainingTask.SequenceClassification;
+
+    public (long Trainable, long All) ParameterCounts()
+    {
+        long trainable = 0, all = 0;
+        foreach (var p in Root.parameters()) { all += p.numel(); if (p.requires_grad) trainable += p.numel(); }
+        return (trainable, all);
+    }
+}
