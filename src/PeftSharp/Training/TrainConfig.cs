@@ -27,6 +27,8 @@ public sealed record TrainConfig
     public bool Packing { get; init; }
     public double ValSize { get; init; }
     public required TrainingArguments Training { get; init; }
+    /// <summary>From quantization_bit (4) / quantization_type / double_quantization: load the base 4-bit (QLoRA).</summary>
+    public PeftSharp.Quantization.BitsAndBytesConfig? Quantization { get; init; }
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
     public string BaseDir { get; init; } = ".";
 
@@ -39,6 +41,7 @@ public sealed record TrainConfig
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
         "stage", "do_train", "plot_loss", "overwrite_output_dir",
+        "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
     };
 
     public static IReadOnlyList<string> ValidKeys => Keys;
@@ -121,12 +124,20 @@ public sealed record TrainConfig
             AdamBeta2 = Dbl("adam_beta2", 0.999),
             AdamEpsilon = Dbl("adam_epsilon", 1e-8),
             MaxGradNorm = Dbl("max_grad_norm", 1.0),
+            Optim = Str("optim") ?? "adamw_torch",
         };
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }
         var format = Str("dataset_format");
+        if ((Str("quantization_method") ?? "bnb") != "bnb")
+            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' is not supported (supported: bnb)");
+        var quantization = PeftSharp.Quantization.BitsAndBytesConfig.FromLlamaFactory(Str("quantization_bit") is null ? null : Int("quantization_bit", 0),
+            Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
+        if (quantization is not null && finetuning == "full")
+            throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
         return new TrainConfig
         {
+            Quantization = quantization,
             ModelNameOrPath = Required("model_name_or_path"),
             AdapterNameOrPath = Str("adapter_name_or_path"),
             FinetuningType = finetuning,

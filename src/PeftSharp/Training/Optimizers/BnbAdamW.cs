@@ -58,27 +58,33 @@ public sealed record BnbAdamWOptions
 /// its update and back afterwards, so device memory holds one parameter's state at a time. For parameters on the CPU
 /// there is nothing to page: the option changes nothing.</para>
 /// </summary>
-public sealed class BnbAdamW : IDisposable
+public sealed class BnbAdamW : IOptimizer
 {
     readonly BnbAdamWOptions _o;
-    readonly IReadOnlyList<(string Name, Tensor Param)> _params;
     readonly Dictionary<string, State> _state = new();
     readonly Dictionary<(DeviceType, int), (Tensor Signed, Tensor SignedBounds, Tensor Unsigned, Tensor UnsignedBounds)> _maps = new();
 
-    public BnbAdamW(IEnumerable<(string Name, Tensor Param)> parameters, double lr, double weightDecay = 0.0, BnbAdamWOptions? options = null)
+    public BnbAdamW(IReadOnlyList<ParamGroup> groups, BnbAdamWOptions? options = null)
     {
         _o = options ?? new BnbAdamWOptions();
         _o.Validate();
-        _params = parameters.ToList();
-        var dup = _params.GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw new PeftSharpException($"parameter '{dup.Key}' is given twice to the optimizer");
-        Lr = lr;
-        WeightDecay = weightDecay;
+        Groups = groups;
+        var dup = groups.SelectMany(g => g.Params).GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
+        if (dup is not null) throw new PeftSharpException($"parameter '{dup.Key}' is in two optimizer groups");
     }
 
+    /// <summary>One group with a fixed learning rate and weight decay.</summary>
+    public BnbAdamW(IEnumerable<(string Name, Tensor Param)> parameters, double lr, double weightDecay = 0.0, BnbAdamWOptions? options = null)
+        : this(new[] { new ParamGroup { Name = "all", Params = parameters.ToList(), BaseLr = lr, WeightDecay = weightDecay, Lr = lr } }, options) { }
+
+    /// <summary>The optimizer for HF's <c>optim</c> name: <see cref="AdamW"/> for adamw_torch, else this class.</summary>
+    public static IOptimizer Create(string optim, IReadOnlyList<ParamGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8) =>
+        BnbAdamWOptions.FromOptimName(optim) is { } o
+            ? new BnbAdamW(groups, o with { Beta1 = beta1, Beta2 = beta2, Eps = eps })
+            : new AdamW(groups, beta1, beta2, eps);
+
     public BnbAdamWOptions Options => _o;
-    public double Lr { get; set; }
-    public double WeightDecay { get; set; }
+    public IReadOnlyList<ParamGroup> Groups { get; }
     public long StepCount { get; private set; }
 
     /// <summary>Bytes held by optimizer state (codes, absmax and float32 moments).</summary>
@@ -87,19 +93,18 @@ public sealed class BnbAdamW : IDisposable
     /// <summary>Where the state of <paramref name="name"/> lives between steps (null before its first step).</summary>
     public Device? StateDevice(string name) => _state.TryGetValue(name, out var s) ? s.M.device : null;
 
-    /// <summary>One update of every parameter that has a gradient, with this optimizer's lr and weight decay.</summary>
+    /// <summary>One update of every parameter that has a gradient, with its group's current lr and weight decay.</summary>
     public void Step()
     {
         StepCount++;
         using var _ = no_grad();
-        foreach (var (name, p) in _params)
-            if (p.grad is { } g) Update(name, p, g, Lr, WeightDecay);
+        foreach (var g in Groups)
+            foreach (var (name, p) in g.Params)
+                if (p.grad is { } grad) Update(name, p, grad, g.Lr, g.WeightDecay);
     }
 
-    /// <summary>One update of one parameter; <see cref="StepCount"/> must already count this step (for trainers with per-group lr).</summary>
-    public void Update(string name, Tensor p, Tensor grad, double lr, double weightDecay)
+    void Update(string name, Tensor p, Tensor grad, double lr, double weightDecay)
     {
-        if (StepCount == 0) throw new PeftSharpException("BnbAdamW.Update: call BeginStep (or Step) first");
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         if (!_state.TryGetValue(name, out var s)) _state[name] = s = NewState(p);
@@ -115,13 +120,11 @@ public sealed class BnbAdamW : IDisposable
         Store(s, m, v);
     }
 
-    /// <summary>Counts a new step for trainers that call <see cref="Update"/> per parameter themselves.</summary>
-    public void BeginStep() => StepCount++;
-
     public void ZeroGrad()
     {
-        foreach (var (_, p) in _params)
-            if (p.grad is { } grad) { grad.Dispose(); p.grad = null; }
+        foreach (var g in Groups)
+            foreach (var (_, p) in g.Params)
+                if (p.grad is { } grad) { grad.Dispose(); p.grad = null; }
     }
 
     sealed class State
@@ -251,7 +254,7 @@ public sealed class BnbAdamW : IDisposable
         if (!file.Contains(StepKey)) throw new PeftFormatException(path, $"not an optimizer state file (no '{StepKey}')");
         using (var step = file.Load(StepKey)) StepCount = step.data<long>()[0];
         Clear();
-        foreach (var (name, p) in _params)
+        foreach (var (name, p) in Groups.SelectMany(g => g.Params))
         {
             if (!file.Contains($"state1.{name}")) continue;
             var s = NewState(p);
