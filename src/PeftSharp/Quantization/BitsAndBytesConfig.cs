@@ -36,6 +36,27 @@ public sealed record BitsAndBytesConfig
     public static BitsAndBytesConfig NF4(bool doubleQuant = true, string computeDType = "float32") =>
         new() { LoadIn4bit = true, Bnb4bitQuantType = "nf4", Bnb4bitUseDoubleQuant = doubleQuant, Bnb4bitComputeDType = computeDType };
 
+    /// <summary>
+    /// LLaMA-Factory's model arguments: <c>quantization_bit</c> (null: no quantization; only 4 is supported),
+    /// <c>quantization_type</c> (nf4 | fp4, default nf4), <c>double_quantization</c> (default true), and the compute
+    /// dtype it takes from the run's precision (bf16 → bfloat16, else float32). <paramref name="source"/> names the file in errors.
+    /// </summary>
+    public static BitsAndBytesConfig? FromLlamaFactory(int? quantizationBit, string quantizationType = "nf4", bool doubleQuantization = true, string computeDType = "float32", string source = "config")
+    {
+        if (quantizationBit is null) return null;
+        if (quantizationBit != 4)
+            throw new PeftConfigException($"{source}: quantization_bit {quantizationBit} is not supported (expected 4: bitsandbytes NF4/FP4; 8-bit LLM.int8 is not implemented)");
+        var c = new BitsAndBytesConfig
+        {
+            LoadIn4bit = true,
+            Bnb4bitQuantType = quantizationType is "nf4" or "fp4" ? quantizationType : throw new PeftConfigException($"{source}: quantization_type '{quantizationType}' is not supported (expected nf4 or fp4)"),
+            Bnb4bitUseDoubleQuant = doubleQuantization,
+            Bnb4bitComputeDType = computeDType,
+        };
+        c.Validate(source);
+        return c;
+    }
+
     public void Validate(string source = "quantization_config")
     {
         if (QuantMethod != "bitsandbytes")

@@ -49,6 +49,22 @@ public sealed class Linear4bit : Module<Tensor, Tensor>
     /// <summary>The weight as <paramref name="dtype"/> (default: the compute dtype), shape [out, in].</summary>
     public Tensor Dequantize(ScalarType? dtype = null) => Bnb4bit.Dequantize(weight, QuantState, dtype ?? ComputeDType);
 
+    /// <summary>The dtype the weight had before quantization (the quant state's <c>dtype</c>).</summary>
+    public ScalarType OriginalDType => Bnb4bit.ParseDType(QuantState.DType, "quant_state dtype");
+
+    /// <summary>A plain float <c>Linear</c> with the dequantized weight (default: the original dtype) and the bias, on the same device.</summary>
+    public Linear ToLinear(ScalarType? dtype = null)
+    {
+        var dt = dtype ?? OriginalDType;
+        var linear = nn.Linear(InFeatures, OutFeatures, hasBias: bias is not null, device: weight.device, dtype: dt);
+        using var _ = no_grad();
+        using (var w = Dequantize(dt)) linear.weight!.copy_(w);
+        if (bias is not null) linear.bias!.copy_(bias);
+        linear.weight!.requires_grad = false;
+        if (linear.bias is not null) linear.bias.requires_grad = false;
+        return linear;
+    }
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();

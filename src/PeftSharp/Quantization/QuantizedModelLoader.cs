@@ -82,6 +82,36 @@ public static class QuantizedModelLoader
         return names;
     }
 
+    /// <summary>
+    /// transformers' <c>model.dequantize()</c>: every 4-bit layer becomes a float <c>Linear</c> in the dtype its weight had
+    /// before quantization, and <c>quantization_config</c> leaves the config. Returns the module names.
+    /// </summary>
+    public static IReadOnlyList<string> Dequantize(PreTrainedModel model)
+    {
+        var layers = QuantizedLayers(model).ToList();
+        foreach (var (name, layer) in layers)
+        {
+            ModuleSurgery.Replace(model, name, layer.ToLinear());
+            layer.Dispose();
+        }
+        model.Config.Raw.Remove("quantization_config");
+        return layers.Select(l => l.Name).ToList();
+    }
+
+    /// <summary>
+    /// Turns a state dict taken from <paramref name="model"/> into a float one: each 4-bit layer's packed keys
+    /// (weight, weight.absmax, ...) become one dequantized <c>weight</c> in its original dtype. The model is not changed.
+    /// </summary>
+    public static void DequantizeStateDict(nn.Module model, Dictionary<string, Tensor> state)
+    {
+        foreach (var (name, layer) in QuantizedLayers(model))
+        {
+            var w = name + ".weight";
+            foreach (var k in state.Keys.Where(k => k == w || k.StartsWith(w + ".", StringComparison.Ordinal)).ToList()) state.Remove(k);
+            state[w] = layer.Dequantize(layer.OriginalDType);
+        }
+    }
+
     /// <summary>The 4-bit layers of a model, by qualified name.</summary>
     public static IEnumerable<(string Name, Linear4bit Layer)> QuantizedLayers(nn.Module model) =>
         model.named_modules().Where(m => m.module is Linear4bit).Select(m => (m.name, (Linear4bit)m.module));

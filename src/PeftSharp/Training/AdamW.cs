@@ -21,7 +21,7 @@ public sealed class ParamGroup
 /// p -= lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps). Its state is saved by parameter name in safetensors, so a resumed run
 /// continues bit for bit.
 /// </summary>
-public sealed class AdamW : IDisposable
+public sealed class AdamW : Optimizers.IOptimizer
 {
     readonly double _beta1, _beta2, _eps;
     readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();

@@ -31,6 +31,8 @@ public sealed record TrainConfig
     public required TrainingArguments Training { get; init; }
     /// <summary>The adapter-family keys (AdapterHub config names, adapter_fusion) as JSON values, for finetuning_type adapter | bitfit | mam | unipelt.</summary>
     public IReadOnlyDictionary<string, System.Text.Json.Nodes.JsonNode?> AdapterKeys { get; init; } = new Dictionary<string, System.Text.Json.Nodes.JsonNode?>();
+    /// <summary>From quantization_bit (4) / quantization_type / double_quantization: load the base 4-bit (QLoRA).</summary>
+    public PeftSharp.Quantization.BitsAndBytesConfig? Quantization { get; init; }
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
     public string BaseDir { get; init; } = ".";
 
@@ -45,6 +47,7 @@ public sealed record TrainConfig
         "stage", "do_train", "plot_loss", "overwrite_output_dir",
         "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
         "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
+        "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
         // adapter family (AdapterHub names; see Tuners/AdapterHub/AdapterFamilyTypes)
         "adapter_config", "reduction_factor", "non_linearity", "leave_out", "original_ln_before", "original_ln_after", "residual_before_ln",
         "adapter_residual_before_ln", "ln_before", "ln_after", "mh_adapter", "output_adapter", "is_parallel", "scaling", "use_gating",
@@ -151,12 +154,20 @@ public sealed record TrainConfig
             AdamBeta2 = Dbl("adam_beta2", 0.999),
             AdamEpsilon = Dbl("adam_epsilon", 1e-8),
             MaxGradNorm = Dbl("max_grad_norm", 1.0),
+            Optim = Str("optim") ?? "adamw_torch",
         };
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }
         var format = Str("dataset_format");
+        if ((Str("quantization_method") ?? "bnb") != "bnb")
+            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' is not supported (supported: bnb)");
+        var quantization = PeftSharp.Quantization.BitsAndBytesConfig.FromLlamaFactory(Str("quantization_bit") is null ? null : Int("quantization_bit", 0),
+            Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
+        if (quantization is not null && finetuning == "full")
+            throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
         return new TrainConfig
         {
+            Quantization = quantization,
             ModelNameOrPath = Required("model_name_or_path"),
             AdapterNameOrPath = Str("adapter_name_or_path"),
             FinetuningType = finetuning,

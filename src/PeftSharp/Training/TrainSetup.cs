@@ -17,14 +17,18 @@ public sealed class TrainSetup : IDisposable
     public required List<TrainExample> Train { get; init; }
     public required List<TrainExample> Eval { get; init; }
     public required string ModelDir { get; init; }
+    /// <summary>Set for a 4-bit (QLoRA) base: what prepare_model_for_kbit_training did; disposed with the setup.</summary>
+    public Quantization.KbitTrainingPreparation? Kbit { get; init; }
 
     public static TrainSetup FromConfig(TrainConfig c, Device? device = null)
     {
         var modelDir = c.ResolvePath(c.ModelNameOrPath);
-        var model = AutoModel.FromPretrained(modelDir, device);
+        var model = AutoModel.FromPretrained(modelDir, device, quantization: c.Quantization);
         manual_seed(c.Training.Seed); // as HF's set_seed before get_peft_model: the adapter's init follows the seed
+        Quantization.KbitTrainingPreparation? kbit = null;
         try
         {
+            if (c.Quantization is not null) kbit = Quantization.KbitTraining.Prepare(model, c.Training.GradientCheckpointing);
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
             var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
@@ -34,16 +38,20 @@ public sealed class TrainSetup : IDisposable
                 : AdapterTargets.Lora(model, c, modelDir);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
-            return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir };
+            return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir, Kbit = kbit };
         }
-        catch { model.Dispose(); throw; }
+        catch { kbit?.Dispose(); model.Dispose(); throw; }
     }
 
     /// <summary>config.json's label2id, for string class labels.</summary>
     public static IReadOnlyDictionary<string, int>? LabelMap(PreTrainedModel model) =>
         model.Config.Raw["label2id"] is JsonObject map ? map.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>()) : null;
 
-    public void Dispose() => Model.Dispose();
+    public void Dispose()
+    {
+        Kbit?.Dispose();
+        Model.Dispose();
+    }
 }
 
 /// <summary>Training targets for adapter methods.</summary>

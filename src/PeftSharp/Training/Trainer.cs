@@ -31,7 +31,7 @@ public sealed class Trainer : IDisposable
     readonly TrainingArguments _args;
     readonly IReadOnlyList<TrainExample> _train;
     readonly IReadOnlyList<TrainExample>? _eval;
-    readonly AdamW _optimizer;
+    readonly Optimizers.IOptimizer _optimizer;
     readonly List<JsonObject> _logHistory = new();
     readonly int _batchesPerEpoch;
 
@@ -46,7 +46,7 @@ public sealed class Trainer : IDisposable
         if (groups.All(g => g.Params.Count == 0)) throw new PeftSharpException("the model has no trainable parameters (nothing has requires_grad)");
         if (args.Bf16) Bf16Base.Apply(target.Root);
         if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
-        _optimizer = new AdamW(groups, args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon);
+        _optimizer = Optimizers.BnbAdamW.Create(args.Optim, groups, args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon);
         _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
         StepsPerEpoch = (_batchesPerEpoch + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
         TotalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * StepsPerEpoch);

@@ -36,6 +36,8 @@ public sealed record TrainingArguments
     /// <summary>Frozen base weights and their matmuls in bfloat16; trainable weights, gradients and optimizer state stay float32.</summary>
     public bool Bf16 { get; init; }
     public bool GradientCheckpointing { get; init; }
+    /// <summary>HF's optimizer name: adamw_torch, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit (see BnbAdamW).</summary>
+    public string Optim { get; init; } = "adamw_torch";
     /// <summary>LoRA+: lora_B (and 1-D trainable tensors) train at lr × this ratio (peft's create_loraplus_optimizer).</summary>
     public double? LoraPlusLrRatio { get; init; }
     /// <summary>LoRA+ learning rate of LoRA embedding A/B (peft's loraplus_lr_embedding).</summary>
@@ -68,6 +70,7 @@ public sealed record TrainingArguments
         Check(SaveTotalLimit >= 0, "save_total_limit", SaveTotalLimit, ">= 0");
         Check(LoraPlusLrRatio is null or > 0, "loraplus_lr_ratio", LoraPlusLrRatio!, "> 0");
         LrSchedule.Validate(LrSchedulerType);
+        Optimizers.BnbAdamWOptions.FromOptimName(Optim);
     }
 
     /// <summary>Warmup steps as transformers computes them: warmup_steps if set, else ceil(ratio × total).</summary>

@@ -1,5 +1,6 @@
 using PeftSharp.IO;
 using PeftSharp.Models;
+using PeftSharp.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -302,11 +303,16 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         foreach (var (_, layer) in AdapterLayers()) layer.Unmerge();
     }
 
-    /// <summary>merge_and_unload: merges the active adapter and returns the plain model (wrappers removed).</summary>
+    /// <summary>
+    /// merge_and_unload: merges the active adapter and returns the plain model (wrappers removed). A 4-bit (QLoRA)
+    /// base comes back fully dequantized: a float model, never re-quantized (docs/qlora.md).
+    /// </summary>
     public PreTrainedModel MergeAndUnload()
     {
         Merge();
-        return Unload();
+        var model = Unload();
+        QuantizedModelLoader.Dequantize(model);
+        return model;
     }
 
     /// <summary>unload: removes every wrapper without merging and returns the plain model.</summary>
@@ -336,9 +342,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
             foreach (var (name, layer) in wrappers)
                 foreach (var (key, value) in layer.Unwrapped.state_dict()) plain[name + "." + key] = value;
             foreach (var tied in model.TiedKeys) plain.Remove(tied);
+            // A 4-bit base is written as a float model: untargeted 4-bit layers dequantized, no quantization_config.
+            QuantizedModelLoader.DequantizeStateDict(model, plain);
+            var config = model.Config.Raw.DeepClone().AsObject();
+            config.Remove("quantization_config");
             Directory.CreateDirectory(dir);
             SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
-            AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
+            AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(ModelConfig.Json));
         }
         finally { Unmerge(); }
     }
@@ -527,6 +537,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
             all += p.numel();
             if (p.requires_grad) trainable += p.numel();
         }
+        // peft counts a bnb Params4bit as two parameters per packed byte; here the packed weight is a buffer.
+        foreach (var (_, q) in QuantizedModelLoader.QuantizedLayers(this)) all += q.PackedWeight.numel() * 2;
         return (trainable, all);
     }
 

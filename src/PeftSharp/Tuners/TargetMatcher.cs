@@ -119,7 +119,7 @@ public static class TargetMatcher
     }
 
     public static bool IsLinearLike(nn.Module m) =>
-        m is TorchSharp.Modules.Linear or Conv1D || m is IAdapterLayer && m.GetType().Name.Contains("Linear", StringComparison.Ordinal);
+        m is TorchSharp.Modules.Linear or Conv1D or Quantization.Linear4bit || m is IAdapterLayer && m.GetType().Name.Contains("Linear", StringComparison.Ordinal);
 
     /// <summary>
     /// Expands "all-linear": every Linear/Conv1D (or linear adapter wrapper) except the output layer — the

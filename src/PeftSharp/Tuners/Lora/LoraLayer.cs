@@ -18,7 +18,8 @@ public sealed record LoraAdapterSettings(int R, double Alpha, double Dropout, bo
 /// </summary>
 public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
 {
-    protected readonly Module<Tensor, Tensor> base_layer;
+    // Not readonly: merging into a 4-bit base swaps it (through ModuleSurgery) for its dequantized Linear.
+    protected Module<Tensor, Tensor> base_layer;
     protected readonly Dictionary<string, LoraAdapterSettings> Settings = new();
     readonly List<string> _order = new();
     readonly List<string> _active = new();
@@ -44,8 +45,8 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
 
     public double ScalingOf(string adapter) => SettingsOf(adapter).Scaling;
 
-    /// <summary>The base layer's weight parameter (as stored: [out,in] for Linear, [in,out] for Conv1D, [num,dim] for Embedding).</summary>
-    public abstract Parameter BaseWeight { get; }
+    /// <summary>The base layer's weight (as stored: [out,in] for Linear, [in,out] for Conv1D, [num,dim] for Embedding; a 4-bit base gives its dequantized weight).</summary>
+    public abstract Tensor BaseWeight { get; }
 
     /// <summary>Adds adapter tensors, initialized as peft does for <paramref name="s"/>.Init, on the base layer's device.</summary>
     public void AddAdapter(string adapter, LoraAdapterSettings s, bool trainable)

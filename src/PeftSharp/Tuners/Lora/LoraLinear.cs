@@ -1,4 +1,5 @@
 using PeftSharp.Models;
+using PeftSharp.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -10,6 +11,9 @@ namespace PeftSharp.Tuners.Lora;
 /// peft's lora.Linear, for a <c>Linear</c> or GPT-2 <c>Conv1D</c> base (the latter stores its weight [in,out]:
 /// fan_in_fan_out). y = base(x) + Σ scaling·B(A(dropout(x))); with DoRA the magnitude vector rescales each output row
 /// by m/‖W + s·BA‖ (norm detached, peft-spec §4). Merge/unmerge edit the base weight in place.
+/// A bitsandbytes <see cref="Linear4bit"/> base (QLoRA, peft's lora.bnb.Linear4bit) dequantizes per call and LoRA adds on
+/// top; DoRA norms use the dequantized weight. Merging replaces such a base by its dequantized float Linear first
+/// (W' = dequant(W) + ΔW is kept in float, never re-quantized; see docs/qlora.md).
 /// </summary>
 public sealed class LoraLinear : LoraLayer
 {
@@ -29,6 +33,7 @@ public sealed class LoraLinear : LoraLayer
         {
             case Linear l: InFeatures = l.in_features; OutFeatures = l.out_features; break;
             case Conv1D c: InFeatures = c.InFeatures; OutFeatures = c.OutFeatures; FanInFanOut = true; break;
+            case Linear4bit q: InFeatures = q.InFeatures; OutFeatures = q.OutFeatures; break;
             default: throw new PeftSharpException($"LoRA Linear cannot wrap a {baseLayer.GetType().Name}");
         }
         register_module("lora_A", lora_A);
@@ -37,14 +42,19 @@ public sealed class LoraLinear : LoraLayer
         RegisterComponents();
     }
 
-    public override Parameter BaseWeight => base_layer switch
+    /// <summary>The stored weight; for a 4-bit base a fresh dequantized copy in its original dtype (peft's dequantize_module_weight).</summary>
+    public override Tensor BaseWeight => base_layer switch
     {
         Linear l => l.weight!,
         Conv1D c => c.weight,
+        Linear4bit q => q.Dequantize(q.OriginalDType),
         _ => throw new InvalidOperationException(),
     };
 
-    Tensor? BaseBias => base_layer switch { Linear l => l.bias, Conv1D c => c.bias, _ => null };
+    Tensor? BaseBias => base_layer switch { Linear l => l.bias, Conv1D c => c.bias, Linear4bit q => q.Bias, _ => null };
+
+    /// <summary>True while the base is a 4-bit layer (until a merge dequantizes it).</summary>
+    public bool IsQuantizedBase => base_layer is Linear4bit;
 
     /// <summary>The base weight as [out, in] (a view for Conv1D).</summary>
     Tensor WeightOI => FanInFanOut ? BaseWeight.t() : BaseWeight;
@@ -55,7 +65,7 @@ public sealed class LoraLinear : LoraLayer
 
     protected override void CreateTensors(string adapter, LoraAdapterSettings s)
     {
-        var device = BaseWeight.device;
+        var device = base_layer is Linear4bit q ? q.PackedWeight.device : BaseWeight.device;
         var a = nn.Linear(InFeatures, s.R, hasBias: false, device: device, dtype: ScalarType.Float32);
         var b = nn.Linear(s.R, OutFeatures, hasBias: false, device: device, dtype: ScalarType.Float32);
         switch (s.Init)
@@ -76,8 +86,12 @@ public sealed class LoraLinear : LoraLayer
             default:
                 throw new PeftConfigException($"init_lora_weights '{s.Init}' is not supported (supported: true, false, gaussian)");
         }
-        RoundThroughBaseDType(a.weight!);
-        RoundThroughBaseDType(b.weight!);
+        // peft moves adapters to the base dtype only when it is a float type: a 4-bit base keeps them float32.
+        if (!IsQuantizedBase)
+        {
+            RoundThroughBaseDType(a.weight!);
+            RoundThroughBaseDType(b.weight!);
+        }
         lora_A.Add(adapter, a);
         lora_B.Add(adapter, b);
         if (s.UseDora)
@@ -209,6 +223,11 @@ public sealed class LoraLinear : LoraLayer
     protected override void MergeOne(string adapter)
     {
         using var scope = NewDisposeScope();
+        if (base_layer is Linear4bit q)
+        {
+            ModuleSurgery.Replace(this, "base_layer", q.ToLinear());
+            q.Dispose();
+        }
         var w = BaseWeight;
         if (!Settings[adapter].UseDora)
         {

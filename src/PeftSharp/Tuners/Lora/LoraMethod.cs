@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using PeftSharp.Models;
+using PeftSharp.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -16,7 +17,7 @@ public sealed class LoraMethod : IPeftMethod
     static LoraConfig Cast(PeftConfig c) => c as LoraConfig ?? throw new PeftConfigException($"LoRA expects a LoraConfig; got {c.GetType().Name}");
 
     /// <summary>Modules LoRA can wrap (or already wrapped ones, which get one more adapter).</summary>
-    public static bool Supports(nn.Module m) => m is Linear or Conv1D or Embedding or LoraLayer;
+    public static bool Supports(nn.Module m) => m is Linear or Conv1D or Linear4bit or Embedding or LoraLayer;
 
     public PeftConfig Prepare(PreTrainedModel model, PeftConfig config)
     {
@@ -46,7 +47,7 @@ public sealed class LoraMethod : IPeftMethod
             PeftMethods.Warn("fan_in_fan_out is set to false but the target is a Conv1D (GPT-2 style); setting fan_in_fan_out to true");
             c = c with { FanInFanOut = true };
         }
-        else if (!anyConv1D && c.FanInFanOut && targets.Any(t => t is Linear))
+        else if (!anyConv1D && c.FanInFanOut && targets.Any(t => t is Linear or Linear4bit))
         {
             PeftMethods.Warn("fan_in_fan_out is set to true but the target is a Linear; setting fan_in_fan_out to false");
             c = c with { FanInFanOut = false };
@@ -67,7 +68,7 @@ public sealed class LoraMethod : IPeftMethod
             var layer = module switch
             {
                 LoraLayer existing => existing,
-                Linear or Conv1D => new LoraLinear((nn.Module<Tensor, Tensor>)module),
+                Linear or Conv1D or Linear4bit => new LoraLinear((nn.Module<Tensor, Tensor>)module),
                 Embedding e => (LoraLayer)new LoraEmbedding(e),
                 _ => throw new PeftSharpException($"LoRA cannot wrap {name} ({module.GetType().Name})"),
             };
