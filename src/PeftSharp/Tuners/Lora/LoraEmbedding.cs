@@ -164,23 +164,8 @@ public sealed class LoraEmbedding : LoraLayer
         norm.Dispose();
     }
 
-    public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
-    {
-        if (!lora_embedding_A.Contains(adapter)) yield break;
-        yield return ("lora_embedding_A", A(adapter));
-        yield return ("lora_embedding_B", B(adapter));
-        if (Magnitude(adapter) is { } m) yield return ("lora_magnitude_vector", m);
-    }
-
-    public override bool LoadAdapterState(string adapter, string key, Tensor value)
-    {
-        if (!lora_embedding_A.Contains(adapter)) return false;
-        return key switch
-        {
-            "lora_embedding_A" => CopyChecked(A(adapter), value, key),
-            "lora_embedding_B" => CopyChecked(B(adapter), value, key),
-            "lora_magnitude_vector" when Magnitude(adapter) is { } m => CopyChecked(m, value, key),
-            _ => false,
-        };
-    }
+    protected override (string A, string B) StateKeys => ("lora_embedding_A", "lora_embedding_B");
+    protected override Tensor AOf(string adapter) => A(adapter);
+    protected override Tensor BOf(string adapter) => B(adapter);
+    protected override Tensor? MagnitudeOf(string adapter) => Magnitude(adapter);
 }

@@ -125,8 +125,27 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     protected abstract void MergeOne(string adapter);
     protected abstract void UnmergeOne(string adapter);
 
-    public abstract IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter);
-    public abstract bool LoadAdapterState(string adapter, string key, Tensor value);
+    /// <summary>peft's checkpoint names of A and B relative to this module ("lora_A.weight", "lora_embedding_A", ...).</summary>
+    protected abstract (string A, string B) StateKeys { get; }
+    protected abstract Tensor AOf(string adapter);
+    protected abstract Tensor BOf(string adapter);
+    protected abstract Tensor? MagnitudeOf(string adapter);
+
+    public IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
+    {
+        if (!Settings.ContainsKey(adapter)) yield break;
+        yield return (StateKeys.A, AOf(adapter));
+        yield return (StateKeys.B, BOf(adapter));
+        if (MagnitudeOf(adapter) is { } m) yield return ("lora_magnitude_vector", m);
+    }
+
+    public bool LoadAdapterState(string adapter, string key, Tensor value)
+    {
+        if (!Settings.ContainsKey(adapter)) return false;
+        if (key == StateKeys.A) return CopyChecked(AOf(adapter), value, key);
+        if (key == StateKeys.B) return CopyChecked(BOf(adapter), value, key);
+        return key == "lora_magnitude_vector" && MagnitudeOf(adapter) is { } m && CopyChecked(m, value, key);
+    }
 
     /// <summary>Adapters the plain forward applies: the active ones unless disabled or merged.</summary>
     protected bool UseBaseOnly => AdaptersDisabled || Merged.Count > 0 || _active.Count == 0 && RowAdapters is null;

@@ -257,23 +257,8 @@ public sealed class LoraLinear : LoraLayer
         norm.Dispose();
     }
 
-    public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
-    {
-        if (!lora_A.Contains(adapter)) yield break;
-        yield return ("lora_A.weight", A(adapter));
-        yield return ("lora_B.weight", B(adapter));
-        if (Magnitude(adapter) is { } m) yield return ("lora_magnitude_vector", m);
-    }
-
-    public override bool LoadAdapterState(string adapter, string key, Tensor value)
-    {
-        if (!lora_A.Contains(adapter)) return false;
-        return key switch
-        {
-            "lora_A.weight" => CopyChecked(A(adapter), value, key),
-            "lora_B.weight" => CopyChecked(B(adapter), value, key),
-            "lora_magnitude_vector" when Magnitude(adapter) is { } m => CopyChecked(m, value, key),
-            _ => false,
-        };
-    }
+    protected override (string A, string B) StateKeys => ("lora_A.weight", "lora_B.weight");
+    protected override Tensor AOf(string adapter) => A(adapter);
+    protected override Tensor BOf(string adapter) => B(adapter);
+    protected override Tensor? MagnitudeOf(string adapter) => Magnitude(adapter);
 }
