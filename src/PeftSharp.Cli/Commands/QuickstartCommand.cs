@@ -20,7 +20,7 @@ public static class QuickstartCommand
     {
         var output = new Option<string>("--output") { Description = "Folder for the base model, adapter, merged model and plots", DefaultValueFactory = _ => "quickstart-output" };
         var seed = new Option<int>("--seed") { Description = "Seed for the corpus and the models", DefaultValueFactory = _ => 42 };
-        var methodOption = new Option<string>("--method") { Description = "full (default) or lora", DefaultValueFactory = _ => "full" };
+        var methodOption = new Option<string>("--method") { Description = "lora (default) or full", DefaultValueFactory = _ => "lora" };
         var tiny = new Option<bool>("--tiny") { Description = "A much shorter run (seconds; accuracy stays low) to check the pipeline", Hidden = true };
         var cmd = new Command("quickstart", "Pretrain a small model, fine-tune it on a new task, and show before/after accuracy (no download)") { output, seed, methodOption, tiny };
         cmd.SetHandler((pr, o) =>
@@ -49,11 +49,11 @@ public static class QuickstartCommand
             double before = QuickstartTask.Accuracy(model, heldOut);
             Say($"   base model: copy accuracy {copyAcc:P0}; reversal (\"rv kqz=zqk\", never seen) accuracy {before:P0}");
 
-            var (target, peft, method, lr) = QuickstartFineTune.Target(model, baseDir, pr.GetValue(methodOption)!);
+            var (target, peft, method, lr, steps) = QuickstartFineTune.Target(model, baseDir, pr.GetValue(methodOption)!);
             var adapterDir = Path.Combine(dir, peft is null ? "finetuned" : "adapter");
             var fineTune = new TrainingArguments
             {
-                OutputDir = adapterDir, LearningRate = lr, MaxSteps = small ? 20 : 400, PerDeviceTrainBatchSize = 32,
+                OutputDir = adapterDir, LearningRate = lr, MaxSteps = small ? 20 : steps, PerDeviceTrainBatchSize = 32,
                 WarmupRatio = 0.05, LrSchedulerType = "cosine", LoggingSteps = 10, Seed = s,
             };
             Say($"2/4 fine-tuning on reversal with {method}");
