@@ -40,7 +40,8 @@ public static class GradientCheckpointing
             var block = (Func<Tensor, Tensor>)vars[1];
             ctx.save_for_backward(new List<Tensor> { x });
             ctx.save_data("block", block);
-            ctx.save_data("rng", get_rng_state());
+            // As bytes: TorchSharp warns for every tensor kept in ctx data (only save_for_backward should hold tensors).
+            using (var rng = get_rng_state()) ctx.save_data("rng", rng.data<byte>().ToArray());
             return block(x);
         }
 
@@ -48,7 +49,7 @@ public static class GradientCheckpointing
         {
             var x = ctx.get_saved_variables()[0];
             var block = (Func<Tensor, Tensor>)ctx.get_data("block");
-            using var rng = (Tensor)ctx.get_data("rng");
+            using var rng = tensor((byte[])ctx.get_data("rng"));
             using var current = get_rng_state();
             Tensor inputGrad;
             using (enable_grad())
