@@ -14,7 +14,6 @@ public sealed class LoraEmbedding : LoraLayer
     readonly AdapterParameters lora_embedding_A = new();
     readonly AdapterParameters lora_embedding_B = new();
     readonly AdapterModules<WeightHolder> lora_magnitude_vector = new();
-    readonly Dictionary<string, Tensor> _mergeNorms = new();
 
     public long NumEmbeddings { get; }
     public long EmbeddingDim { get; }
@@ -63,7 +62,7 @@ public sealed class LoraEmbedding : LoraLayer
         lora_embedding_A.Remove(adapter);
         lora_embedding_B.Remove(adapter);
         lora_magnitude_vector.Remove(adapter);
-        if (_mergeNorms.Remove(adapter, out var n)) n.Dispose();
+        if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
     protected override IEnumerable<Parameter> TensorsOf(string adapter)
@@ -133,20 +132,6 @@ public sealed class LoraEmbedding : LoraLayer
         return combined;
     }
 
-    protected override void MergeOne(string adapter)
-    {
-        using var scope = NewDisposeScope();
-        var w = BaseWeight;
-        if (!Settings[adapter].UseDora)
-        {
-            w.add_(DeltaWeight(adapter).to(w.dtype));
-            return;
-        }
-        var merged = ComputeMerged(adapter, out var norm);
-        _mergeNorms[adapter] = norm!.DetachFromDisposeScope();
-        w.copy_(merged.to(w.dtype));
-    }
-
     protected override void UnmergeOne(string adapter)
     {
         using var scope = NewDisposeScope();
@@ -157,7 +142,7 @@ public sealed class LoraEmbedding : LoraLayer
             w.sub_(delta.to(w.dtype));
             return;
         }
-        if (!_mergeNorms.Remove(adapter, out var norm))
+        if (!MergeNorms.Remove(adapter, out var norm))
             throw new PeftSharpException($"DoRA adapter '{adapter}' cannot be unmerged: its merge-time weight norm is unknown");
         var factor = (Magnitude(adapter)! / norm).unsqueeze(0);
         w.copy_((w.to(delta.dtype) / factor - delta).to(w.dtype));

@@ -122,7 +122,26 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     /// <summary>W' in the base weight's layout (computed in <paramref name="dtype"/>, default the adapter's); for DoRA also the row norms of W + ΔW that unmerge needs.</summary>
     protected abstract Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null);
 
-    protected abstract void MergeOne(string adapter);
+    /// <summary>DoRA's merge-time row norms of W + ΔW, which unmerge divides back out.</summary>
+    protected readonly Dictionary<string, Tensor> MergeNorms = new();
+
+    /// <summary>Runs before a merge changes the base weight (a 4-bit base is first replaced by its dequantized Linear).</summary>
+    protected virtual void PrepareBaseForMerge() { }
+
+    protected void MergeOne(string adapter)
+    {
+        using var scope = NewDisposeScope();
+        PrepareBaseForMerge();
+        var w = BaseWeight;
+        if (!Settings[adapter].UseDora)
+        {
+            w.add_(DeltaWeight(adapter).to(w.dtype));
+            return;
+        }
+        var merged = ComputeMerged(adapter, out var norm);
+        MergeNorms[adapter] = norm!.DetachFromDisposeScope();
+        w.copy_(merged.to(w.dtype));
+    }
     protected abstract void UnmergeOne(string adapter);
 
     /// <summary>peft's checkpoint names of A and B relative to this module ("lora_A.weight", "lora_embedding_A", ...).</summary>

@@ -21,7 +21,6 @@ public sealed class LoraLinear : LoraLayer
     readonly AdapterModules<Linear> lora_B = new();
     readonly AdapterModules<WeightHolder> lora_magnitude_vector = new();
     // DoRA: the row norms used at merge time, needed to unmerge exactly (peft caches them too; never saved).
-    readonly Dictionary<string, Tensor> _mergeNorms = new();
 
     public bool FanInFanOut { get; }
     public long InFeatures { get; }
@@ -107,7 +106,7 @@ public sealed class LoraLinear : LoraLayer
         lora_A.Remove(adapter);
         lora_B.Remove(adapter);
         lora_magnitude_vector.Remove(adapter);
-        if (_mergeNorms.Remove(adapter, out var n)) n.Dispose();
+        if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
     protected override IEnumerable<Parameter> TensorsOf(string adapter)
@@ -220,23 +219,11 @@ public sealed class LoraLinear : LoraLayer
         return FanInFanOut ? combined.t() : combined;
     }
 
-    protected override void MergeOne(string adapter)
+    protected override void PrepareBaseForMerge()
     {
-        using var scope = NewDisposeScope();
-        if (base_layer is Linear4bit q)
-        {
-            ModuleSurgery.Replace(this, "base_layer", q.ToLinear());
-            q.Dispose();
-        }
-        var w = BaseWeight;
-        if (!Settings[adapter].UseDora)
-        {
-            w.add_(DeltaWeight(adapter).to(w.dtype));
-            return;
-        }
-        var merged = ComputeMerged(adapter, out var norm);
-        _mergeNorms[adapter] = norm!.DetachFromDisposeScope();
-        w.copy_(merged.to(w.dtype));
+        if (base_layer is not Linear4bit q) return;
+        ModuleSurgery.Replace(this, "base_layer", q.ToLinear());
+        q.Dispose();
     }
 
     protected override void UnmergeOne(string adapter)
@@ -248,7 +235,7 @@ public sealed class LoraLinear : LoraLayer
             w.sub_(DeltaWeight(adapter).to(w.dtype));
             return;
         }
-        if (!_mergeNorms.Remove(adapter, out var norm))
+        if (!MergeNorms.Remove(adapter, out var norm))
             throw new PeftSharpException($"DoRA adapter '{adapter}' cannot be unmerged: its merge-time weight norm is unknown");
         var delta = B(adapter).matmul(A(adapter)) * ScalingOf(adapter);
         var factor = (Magnitude(adapter)! / norm).unsqueeze(1);
