@@ -103,15 +103,16 @@ public class ServingRobustnessTests
     [Fact]
     public async Task ACancelledRequestLeavesTheBatchAndFreesItsSlot()
     {
-        using var engine = ServingEngine.FromFolder(TestPaths.Model("llama-tiny"), new ServingOptions { MaxBatchSize = 1 }, new[] { ("a", Multi("a")) });
+        // A long context and 8000 tokens: the cancellation must land mid-generation however fast the machine is.
+        using var engine = ServingEngine.FromFolder(LongContextModel(), new ServingOptions { MaxBatchSize = 1, MaxTokensLimit = 8000 }, new[] { ("a", Multi("a")) });
         using var cts = new CancellationTokenSource();
-        var options = new GenerationOptions { MaxNewTokens = 110, EosTokenIds = Array.Empty<int>() };
+        var options = new GenerationOptions { MaxNewTokens = 8000, EosTokenIds = Array.Empty<int>() };
         var first = engine.Submit(new ServingRequest { PromptIds = Prompt, Adapter = "a", Options = options }, cts.Token);
         await first.Tokens.ReadAsync();
         cts.Cancel();
         var done = await first.Completion;
         Assert.True(done.Cancelled);
-        Assert.True(done.Tokens.Length < 110);
+        Assert.True(done.Tokens.Length < 8000);
         var second = await engine.GenerateAsync(new ServingRequest { PromptIds = Prompt, Adapter = "a", Options = options with { MaxNewTokens = 3 } });
         Assert.Equal(3, second.Tokens.Length);
         Assert.Equal(1, engine.Metrics().RequestsCancelled);
