@@ -106,7 +106,7 @@ public sealed class BertSelfAttention : nn.Module
         var k = key.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
         var v = value.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
         if (cache is not null) (k, v) = cache.Update(_layer, k, v);
-        var attn = functional.scaled_dot_product_attention(q, k, v, mask, training ? _dropout : 0);
+        var attn = Attention.Sdpa(q, k, v, mask, training ? _dropout : 0);
         return attn.transpose(1, 2).reshape(b, t, _heads * _headDim).MoveToOuterDisposeScope();
     }
 }

@@ -96,3 +96,14 @@ public static class Activations
         _ => throw new PeftConfigException($"{field} '{name}' is not supported (supported: {string.Join(", ", Supported)})"),
     };
 }
+
+/// <summary>Scaled dot-product attention shared by the architectures.</summary>
+public static class Attention
+{
+    /// <summary>
+    /// SDPA over [batch, heads, seq, head_dim]; keys and values take the queries' dtype first, because in the trainer's
+    /// bf16 mode a float32 KV prefix or adapter output can meet bfloat16 projections here.
+    /// </summary>
+    public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, double dropout = 0) =>
+        functional.scaled_dot_product_attention(q, k.dtype == q.dtype ? k : k.to(q.dtype), v.dtype == q.dtype ? v : v.to(q.dtype), mask, dropout);
+}

@@ -73,7 +73,7 @@ public sealed class GPT2Attention : nn.Module
         var qkv = c_attn.call(x).view(b, t, 3, _heads, _headDim).permute(2, 0, 3, 1, 4);
         Tensor q = qkv[0], k = qkv[1], v = qkv[2];
         if (cache is not null) (k, v) = cache.Update(_layer, k, v);
-        var attn = functional.scaled_dot_product_attention(q, k, v, mask, training ? _attnDropout : 0);
+        var attn = Attention.Sdpa(q, k, v, mask, training ? _attnDropout : 0);
         var y = c_proj.call(attn.transpose(1, 2).reshape(b, t, _heads * _headDim));
         return functional.dropout(y, _residDropout, training).MoveToOuterDisposeScope();
     }

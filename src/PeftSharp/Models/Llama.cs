@@ -124,7 +124,7 @@ public static class Rope
 
     /// <summary>Applies the rotation to [batch, heads, seq, head_dim] queries or keys.</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) =>
-        x * cos.unsqueeze(1) + RotateHalf(x) * sin.unsqueeze(1);
+        x * cos.unsqueeze(1).to(x.dtype) + RotateHalf(x) * sin.unsqueeze(1).to(x.dtype);
 }
 
 /// <summary>Root-mean-square layer norm, computed in float32 as transformers does.</summary>
@@ -199,7 +199,7 @@ public sealed class LlamaAttention : nn.Module, ILlamaAttention
         if (cache is not null) (k, v) = cache.Update(_layer, k, v);
         int rep = _heads / _kvHeads;
         if (rep > 1) { k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1); }
-        var attn = functional.scaled_dot_product_attention(q, k, v, mask);
+        var attn = Attention.Sdpa(q, k, v, mask);
         var y = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);
         return o_proj.call(y).MoveToOuterDisposeScope();
     }

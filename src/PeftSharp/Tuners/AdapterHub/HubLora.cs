@@ -84,7 +84,7 @@ public sealed class HubLoraAdapter : nn.Module
 
     public Tensor Delta(Tensor x)
     {
-        var d = matmul(matmul(functional.dropout(x, Config.Dropout, training), lora_A.t()), lora_B.t());
+        var d = matmul(matmul(functional.dropout(x.to(lora_A.dtype), Config.Dropout, training), lora_A.t()), lora_B.t());
         if (gate is null) return d * Scaling;
         // The gate replaces alpha/r: mean over the sequence of sigmoid(gate(x)), one per row.
         return d * functional.sigmoid(gate.call(x)).mean(new long[] { 1 }).unsqueeze(-1);

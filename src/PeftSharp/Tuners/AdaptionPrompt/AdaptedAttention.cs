@@ -111,7 +111,8 @@ public sealed class AdaptedAttention : nn.Module, ILlamaAttention, IAdapterLayer
         var values = PromptHeads(model.VProj);
         var q = Rope.Apply(model.QProj.call(x).view(b, t, heads, d).transpose(1, 2), cos, sin);
         var scores = matmul(q, keys.transpose(2, 3)) / Math.Sqrt(d);
-        scores = adaption_gate[adapter].to(dtype) * scores.softmax(-1, ScalarType.Float32).to(dtype);
+        // In the query's dtype, as peft: the projections may run in bfloat16 (the trainer's bf16 mode) under a float32 input.
+        scores = adaption_gate[adapter].to(q.dtype) * scores.softmax(-1, ScalarType.Float32).to(q.dtype);
         var branch = matmul(scores, values).transpose(1, 2).reshape(b, t, heads * d);
         return (output + model.OProj.call(branch)).to(dtype).MoveToOuterDisposeScope();
     }

@@ -40,6 +40,12 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     public IReadOnlyList<string> MergedAdapters => Merged;
     public nn.Module Unwrapped => base_layer;
 
+    /// <summary>
+    /// Set by the trainer's bf16 mode: A and B run in this dtype as torch.autocast runs them (the float32 weights are cast
+    /// for each forward and get float32 gradients). Null: they run in their own dtype, as peft casts the input to it.
+    /// </summary>
+    public ScalarType? AutocastDtype { get; set; }
+
     public LoraAdapterSettings SettingsOf(string adapter) =>
         Settings.TryGetValue(adapter, out var s) ? s : throw new PeftSharpException($"adapter '{adapter}' is not in this layer");
 

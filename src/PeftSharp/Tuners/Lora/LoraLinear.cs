@@ -126,9 +126,13 @@ public sealed class LoraLinear : LoraLayer
         foreach (var name in ActiveAdapters)
         {
             var s = Settings[name];
-            var xa = x.to(A(name).dtype);
-            if (s.UseDora) result = result + DoraTerm(name, xa, result);
-            else result = result + lora_B[name].call(lora_A[name].call(Dropout(xa, s.Dropout))) * s.Scaling;
+            if (s.UseDora) result = result + DoraTerm(name, x.to(A(name).dtype), result);
+            else if (AutocastDtype is { } dt)
+            {
+                var xd = Dropout(x.to(dt), s.Dropout);
+                result = result + nn.functional.linear(nn.functional.linear(xd, A(name).to(dt)), B(name).to(dt)) * s.Scaling;
+            }
+            else result = result + lora_B[name].call(lora_A[name].call(Dropout(x.to(A(name).dtype), s.Dropout))) * s.Scaling;
         }
         return result.to(resultType).MoveToOuterDisposeScope();
     }
