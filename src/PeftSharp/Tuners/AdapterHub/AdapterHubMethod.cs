@@ -163,6 +163,35 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
     /// </summary>
     public ModelOutput Forward(PeftModel peft, ModelInputs inputs)
     {
+        var slots = peft.AdapterLayers().Select(l => l.Layer).OfType<AdapterSlot>().Where(s => !s.AdaptersDisabled).ToList();
+        int channels = slots.Select(s => s.Setup?.ParallelChannels ?? 1).DefaultIfEmpty(1).Max();
+        if (channels > 1) return Replicated(peft, inputs, slots, channels);
+        return PrefixForward(peft, inputs);
+    }
+
+    /// <summary>
+    /// AdapterHub's Parallel: the batch is replicated once per channel (here before the model, where AdapterHub does
+    /// it at the first adapter layer: the layers before it compute the same for every copy) and the output has
+    /// channels x batch rows, copy i run through the setup's i-th child.
+    /// </summary>
+    static ModelOutput Replicated(PeftModel peft, ModelInputs inputs, List<AdapterSlot> slots, int channels)
+    {
+        if (inputs.Cache is not null)
+            throw new PeftSharpException($"a Parallel composition returns {channels} outputs per row; generate with one adapter (or Stack/Average) at a time");
+        var batch = inputs.Shape().Batch;
+        Tensor? Rep(Tensor? t) => t?.repeat(new long[] { channels }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
+        var replicated = new ModelInputs
+        {
+            InputIds = Rep(inputs.InputIds), InputsEmbeds = Rep(inputs.InputsEmbeds), AttentionMask = Rep(inputs.AttentionMask),
+            PositionIds = Rep(inputs.PositionIds), TokenTypeIds = Rep(inputs.TokenTypeIds), OutputHiddenStates = inputs.OutputHiddenStates,
+        };
+        foreach (var s in slots) s.ReplicatedBatch = batch;
+        try { return PrefixForward(peft, replicated); }
+        finally { foreach (var s in slots) s.ReplicatedBatch = null; }
+    }
+
+    static ModelOutput PrefixForward(PeftModel peft, ModelInputs inputs)
+    {
         var (probes, active) = ActivePrefixes(peft);
         if (active.Count == 0) return peft.Model.Forward(inputs);
         if (inputs.Cache is { SeqLength: > 0 } && active.Any(a => probes.Any(p => p.HasGate(a.Adapter))))

@@ -24,12 +24,18 @@ public static class HubAdapters
     {
         foreach (var n in setup.Flatten())
             if (!peft.Configs.ContainsKey(n)) throw new PeftSharpException($"adapter '{n}' in {setup} does not exist (adapters: {string.Join(", ", peft.Adapters)})");
+        if (HasBlock(setup, Composition.Kind.Parallel) || HasBlock(setup, Composition.Kind.Average))
+            foreach (var n in setup.Flatten())
+                if (peft.Configs[n] is not AdapterHubConfig { Parts: var parts } || parts.Any(p => p is not BottleneckConfig))
+                    throw new PeftSharpException($"{setup}: Parallel and Average compose bottleneck adapters in PeftSharp; '{n}' is {(peft.Configs[n] is AdapterHubConfig h ? h.Describe() : peft.Configs[n].PeftType)}");
         foreach (var (_, layer) in peft.AdapterLayers())
         {
             if (layer is AdapterSlot s) s.Setup = setup;
             else layer.SetActiveAdapters(setup.Flatten().ToList());
         }
     }
+
+    static bool HasBlock(Composition c, Composition.Kind kind) => c.Type == kind || c.Children.Any(k => HasBlock(k, kind));
 
     /// <summary>add_adapter_fusion: a fusion layer in every slot that holds all of <paramref name="adapters"/>.</summary>
     public static void AddFusion(PeftModel peft, IReadOnlyList<string> adapters, FusionConfig? config = null)
