@@ -153,3 +153,35 @@ public static class HubAdapters
         return n;
     }
 }
+
+/// <summary>
+/// Robust AdapterDrop training (AdapterHub's AdapterDropTrainerCallback; YAML <c>robust_adapter_drop</c>): before each
+/// optimizer step the adapters of the first n blocks are skipped, n uniform in [0, <see cref="MaxLayers"/>]; after it
+/// nothing is skipped, so evaluation and the saved adapter see every layer. n is a function of (seed, step), so a
+/// resumed run drops the same layers.
+/// </summary>
+public sealed class RobustAdapterDrop : Training.ITrainingCallback
+{
+    readonly PeftModel _peft;
+    readonly int _seed;
+
+    public RobustAdapterDrop(PeftModel peft, int maxLayers, int seed)
+    {
+        int layers = peft.Model.Config.NumHiddenLayers;
+        if (maxLayers < 0 || maxLayers > layers) throw new PeftConfigException($"robust_adapter_drop: at most {layers} layers (the model's) can be dropped; got {maxLayers}");
+        _peft = peft; MaxLayers = maxLayers; _seed = seed;
+    }
+
+    public int MaxLayers { get; }
+
+    /// <summary>Blocks skipped in the current step (0 between steps).</summary>
+    public int Dropped { get; private set; }
+
+    public void OnStepBegin(int globalStep) => Dropped = HubAdapters.RandomDrop(_peft, new Random(unchecked(_seed * 1_000_003 + globalStep)), MaxLayers);
+
+    public void OnStepEnd(int globalStep)
+    {
+        HubAdapters.DropLayers(_peft, Array.Empty<int>());
+        Dropped = 0;
+    }
+}
