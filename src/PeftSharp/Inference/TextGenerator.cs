@@ -73,7 +73,8 @@ public sealed class TextGenerator
         var stops = new StopStringMatcher(options.StopStrings, options.Decode);
         // torch's own generator, so a seed gives the same draws on every run (and on the model's device).
         using var rng = options.Seed is ulong seed ? new torch.Generator(seed, device) : null;
-        using var cache = _model.NewCache();
+        // Without cache support every step reruns the whole sequence (the same logits a full forward gives).
+        using var cache = _model.SupportsKVCache ? _model.NewCache() : null;
         using var noGrad = no_grad();
         var mask = promptMask.Select(m => m.ToList()).ToArray();
         int step = 0;
@@ -83,10 +84,11 @@ public sealed class TextGenerator
             int seqLen = promptLen + step;
             var maskT = Matrix(mask, seqLen, device);
             var positions = AttentionMasks.PositionIdsFromMask(maskT);
-            var input = step == 0
-                ? Matrix(rows.Select(r => r.Sequence).ToArray(), seqLen, device)
-                : Matrix(rows.Select(r => r.Sequence.Skip(seqLen - 1).ToList()).ToArray(), 1, device);
-            if (step > 0) positions = positions.narrow(1, seqLen - 1, 1);
+            bool incremental = step > 0 && cache is not null;
+            var input = incremental
+                ? Matrix(rows.Select(r => r.Sequence.Skip(seqLen - 1).ToList()).ToArray(), 1, device)
+                : Matrix(rows.Select(r => r.Sequence).ToArray(), seqLen, device);
+            if (incremental) positions = positions.narrow(1, seqLen - 1, 1);
             var output = _model.Forward(new ModelInputs { InputIds = input, AttentionMask = maskT, PositionIds = positions, Cache = cache });
             var logits = output.Logits.select(1, -1).to(ScalarType.Float32);
             var sequences = options.RepetitionPenalty != 1.0 ? Matrix(rows.Select(r => r.Sequence).ToArray(), seqLen, device) : null;

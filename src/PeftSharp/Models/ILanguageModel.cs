@@ -14,4 +14,10 @@ public interface ILanguageModel
     Device Device { get; }
     ModelOutput Forward(ModelInputs inputs);
     KVCache NewCache();
+
+    /// <summary>
+    /// False when a forward over a longer sequence changes the states of earlier positions (AdapterHub's UniPELT gates
+    /// average over the sequence): then generation reruns the whole sequence each step instead of using a cache.
+    /// </summary>
+    bool SupportsKVCache => true;
 }

@@ -1,12 +1,16 @@
 namespace PeftSharp.Training;
 
 /// <summary>
-/// A hook a training loop calls once per optimizer step, after <c>optimizer.step()</c> and before the gradients are
+/// A hook a training loop calls once per optimizer step (and, optionally, before it), after <c>optimizer.step()</c> and before the gradients are
 /// zeroed (so <c>p.grad</c> still holds the step's gradient). AdaLoRA's rank allocator and Delta-LoRA's weight
 /// folding use it; the trainer calls every callback of its method itself.
 /// </summary>
 public interface ITrainingCallback
 {
+    /// <summary>Before the forwards of an optimizer step (robust AdapterDrop picks the layers to skip here).</summary>
+    /// <param name="globalStep">0-based index of the optimizer step about to run.</param>
+    void OnStepBegin(int globalStep) { }
+
     /// <param name="globalStep">0-based index of the optimizer step that just ran.</param>
     void OnStepEnd(int globalStep);
 }

@@ -51,7 +51,7 @@ public sealed record TrainConfig
         // adapter family (AdapterHub names; see Tuners/AdapterHub/AdapterFamilyTypes)
         "adapter_config", "reduction_factor", "non_linearity", "leave_out", "original_ln_before", "original_ln_after", "residual_before_ln",
         "adapter_residual_before_ln", "ln_before", "ln_after", "mh_adapter", "output_adapter", "is_parallel", "scaling", "use_gating",
-        "init_weights", "dropout", "prefix_length", "bottleneck_size", "target_modules", "adapter_fusion",
+        "init_weights", "dropout", "prefix_length", "bottleneck_size", "target_modules", "adapter_fusion", "robust_adapter_drop",
     };
 
     static readonly string[] FamilyKeys = Keys[Array.IndexOf(Keys, "adapter_config")..];

@@ -122,7 +122,8 @@ public static class AdapterTargets
         }
         var config = Tuners.AdapterHub.AdapterFamilyTypes.Create(c.FinetuningType, c.AdapterKeys, "train config");
         config = config with { BaseModelNameOrPath = modelDir, TaskType = config.TaskType ?? (model.IsCausalLM ? null : "SEQ_CLS") };
-        return Peft(PeftModel.Create(model, config));
+        var peft = PeftModel.Create(model, config);
+        return Peft(peft) with { Callbacks = Tuners.AdapterHub.AdapterFamilyTypes.TrainingCallbacks(peft, c.FinetuningType, c.AdapterKeys, c.Training.Seed) };
     }
 
     /// <summary>The model (with the adapter applied when given) for evaluation.</summary>

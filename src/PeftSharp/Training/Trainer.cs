@@ -40,6 +40,7 @@ public sealed class Trainer : IDisposable
         args.Validate();
         if (train.Count == 0) throw new PeftSharpException("the training set is empty");
         _target = target; _args = args; _train = train; _eval = eval is { Count: > 0 } ? eval : null;
+        Callbacks.AddRange(target.Callbacks);
         var groups = args.LoraPlusLrRatio is { } ratio
             ? OptimizerGroups.LoraPlus(target.Root, args.LearningRate, ratio, args.WeightDecay, args.LoraPlusLrEmbedding)
             : OptimizerGroups.Default(target.Root, args.LearningRate, args.WeightDecay);
@@ -113,6 +114,7 @@ public sealed class Trainer : IDisposable
             int step = GlobalStep;
             double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
+            foreach (var c in Callbacks) c.OnStepBegin(step);
             var (loss, gradNorm, stepTokens) = TrainStep(step, trainable);
             _optimizer.Step();
             foreach (var c in Callbacks) c.OnStepEnd(step);

@@ -19,6 +19,8 @@ public sealed record TrainingTarget
     public required Action<string> Save { get; init; }
     public TrainingTask Task { get; init; } = TrainingTask.CausalLM;
     public int PadTokenId { get; init; }
+    /// <summary>Per-step hooks the method needs while training (robust AdapterDrop); a <see cref="Trainer"/> runs them.</summary>
+    public IReadOnlyList<ITrainingCallback> Callbacks { get; init; } = Array.Empty<ITrainingCallback>();
 
     public Device Device => Model.Device;
 

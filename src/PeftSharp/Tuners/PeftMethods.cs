@@ -28,6 +28,9 @@ public interface IPeftMethod
 public interface IForwardHook
 {
     ModelOutput Forward(PeftModel peft, ModelInputs inputs);
+
+    /// <summary>Whether decoding may feed only new tokens with a KV cache (see <see cref="ILanguageModel.SupportsKVCache"/>).</summary>
+    bool SupportsKVCache(PeftModel peft) => true;
 }
 
 /// <summary>A method whose adapter folders are not peft's (AdapterHub): <see cref="PeftModel"/> hands it the weight files.</summary>

@@ -72,6 +72,10 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public Device Device => Model.Device;
     public KVCache NewCache() => Model.NewCache();
 
+    /// <inheritdoc cref="ILanguageModel.SupportsKVCache"/>
+    public bool SupportsKVCache => ActivePromptLearner is not null
+        || !_configs.TryGetValue(ActiveAdapter, out var c) || PeftMethods.For(c) is not IForwardHook hook || hook.SupportsKVCache(this);
+
     /// <summary>Every adapter wrapper with its module path relative to <see cref="Model"/>.</summary>
     public IEnumerable<(string Name, IAdapterLayer Layer)> AdapterLayers() =>
         Model.named_modules().Where(m => m.module is IAdapterLayer).Select(m => (m.name, (IAdapterLayer)m.module));

@@ -71,6 +71,26 @@ public static class AdapterFamilyTypes
     }
 
     /// <summary>
+    /// Per-step training hooks from the YAML: <c>robust_adapter_drop</c> (finetuning_type adapter) = true (up to
+    /// num_layers - 1 blocks dropped per step, as AdapterHub's AdapterDrop example) or the most blocks to drop.
+    /// </summary>
+    public static IReadOnlyList<Training.ITrainingCallback> TrainingCallbacks(PeftModel peft, string finetuningType, IReadOnlyDictionary<string, JsonNode?> keys, int seed)
+    {
+        if (!keys.TryGetValue("robust_adapter_drop", out var v) || v is null) return Array.Empty<Training.ITrainingCallback>();
+        if (finetuningType != "adapter") throw new PeftConfigException($"robust_adapter_drop applies to finetuning_type adapter (bottleneck adapters), not '{finetuningType}'");
+        int layers = peft.Model.Config.NumHiddenLayers;
+        var text = v.ToJsonString();
+        int? max = v.GetValueKind() switch
+        {
+            System.Text.Json.JsonValueKind.True => layers - 1,
+            System.Text.Json.JsonValueKind.False => null,
+            System.Text.Json.JsonValueKind.Number when int.TryParse(text, out var n) => n,
+            _ => throw new PeftConfigException($"robust_adapter_drop must be true/false or the most layers to drop; got {text}"),
+        };
+        return max is int m ? new[] { new RobustAdapterDrop(peft, m, seed) } : Array.Empty<Training.ITrainingCallback>();
+    }
+
+    /// <summary>
     /// The AdapterFusion stage (<c>adapter_fusion: [dir, dir, ...]</c>): loads the trained AdapterHub adapters under
     /// their folder names, adds a dynamic fusion layer over them and makes only it trainable.
     /// </summary>

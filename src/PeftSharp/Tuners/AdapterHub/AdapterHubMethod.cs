@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using PeftSharp.IO;
 using PeftSharp.Models;
 using PeftSharp.Tuners.Bottleneck;
+using PeftSharp.Tuners.PrefixTuning;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -156,32 +157,72 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
     }
 
     /// <summary>
-    /// With an active prefix: seeds a fresh KV cache with the prefix of every layer (computed now, so training reaches
-    /// the generator), extends the attention mask by the prefix and keeps the tokens at positions 0..seq-1.
+    /// With an active prefix: seeds the KV cache with the prefix of every layer (computed in the forward that seeds it,
+    /// so training reaches the generator), extends the attention mask by the prefix and keeps the tokens at positions
+    /// 0..seq-1 (<see cref="PrefixCache"/>, the seam peft's prefix tuning uses too).
     /// </summary>
     public ModelOutput Forward(PeftModel peft, ModelInputs inputs)
     {
-        var probes = peft.AdapterLayers().Select(l => l.Layer).OfType<HubPrefixProbe>().ToList();
-        var owner = probes.FirstOrDefault(p => p.OwnsPool);
-        var active = owner is null || owner.AdaptersDisabled ? new List<string>() : owner.ActiveAdapters.Where(owner.Pool.Contains).ToList();
-        if (active.Count == 0) return peft.Model.Forward(inputs);
-        if (inputs.Cache is not null) throw new PeftSharpException("AdapterHub prefix tuning: forwards with a KV cache (cached generation) are not supported; run without a cache");
-        var (b, t) = inputs.Shape();
-        var device = peft.Model.Device;
-        using var cache = new KVCache(peft.Model.Config.NumHiddenLayers);
-        var run = new HubPrefixRun(cache, active.Select(a => (a, owner!.Pool[a].Compute(b))).ToList());
-        var mask = inputs.AttentionMask ?? ones(b, t, ScalarType.Int64, device);
-        var extended = cat(new[] { ones(b, run.Length, mask.dtype, mask.device), mask }, 1);
-        var positions = inputs.PositionIds ?? arange(t, device: device).unsqueeze(0).expand(b, t);
-        var prefixed = new ModelInputs
+        var slots = peft.AdapterLayers().Select(l => l.Layer).OfType<AdapterSlot>().Where(s => !s.AdaptersDisabled).ToList();
+        int channels = slots.Select(s => s.Setup?.ParallelChannels ?? 1).DefaultIfEmpty(1).Max();
+        if (channels > 1) return Replicated(peft, inputs, slots, channels);
+        return PrefixForward(peft, inputs);
+    }
+
+    /// <summary>
+    /// AdapterHub's Parallel: the batch is replicated once per channel (here before the model, where AdapterHub does
+    /// it at the first adapter layer: the layers before it compute the same for every copy) and the output has
+    /// channels x batch rows, copy i run through the setup's i-th child.
+    /// </summary>
+    static ModelOutput Replicated(PeftModel peft, ModelInputs inputs, List<AdapterSlot> slots, int channels)
+    {
+        if (inputs.Cache is not null)
+            throw new PeftSharpException($"a Parallel composition returns {channels} outputs per row; generate with one adapter (or Stack/Average) at a time");
+        var batch = inputs.Shape().Batch;
+        Tensor? Rep(Tensor? t) => t?.repeat(new long[] { channels }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
+        var replicated = new ModelInputs
         {
-            InputIds = inputs.InputIds, InputsEmbeds = inputs.InputsEmbeds, AttentionMask = extended, PositionIds = positions,
-            TokenTypeIds = inputs.TokenTypeIds, Cache = cache, OutputHiddenStates = inputs.OutputHiddenStates,
+            InputIds = Rep(inputs.InputIds), InputsEmbeds = Rep(inputs.InputsEmbeds), AttentionMask = Rep(inputs.AttentionMask),
+            PositionIds = Rep(inputs.PositionIds), TokenTypeIds = Rep(inputs.TokenTypeIds), OutputHiddenStates = inputs.OutputHiddenStates,
         };
+        foreach (var s in slots) s.ReplicatedBatch = batch;
+        try { return PrefixForward(peft, replicated); }
+        finally { foreach (var s in slots) s.ReplicatedBatch = null; }
+    }
+
+    static ModelOutput PrefixForward(PeftModel peft, ModelInputs inputs)
+    {
+        var (probes, active) = ActivePrefixes(peft);
+        if (active.Count == 0) return peft.Model.Forward(inputs);
+        if (inputs.Cache is { SeqLength: > 0 } && active.Any(a => probes.Any(p => p.HasGate(a.Adapter))))
+            throw new PeftSharpException("AdapterHub gated prefix tuning (UniPELT) cannot continue from a KV cache: its gate averages over the whole sequence; run full forwards (TextGenerator does so for such adapters)");
+        var run = new HubPrefixRun(active, inputs.Shape().Batch);
         foreach (var p in probes) p.Run = run;
-        try { return peft.Model.Forward(prefixed); }
+        try { return PrefixCache.Forward(peft.Model, inputs, run.Length, run.Seed, shiftPositions: false); }
         finally { foreach (var p in probes) p.Run = null; }
     }
+
+    static (List<HubPrefixProbe> Probes, List<(string Adapter, HubPrefixGenerator Generator)> Active) ActivePrefixes(PeftModel peft)
+    {
+        var probes = peft.AdapterLayers().Select(l => l.Layer).OfType<HubPrefixProbe>().ToList();
+        var owner = probes.FirstOrDefault(p => p.OwnsPool);
+        var active = owner is null || owner.AdaptersDisabled ? new List<(string, HubPrefixGenerator)>()
+            : owner.ActiveAdapters.Where(owner.Pool.Contains).Select(a => (a, owner.Pool[a])).ToList();
+        return (probes, active);
+    }
+
+    /// <summary>
+    /// False while an active adapter has UniPELT gates: each is a mean over every sequence position, so a new token
+    /// changes the states of the earlier ones and a KV cache would hold stale keys. (AdapterHub's own generate() uses
+    /// its cache anyway and computes the gates from the new token alone.)
+    /// </summary>
+    public bool SupportsKVCache(PeftModel peft) => !peft.AdapterLayers().Any(l => !l.Layer.AdaptersDisabled && l.Layer switch
+    {
+        AdapterSlot s => s.ActiveAdapters.Any(a => s[a].Config.UseGating),
+        HubLoraLinear h => h.ActiveAdapters.Any(a => h.IsGated(a)),
+        HubPrefixProbe p => p.ActiveAdapters.Any(p.HasGate),
+        _ => false,
+    });
 
     // ---- files ----
 

@@ -24,12 +24,18 @@ public static class HubAdapters
     {
         foreach (var n in setup.Flatten())
             if (!peft.Configs.ContainsKey(n)) throw new PeftSharpException($"adapter '{n}' in {setup} does not exist (adapters: {string.Join(", ", peft.Adapters)})");
+        if (HasBlock(setup, Composition.Kind.Parallel) || HasBlock(setup, Composition.Kind.Average))
+            foreach (var n in setup.Flatten())
+                if (peft.Configs[n] is not AdapterHubConfig { Parts: var parts } || parts.Any(p => p is not BottleneckConfig))
+                    throw new PeftSharpException($"{setup}: Parallel and Average compose bottleneck adapters in PeftSharp; '{n}' is {(peft.Configs[n] is AdapterHubConfig h ? h.Describe() : peft.Configs[n].PeftType)}");
         foreach (var (_, layer) in peft.AdapterLayers())
         {
             if (layer is AdapterSlot s) s.Setup = setup;
             else layer.SetActiveAdapters(setup.Flatten().ToList());
         }
     }
+
+    static bool HasBlock(Composition c, Composition.Kind kind) => c.Type == kind || c.Children.Any(k => HasBlock(k, kind));
 
     /// <summary>add_adapter_fusion: a fusion layer in every slot that holds all of <paramref name="adapters"/>.</summary>
     public static void AddFusion(PeftModel peft, IReadOnlyList<string> adapters, FusionConfig? config = null)
@@ -145,5 +151,37 @@ public static class HubAdapters
         int n = rng.Next(0, maxLayers + 1);
         DropLayers(peft, Enumerable.Range(0, n));
         return n;
+    }
+}
+
+/// <summary>
+/// Robust AdapterDrop training (AdapterHub's AdapterDropTrainerCallback; YAML <c>robust_adapter_drop</c>): before each
+/// optimizer step the adapters of the first n blocks are skipped, n uniform in [0, <see cref="MaxLayers"/>]; after it
+/// nothing is skipped, so evaluation and the saved adapter see every layer. n is a function of (seed, step), so a
+/// resumed run drops the same layers.
+/// </summary>
+public sealed class RobustAdapterDrop : Training.ITrainingCallback
+{
+    readonly PeftModel _peft;
+    readonly int _seed;
+
+    public RobustAdapterDrop(PeftModel peft, int maxLayers, int seed)
+    {
+        int layers = peft.Model.Config.NumHiddenLayers;
+        if (maxLayers < 0 || maxLayers > layers) throw new PeftConfigException($"robust_adapter_drop: at most {layers} layers (the model's) can be dropped; got {maxLayers}");
+        _peft = peft; MaxLayers = maxLayers; _seed = seed;
+    }
+
+    public int MaxLayers { get; }
+
+    /// <summary>Blocks skipped in the current step (0 between steps).</summary>
+    public int Dropped { get; private set; }
+
+    public void OnStepBegin(int globalStep) => Dropped = HubAdapters.RandomDrop(_peft, new Random(unchecked(_seed * 1_000_003 + globalStep)), MaxLayers);
+
+    public void OnStepEnd(int globalStep)
+    {
+        HubAdapters.DropLayers(_peft, Array.Empty<int>());
+        Dropped = 0;
     }
 }

@@ -127,6 +127,7 @@ public sealed class HubLoraLinear : Module<Tensor, Tensor>, IAdapterLayer
 
     public nn.Module BaseLayer => base_layer;
     public IReadOnlyList<string> Adapters => loras.Keys.ToList();
+    internal bool IsGated(string adapter) => loras.Contains(adapter) && loras[adapter].Gated;
     public IReadOnlyList<string> ActiveAdapters => _active;
     public void SetActiveAdapters(IReadOnlyList<string> names) => _active = names.ToList();
     public bool AdaptersDisabled { get; set; }

@@ -66,6 +66,8 @@ public sealed class HubPrefixGenerator : nn.Module
         RegisterComponents();
     }
 
+    public int PrefixLength => _c.PrefixLength;
+
     /// <summary>Per layer (keys, values), each [batch, heads, prefix_length, head_dim].</summary>
     public (Tensor Key, Tensor Value)[] Compute(long batch)
     {
@@ -121,7 +123,7 @@ public sealed class HubPrefixProbe : Module<Tensor, Tensor>, IAdapterLayer
     {
         if (Run is { } run && !AdaptersDisabled) run.OnAttentionInput(this, x);
         else if (Run is null && !AdaptersDisabled && _active.Any(Pool.Contains))
-            throw new PeftSharpException("AdapterHub prefix tuning is active: run the forward through PeftModel.Forward (a direct model forward or cached generation would silently drop the prefix)");
+            throw new PeftSharpException("AdapterHub prefix tuning is active: run the forward through PeftModel.Forward (a direct model forward would silently drop the prefix)");
         return base_layer.call(x);
     }
 
@@ -179,35 +181,47 @@ public sealed class HubPrefixProbe : Module<Tensor, Tensor>, IAdapterLayer
     public nn.Module Unwrapped => base_layer;
 }
 
-/// <summary>One forward with AdapterHub prefixes: computes them once, seeds the cache, and applies gates per layer.</summary>
+/// <summary>
+/// One forward with AdapterHub prefixes: <see cref="Seed"/> computes them (once, into an empty cache) and gated
+/// prefixes are re-seeded per layer with their gate. Decode steps of a cached generation find the prefix in the cache.
+/// </summary>
 internal sealed class HubPrefixRun
 {
-    readonly KVCache _cache;
-    readonly List<(string Adapter, (Tensor Key, Tensor Value)[] Kv)> _prefixes;
+    readonly List<(string Adapter, HubPrefixGenerator Generator)> _active;
+    readonly long _batch;
+    KVCache? _cache;
+    List<(string Adapter, (Tensor Key, Tensor Value)[] Kv)>? _prefixes;
 
-    public HubPrefixRun(KVCache cache, List<(string, (Tensor, Tensor)[])> prefixes)
+    public HubPrefixRun(List<(string, HubPrefixGenerator)> active, long batch)
     {
-        _cache = cache; _prefixes = prefixes;
-        for (int i = 0; i < cache.NumLayers; i++) Seed(i, null, null);
+        _active = active; _batch = batch;
     }
 
-    public long Length => _prefixes.Sum(p => p.Kv[0].Key.shape[2]);
+    public long Length => _active.Sum(p => (long)p.Generator.PrefixLength);
+
+    public void Seed(KVCache cache)
+    {
+        _cache = cache;
+        _prefixes = _active.Select(a => (a.Adapter, a.Generator.Compute(_batch))).ToList();
+        for (int i = 0; i < cache.NumLayers; i++) Seed(i, null, null);
+    }
 
     void Seed(int layer, HubPrefixProbe? probe, Tensor? x)
     {
         var keys = new List<Tensor>();
         var values = new List<Tensor>();
-        foreach (var (adapter, kv) in _prefixes)
+        foreach (var (adapter, kv) in _prefixes!)
         {
             var (k, v) = kv[layer];
             if (probe is not null && x is not null && probe.Gate(adapter, x) is { } g) { k = k * g; v = v * g; }
             keys.Add(k); values.Add(v);
         }
-        _cache.SetPrefix(layer, keys.Count == 1 ? keys[0] : cat(keys, 2), values.Count == 1 ? values[0] : cat(values, 2));
+        _cache!.SetPrefix(layer, keys.Count == 1 ? keys[0] : cat(keys, 2), values.Count == 1 ? values[0] : cat(values, 2));
     }
 
     public void OnAttentionInput(HubPrefixProbe probe, Tensor x)
     {
-        if (_prefixes.Any(p => probe.HasGate(p.Adapter))) Seed(probe.Layer, probe, x);
+        // A gate reads this forward's attention input, so it only exists in a forward that seeded the prefix.
+        if (_prefixes is not null && _prefixes.Any(p => probe.HasGate(p.Adapter))) Seed(probe.Layer, probe, x);
     }
 }

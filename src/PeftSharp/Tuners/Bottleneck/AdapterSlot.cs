@@ -35,6 +35,9 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
     /// <summary>The composition this slot runs (set for the whole model by <see cref="AdapterHub.HubAdapters.Activate"/>).</summary>
     public Composition? Setup { get => _setup; set => _setup = value; }
 
+    /// <summary>The batch size before Parallel replicated it, set around the forward by <see cref="AdapterHub.AdapterHubMethod"/>.</summary>
+    internal long? ReplicatedBatch { get; set; }
+
     /// <summary>AdapterDrop while training: adapters skipped in this slot for the next forwards.</summary>
     public void SetDropped(IEnumerable<string> names)
     {
@@ -45,12 +48,21 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
     // AdapterHub's get_active_setup: the part of the setup this layer holds; null when it holds none of it.
     Composition? Effective(Composition c)
     {
-        if (c.Type == Composition.Kind.Single) return adapters.Contains(c.Name!) && !_dropped.Contains(c.Name!) ? c : null;
-        var kids = c.Children.Select(Effective).Where(k => k is not null).Select(k => k!).ToArray();
-        if (kids.Length == 0) return null;
-        if (c.Type == Composition.Kind.Fuse && kids.Length != c.Children.Count) return null;
-        return c.Type == Composition.Kind.Stack ? Composition.Stack(kids) : c;
+        if (c.Type == Composition.Kind.Single) return Holds(c.Name!) ? c : null;
+        var kids = c.Children.Select(Effective).ToArray();
+        var held = kids.Where(k => k is not null).Select(k => k!).ToArray();
+        if (held.Length == 0) return null;
+        return c.Type switch
+        {
+            Composition.Kind.Fuse => held.Length == kids.Length ? c : null,
+            Composition.Kind.Stack => Composition.Stack(held),
+            // A copy whose adapter is not here passes through unchanged.
+            Composition.Kind.Parallel => c,
+            _ => Composition.Average(held, kids.Select((k, i) => (k, i)).Where(x => x.k is not null).Select(x => c.Weights[x.i]).ToList(), normalizeWeights: false),
+        };
     }
+
+    bool Holds(string adapter) => adapters.Contains(adapter) && !_dropped.Contains(adapter);
 
     public override Tensor Apply(Tensor h, Tensor x, Module<Tensor, Tensor>? layerNorm)
     {
@@ -71,8 +83,45 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
     {
         Composition.Kind.Stack => Stack(c, s, ln),
         Composition.Kind.Fuse => Fuse(c, s, ln),
+        Composition.Kind.Parallel => Parallel(c, s, ln),
+        Composition.Kind.Average => Average(c, s, ln),
         _ => Single(c.Name!, PreBlock(c.Name!, s, ln)),
     };
+
+    // A child of Parallel/Average gets the block's pre-processed state: a name runs on it directly, a Stack pre-processes again.
+    State Child(Composition child, State s, Module<Tensor, Tensor>? ln) =>
+        child.Type == Composition.Kind.Single ? Single(child.Name!, s) : Compose(child, s, ln);
+
+    static State Rows(State s, long start, long count) => s with
+    {
+        Hidden = s.Hidden.narrow(0, start, count), Input = s.Input.narrow(0, start, count),
+        Residual = s.Residual.narrow(0, start, count), Up = s.Up?.narrow(0, start, count),
+    };
+
+    // AdapterHub's compose_parallel on a batch PeftModel.Forward already replicated once per child.
+    State Parallel(Composition c, State s, Module<Tensor, Tensor>? ln)
+    {
+        int n = c.Children.Count;
+        long rows = s.Hidden.shape[0];
+        if (ReplicatedBatch is not long b || rows != b * n)
+            throw new PeftSharpException($"{c} needs the batch replicated {n} times: run it through PeftModel.Forward (layer {Layer} got {rows} rows)");
+        s = PreBlock(c.Flatten().First(Holds), s, ln);
+        var parts = c.Children.Select((child, i) => Effective(child) is { } held ? Child(held, Rows(s, i * b, b), ln) : Rows(s, i * b, b)).ToList();
+        return new State(cat(parts.Select(p => p.Hidden).ToArray(), 0), cat(parts.Select(p => p.Input).ToArray(), 0),
+            cat(parts.Select(p => p.Residual).ToArray(), 0), parts.All(p => p.Up is not null) ? cat(parts.Select(p => p.Up!).ToArray(), 0) : null,
+            parts.Select(p => p.Last).LastOrDefault(l => l is not null) ?? s.Last);
+    }
+
+    // AdapterHub's compose_average with its BottleneckLayer.mean: mean over the N children of w_i * output_i, i.e.
+    // sum_i w_i * output_i / N (weights normalized to sum 1 by default), taken as AdapterHub computes it.
+    State Average(Composition c, State s, Module<Tensor, Tensor>? ln)
+    {
+        s = PreBlock(c.First, s, ln);
+        var parts = c.Children.Select(child => Child(child, s, ln)).ToList();
+        var w = tensor(c.Weights.ToArray(), s.Hidden.dtype, s.Hidden.device).view(-1, 1, 1, 1);
+        var hidden = (stack(parts.Select(p => p.Hidden).ToArray(), 0) * w).mean(new long[] { 0 });
+        return parts[0] with { Hidden = hidden, Last = parts[^1].Last };
+    }
 
     State PreBlock(string name, State s, Module<Tensor, Tensor>? ln)
     {

@@ -65,29 +65,13 @@ public sealed class PrefixEncoder : PromptLearner
         var (kvHeads, headDim) = model.KvShape;
         if (kvHeads != _heads || headDim != _headDim)
             throw new PeftSharpException($"PREFIX_TUNING: the adapter's prefix has {_heads} heads of {_headDim} but the model's attention has {kvHeads} key/value heads of {headDim}");
-        var ownCache = inputs.Cache is null ? model.NewCache() : null;
-        var cache = inputs.Cache ?? ownCache!;
-        try
+        // The first step of a generation (or a plain forward) puts the prefix in the cache; later steps find it there.
+        var output = PrefixCache.Forward(model, inputs, nvt, cache =>
         {
-            // The first step of a generation (or a plain forward) puts the prefix in the cache; later steps find it there.
-            if (cache.SeqLength == 0)
-            {
-                var kv = Prefix().to(model.DType).view(nvt, 2 * _layers, _heads, _headDim).permute(1, 2, 0, 3)
-                    .unsqueeze(1).expand(-1, b, -1, -1, -1);
-                for (int i = 0; i < _layers; i++) cache.SetPrefix(i, kv[2 * i], kv[2 * i + 1]);
-            }
-            var output = model.Forward(new ModelInputs
-            {
-                InputIds = inputs.InputIds,
-                InputsEmbeds = inputs.InputsEmbeds,
-                AttentionMask = ExtendMask(inputs.AttentionMask, nvt),
-                PositionIds = inputs.PositionIds is { } p ? p + nvt : null,
-                TokenTypeIds = inputs.TokenTypeIds,
-                Cache = cache,
-                OutputHiddenStates = inputs.OutputHiddenStates,
-            });
-            return OutputScope.MoveOut(output);
-        }
-        finally { ownCache?.Dispose(); }
+            var kv = Prefix().to(model.DType).view(nvt, 2 * _layers, _heads, _headDim).permute(1, 2, 0, 3)
+                .unsqueeze(1).expand(-1, b, -1, -1, -1);
+            for (int i = 0; i < _layers; i++) cache.SetPrefix(i, kv[2 * i], kv[2 * i + 1]);
+        }, shiftPositions: true);
+        return OutputScope.MoveOut(output);
     }
 }

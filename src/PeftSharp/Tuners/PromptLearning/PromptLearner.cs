@@ -36,7 +36,7 @@ public abstract class PromptLearner : nn.Module
     }
 
     /// <summary>The attention mask with <paramref name="virtualTokens"/> leading ones (peft prepends them for every prompt method).</summary>
-    protected static Tensor? ExtendMask(Tensor? mask, long virtualTokens)
+    protected internal static Tensor? ExtendMask(Tensor? mask, long virtualTokens)
     {
         if (mask is null) return null;
         var ones = torch.ones(mask.shape[0], virtualTokens, mask.dtype, mask.device);
