@@ -121,7 +121,9 @@ public sealed class LoraLinear : LoraLayer
         if (UseBaseOnly) return base_layer.call(x);
         using var scope = NewDisposeScope();
         if (RowAdapters is { } rows) return MixedForward(x, rows).MoveToOuterDisposeScope();
-        var result = base_layer.call(x);
+        // Under autocast the input is cast once, for the base layer (when it computes in that dtype) and for A.
+        var xc = AutocastDtype is { } ct ? x.to(ct) : x;
+        var result = base_layer.call(AutocastDtype is { } bt && base_layer is Linear { weight: { } w } && w.dtype == bt ? xc : x);
         var resultType = result.dtype;
         foreach (var name in ActiveAdapters)
         {
@@ -129,7 +131,7 @@ public sealed class LoraLinear : LoraLayer
             if (s.UseDora) result = result + DoraTerm(name, x.to(A(name).dtype), result);
             else if (AutocastDtype is { } dt)
             {
-                var xd = Dropout(x.to(dt), s.Dropout);
+                var xd = Dropout(xc, s.Dropout);
                 result = result + nn.functional.linear(nn.functional.linear(xd, A(name).to(dt)), B(name).to(dt)) * s.Scaling;
             }
             else result = result + lora_B[name].call(lora_A[name].call(Dropout(x.to(A(name).dtype), s.Dropout))) * s.Scaling;
