@@ -38,6 +38,18 @@ public static class TorchRuntime
         catch (Exception) { /* non-glibc libc: nothing to tune */ }
     }
 
+    /// <summary>
+    /// Runs the finalizers of TorchSharp objects nobody disposed (the Scalars that numbers in tensor expressions become,
+    /// and the like). Each holds a tiny native allocation; left scattered among freed tensor memory they keep glibc from
+    /// reusing it, so RSS grew step after step (train-step bench: 1.05 → 1.45 GB over six steps) although every tensor
+    /// was disposed. A full collection costs a few milliseconds; call it once per optimizer step.
+    /// </summary>
+    public static void CollectUndisposed()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+    }
+
     /// <summary>Give freed heap memory back to the OS (glibc); call every few hundred steps and after big loads.</summary>
     public static void TrimMemory()
     {

@@ -48,9 +48,9 @@ public sealed class AdamW : Optimizers.IOptimizer
             double stepSize = g.Lr / bc1;
             foreach (var (name, p) in g.Params)
             {
+                using var scope = NewDisposeScope();
                 var grad = p.grad;
                 if (grad is null) continue;
-                using var scope = NewDisposeScope();
                 if (!_state.TryGetValue(name, out var s))
                 {
                     s = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());

@@ -119,6 +119,7 @@ public sealed class Trainer : IDisposable
             _optimizer.Step();
             foreach (var c in Callbacks) c.OnStepEnd(step);
             _optimizer.ZeroGrad();
+            TorchRuntime.CollectUndisposed();
             GlobalStep = step + 1;
             tokens += stepTokens;
             lastLoss = loss;

@@ -100,7 +100,10 @@ public sealed class BnbAdamW : IOptimizer
         using var _ = no_grad();
         foreach (var g in Groups)
             foreach (var (name, p) in g.Params)
-                if (p.grad is { } grad) Update(name, p, grad, g.Lr, g.WeightDecay);
+            {
+                using var grad = p.grad;
+                if (grad is not null) Update(name, p, grad, g.Lr, g.WeightDecay);
+            }
     }
 
     void Update(string name, Tensor p, Tensor grad, double lr, double weightDecay)
