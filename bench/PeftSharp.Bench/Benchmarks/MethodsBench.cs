@@ -172,7 +172,7 @@ public sealed class MethodsBench : IBenchmark
     /// CPU time of the whole process in ms: CLOCK_PROCESS_CPUTIME_ID (ns resolution; Process.TotalProcessorTime counts
     /// 10 ms ticks on Linux, too coarse for a few-ms generation), else .NET's count.
     /// </summary>
-    static double CpuMs()
+    internal static double CpuMs()
     {
         const int ClockProcessCpuTimeId = 2;
         if (OperatingSystem.IsLinux() && ClockGetTime(ClockProcessCpuTimeId, out var t) == 0) return t.Sec * 1e3 + t.Nsec / 1e6;
@@ -184,7 +184,7 @@ public sealed class MethodsBench : IBenchmark
     /// after 2 warm-up rounds: the smallest process CPU ms of <paramref name="repeat"/> runs of each (CPU time, not wall
     /// time: on a shared machine it is the steadier figure).
     /// </summary>
-    static (double Adapted, double Base) Alternate(Action adapted, Action baseline, int repeat)
+    internal static (double Adapted, double Base) Alternate(Action adapted, Action baseline, int repeat)
     {
         double bestA = double.MaxValue, bestB = double.MaxValue;
         for (int i = 0; i < repeat + 2; i++)
@@ -216,7 +216,8 @@ public sealed class MethodsBench : IBenchmark
     static (double Forward, double BaseForward, double? Token, double BaseToken) TimeBoth(PeftModel peft, PreTrainedModel baseModel, Tensor batch, int[] prompt, GenerationOptions options, int repeat)
     {
         var inputs = new ModelInputs { InputIds = batch };
-        var (forward, baseForward) = Alternate(() => peft.Forward(inputs).Logits.Dispose(), () => baseModel.Forward(inputs).Logits.Dispose(), repeat);
+        void Run(ILanguageModel lm) { using var scope = NewDisposeScope(); lm.Forward(inputs); }
+        var (forward, baseForward) = Alternate(() => Run(peft), () => Run(baseModel), repeat);
         var (a, b) = (new TextGenerator(peft), new TextGenerator(baseModel));
         try
         {
