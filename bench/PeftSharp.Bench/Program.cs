@@ -26,7 +26,14 @@ public static class Program
             return 2;
         }
         var options = BenchOptions.Parse(args.Skip(1).ToArray());
-        var result = bench.Run(options);
+        BenchResult result;
+        try { result = bench.Run(options); }
+        catch (ArgumentException e)
+        {
+            // A bad option value: one line, not a stack trace.
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
         if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name), new JsonSerializerOptions { WriteIndented = true }));
         else result.Print(Console.Out);
         return 0;

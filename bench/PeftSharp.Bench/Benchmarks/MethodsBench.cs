@@ -1,12 +1,17 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
+using PeftSharp.Inference;
 using PeftSharp.Models;
 using PeftSharp.Training;
 using PeftSharp.Tuners;
 using PeftSharp.Tuners.AdaLora;
+using PeftSharp.Tuners.AdapterHub;
+using PeftSharp.Tuners.Bottleneck;
 using PeftSharp.Tuners.DeltaLora;
 using PeftSharp.Tuners.Lora;
 using PeftSharp.Tuners.LoraFa;
+using PeftSharp.Tuners.PromptLearning;
 using PeftSharp.Tuners.Vera;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,14 +21,21 @@ namespace PeftSharp.Bench.Benchmarks;
 /// <summary>
 /// The PEFT methods side by side: each trains the same small Llama (built in code, seeded) on the same synthetic
 /// counting data (next id = id + 1) for the same steps, then reports trainable parameters, parameters the merge
-/// changes, the largest rank of ΔW over the adapted matrices (ParameterAccounting), step time, peak RSS growth and
-/// final train/eval loss. A method family adds rows by adding entries to <see cref="Methods"/>.
-/// Options: --hidden 128 --layers 2 --seq 32 --rows 8 --steps 30 --threads 2 --only NAME.
+/// changes, the largest rank of ΔW over the adapted matrices (ParameterAccounting), step time, peak RSS growth,
+/// final train/eval loss and the inference latency of greedy generation with the trained adapter against the base
+/// model. Three families: LoRA (and its variants), prompt (Prompt Tuning, P-Tuning, Prefix Tuning, LLaMA-Adapter) and
+/// adapters (AdapterHub bottlenecks, AdapterDrop, AdapterFusion, BitFit, MAM, UniPELT). A method adds a row by adding
+/// an entry to <see cref="Methods"/>. Every loss goes through the PeftModel's forward (virtual tokens, prefixes and
+/// AdapterHub hooks apply) and counts only the real token positions.
+/// Options: --hidden 128 --layers 2 --seq 32 --rows 8 --steps 30 --threads 2 --new 16 --repeat 7
+/// --only NAME --family lora|prompt|adapter.
 /// </summary>
 public sealed class MethodsBench : IBenchmark
 {
     public string Name => "methods";
-    public string Description => "LoRA, DoRA, rsLoRA, LoRA-FA, LoRA+, Delta-LoRA, VeRA, AdaLoRA: same model, data and steps; params, ΔW rank, time, memory, loss";
+    public string Description => "LoRA family, prompt family and adapter family: same model, data and steps; params, ΔW rank, time, memory, loss, inference latency vs base";
+
+    public static readonly IReadOnlyList<string> Families = new[] { "lora", "prompt", "adapter" };
 
     /// <summary>One optimizer-like stepper over a PeftModel.</summary>
     public interface IStepper : IDisposable
@@ -46,14 +58,22 @@ public sealed class MethodsBench : IBenchmark
         public void Dispose() => o.Dispose();
     }
 
-    /// <summary>A row of the table: how to make the adapter, the optimizer, the per-step hook and the extra loss term.</summary>
+    /// <summary>
+    /// A row of the table: how to make the adapter, the optimizer, the per-step hook, the extra loss term and the
+    /// family it belongs to (--family). A name with " / " answers --only to each of its parts.
+    /// </summary>
     public sealed record Method(
         string Name,
         Func<PreTrainedModel, int, PeftModel> Create,
         double Lr,
         Func<PeftModel, double, IStepper>? Optimizer = null,
         Func<PeftModel, ITrainingCallback>? Hook = null,
-        Func<PeftModel, Tensor, Tensor>? Loss = null);
+        Func<PeftModel, Tensor, Tensor>? Loss = null,
+        string Family = "lora")
+    {
+        public bool Answers(string only) =>
+            Name.Equals(only, StringComparison.OrdinalIgnoreCase) || Name.Split(" / ").Any(n => n.Equals(only, StringComparison.OrdinalIgnoreCase));
+    }
 
     static readonly StringOrList Targets = StringOrList.Of("q_proj", "k_proj", "v_proj", "o_proj");
 
@@ -71,6 +91,31 @@ public sealed class MethodsBench : IBenchmark
             optim.AdamW(named.Where(IsB).Select(x => x.parameter), lr: lr * 16));
     }
 
+    /// <summary>A prompt-family row as `peft train` builds it (finetuning_type + the recipe's settings, their defaults otherwise).</summary>
+    static Method Prompt(string name, string finetuningType, double lr, PromptFamilySettings? settings = null) =>
+        new(name, (m, _) => PeftModel.Create(m, PromptFamily.Config(finetuningType, settings ?? new PromptFamilySettings(), "CAUSAL_LM", m.Config.NumHiddenLayers)), lr, Family: "prompt");
+
+    /// <summary>An adapter-family row as `peft train` builds it from its YAML keys (AdapterHub names; the model's layer count given).</summary>
+    static Method Adapter(string name, string finetuningType, double lr, Func<int, Dictionary<string, JsonNode?>>? keys = null) =>
+        new(name, (m, _) => PeftModel.Create(m, AdapterFamilyTypes.Create(finetuningType, keys?.Invoke(m.Config.NumHiddenLayers) ?? new(), "methods bench")), lr, Family: "adapter");
+
+    static Dictionary<string, JsonNode?> Bn(string preset) => new() { ["adapter_config"] = preset };
+
+    // AdapterFusion, one stage: two fresh seq_bn adapters under a dynamic fusion layer, trained jointly (AdapterHub's
+    // train_adapter_fusion with unfreeze_adapters), so the row costs one training run rather than three.
+    static readonly string[] Fused = { "default", "b" };
+
+    static PeftModel Fusion(PreTrainedModel m)
+    {
+        var peft = PeftModel.Create(m, AdapterFamilyTypes.Create("adapter", Bn("seq_bn"), "methods bench"));
+        peft.AddAdapter(Fused[1], AdapterFamilyTypes.Create("adapter", Bn("seq_bn"), "methods bench"));
+        HubAdapters.AddFusion(peft, Fused);
+        HubAdapters.TrainFusion(peft, Fused);
+        foreach (var (_, layer) in peft.AdapterLayers())
+            foreach (var a in layer.Adapters) layer.SetTrainable(a, true);
+        return peft;
+    }
+
     public static readonly IReadOnlyList<Method> Methods = new Method[]
     {
         new("LoRA", (m, _) => PeftModel.Create(m, Lora()), 1e-2),
@@ -82,6 +127,29 @@ public sealed class MethodsBench : IBenchmark
         new("VeRA", (m, _) => PeftModel.Create(m, new VeraConfig { R = 128, TargetModules = Targets }), 5e-2),
         new("AdaLoRA", (m, steps) => PeftModel.Create(m, new AdaLoraConfig { Lora = Lora() with { LoraAlpha = 16 }, InitR = 12, TargetR = 8, Tinit = steps / 10, Tfinal = steps / 5, TotalStep = steps }), 1e-2,
             Hook: p => new RankAllocator(p), Loss: (p, l) => AdaLoraRegularizer.AddTo(l, p)),
+
+        Prompt("Prompt Tuning", "prompt_tuning", 3e-2),
+        Prompt("P-Tuning MLP", "p_tuning", 1e-2),
+        Prompt("P-Tuning LSTM", "p_tuning", 1e-2, new PromptFamilySettings { EncoderReparameterizationType = "LSTM" }),
+        Prompt("Prefix Tuning +proj", "prefix_tuning", 1e-2, new PromptFamilySettings { PrefixProjection = true }),
+        // peft has one type for both: prefix tuning without projection is P-Tuning v2's deep prompts.
+        Prompt("Prefix Tuning / P-Tuning v2", "p_tuning_v2", 1e-2),
+        Prompt("LLaMA-Adapter", "llama_adapter", 1e-2),
+
+        Adapter("seq_bn (Pfeiffer)", "adapter", 1e-2, _ => Bn("seq_bn")),
+        Adapter("double_seq_bn (Houlsby)", "adapter", 1e-2, _ => Bn("double_seq_bn")),
+        Adapter("par_bn", "adapter", 1e-2, _ => Bn("par_bn")),
+        Adapter("scaled_par_bn", "adapter", 1e-2, _ => Bn("scaled_par_bn")),
+        // AdapterDrop: no adapters in the first third of the layers (at least one).
+        Adapter("AdapterDrop (seq_bn)", "adapter", 1e-2, layers => new()
+        {
+            ["adapter_config"] = "seq_bn",
+            ["leave_out"] = new JsonArray(Enumerable.Range(0, Math.Max(1, layers / 3)).Select(i => (JsonNode?)i).ToArray()),
+        }),
+        new("AdapterFusion (2 x seq_bn)", (m, _) => Fusion(m), 1e-2, Loss: (p, l) => HubAdapters.FusionRegularization(p, Fused) is { } r ? l + r : l, Family: "adapter"),
+        Adapter("BitFit", "bitfit", 1e-2),
+        Adapter("MAM", "mam", 1e-2),
+        Adapter("UniPELT", "unipelt", 1e-2),
     };
 
     static Tensor Counting(int rows, int length, int vocab, int seed)
@@ -90,11 +158,69 @@ public sealed class MethodsBench : IBenchmark
         return randint(3, vocab - length, new long[] { rows, 1 }, generator: g) + arange(length).unsqueeze(0);
     }
 
-    static Tensor CausalLoss(PreTrainedModel model, Tensor ids)
+    // Through the PeftModel's forward; labels get -100 in front of virtual positions, so only real tokens count.
+    static Tensor CausalLoss(PeftModel peft, Tensor ids) =>
+        Losses.CausalLM(peft.Forward(new ModelInputs { InputIds = ids }).Logits, peft.ExtendLabels(ids));
+
+    [StructLayout(LayoutKind.Sequential)]
+    struct Timespec { public long Sec; public long Nsec; }
+
+    [DllImport("libc", EntryPoint = "clock_gettime")]
+    static extern int ClockGetTime(int clock, out Timespec t);
+
+    /// <summary>
+    /// CPU time of the whole process in ms: CLOCK_PROCESS_CPUTIME_ID (ns resolution; Process.TotalProcessorTime counts
+    /// 10 ms ticks on Linux, too coarse for a few-ms generation), else .NET's count.
+    /// </summary>
+    internal static double CpuMs()
     {
-        var logits = model.Forward(new ModelInputs { InputIds = ids }).Logits;
-        long v = logits.shape[2], t = ids.shape[1];
-        return nn.functional.cross_entropy(logits.narrow(1, 0, t - 1).reshape(-1, v), ids.narrow(1, 1, t - 1).reshape(-1));
+        const int ClockProcessCpuTimeId = 2;
+        if (OperatingSystem.IsLinux() && ClockGetTime(ClockProcessCpuTimeId, out var t) == 0) return t.Sec * 1e3 + t.Nsec / 1e6;
+        return Process.GetCurrentProcess().TotalProcessorTime.TotalMilliseconds;
+    }
+
+    /// <summary>
+    /// Times <paramref name="adapted"/> and <paramref name="baseline"/> alternately (so both see the same machine load)
+    /// after 2 warm-up rounds: the smallest process CPU ms of <paramref name="repeat"/> runs of each (CPU time, not wall
+    /// time: on a shared machine it is the steadier figure).
+    /// </summary>
+    internal static (double Adapted, double Base) Alternate(Action adapted, Action baseline, int repeat)
+    {
+        double bestA = double.MaxValue, bestB = double.MaxValue;
+        for (int i = 0; i < repeat + 2; i++)
+        {
+            double t0 = CpuMs();
+            baseline();
+            double t1 = CpuMs();
+            adapted();
+            double t2 = CpuMs();
+            if (i < 2) continue;
+            bestA = Math.Min(bestA, t2 - t1);
+            bestB = Math.Min(bestB, t1 - t0);
+        }
+        return (bestA, bestB);
+    }
+
+    /// <summary>Forward of the eval batch and greedy ms per new token, each with the base model's.</summary>
+    static (double Forward, double BaseForward, double Token, double BaseToken) Latency(PeftModel peft, PreTrainedModel baseModel, Tensor batch, int[] prompt, GenerationOptions options, int repeat)
+    {
+        using var _ = no_grad();
+        // One torch thread: with two, a waiting thread spins while its partner is descheduled, and on a shared machine
+        // that spinning, not the model, dominates the CPU time.
+        int threads = get_num_threads();
+        set_num_threads(1);
+        try { return TimeBoth(peft, baseModel, batch, prompt, options, repeat); }
+        finally { set_num_threads(threads); }
+    }
+
+    static (double Forward, double BaseForward, double Token, double BaseToken) TimeBoth(PeftModel peft, PreTrainedModel baseModel, Tensor batch, int[] prompt, GenerationOptions options, int repeat)
+    {
+        var inputs = new ModelInputs { InputIds = batch };
+        void Run(ILanguageModel lm) { using var scope = NewDisposeScope(); lm.Forward(inputs); }
+        var (forward, baseForward) = Alternate(() => Run(peft), () => Run(baseModel), repeat);
+        var (a, b) = (new TextGenerator(peft), new TextGenerator(baseModel));
+        var (token, baseToken) = Alternate(() => a.Generate(new[] { prompt }, options), () => b.Generate(new[] { prompt }, options), repeat);
+        return (forward, baseForward, token / options.MaxNewTokens, baseToken / options.MaxNewTokens);
     }
 
     static long RssPeakKb()
@@ -120,8 +246,14 @@ public sealed class MethodsBench : IBenchmark
     public BenchResult Run(BenchOptions o)
     {
         int hidden = o.GetInt("hidden", 128), layers = o.GetInt("layers", 2), seq = o.GetInt("seq", 32), rows = o.GetInt("rows", 8);
-        int steps = o.GetInt("steps", 30), threads = o.GetInt("threads", 2), vocab = 512;
+        int steps = o.GetInt("steps", 30), threads = o.GetInt("threads", 2), newTokens = o.GetInt("new", 16), repeat = o.GetInt("repeat", 7), vocab = 512;
         var only = o.Get("only", "");
+        var family = o.Get("family", "");
+        if (family.Length > 0 && !Families.Contains(family))
+            throw new ArgumentException($"--family: expected one of {string.Join(", ", Families)}; got '{family}'");
+        var selected = Methods.Where(m => (only.Length == 0 || m.Answers(only)) && (family.Length == 0 || m.Family == family)).ToList();
+        if (selected.Count == 0)
+            throw new ArgumentException($"no method matches --only '{only}' --family '{family}' (methods: {string.Join(", ", Methods.Select(m => $"{m.Name} [{m.Family}]"))})");
         set_num_threads(threads);
         var config = AutoModel.ParseConfig(new JsonObject
         {
@@ -131,8 +263,17 @@ public sealed class MethodsBench : IBenchmark
         }, "bench config");
         var train = Counting(rows, seq, vocab, 1);
         var eval = Counting(rows, seq, vocab, 2);
-        var result = new BenchResult { Columns = new[] { "method", "lr", "trainable", "changed by merge", "max rank ΔW", "ms/step", "peak RSS +MB", "train loss", "eval loss" } };
-        foreach (var method in Methods.Where(m => only.Length == 0 || m.Name.Equals(only, StringComparison.OrdinalIgnoreCase)))
+        var prompt = Enumerable.Range(0, seq).Select(i => (int)eval[0, i].item<long>()).ToArray();
+        var generation = new GenerationOptions { MaxNewTokens = newTokens, EosTokenIds = Array.Empty<int>(), PadTokenId = 0 };
+        var result = new BenchResult
+        {
+            Columns = new[] { "method", "family", "lr", "trainable", "changed by merge", "max rank ΔW", "ms/step", "peak RSS +MB", "train loss", "eval loss", "forward vs base", "gen CPU ms/token", "gen vs base", "merged" },
+        };
+        // The reference for the latency column: the same architecture and init without an adapter.
+        manual_seed(0);
+        using var baseModel = AutoModel.FromConfig(config);
+        baseModel.eval();
+        foreach (var method in selected)
         {
             manual_seed(0);
             using var model = AutoModel.FromConfig(config);
@@ -149,7 +290,7 @@ public sealed class MethodsBench : IBenchmark
             for (int step = 0; step < steps; step++)
             {
                 using var scope = NewDisposeScope();
-                var loss = CausalLoss(peft.Model, train);
+                var loss = CausalLoss(peft, train);
                 trainLoss = loss.item<float>();
                 if (method.Loss is { } extra) loss = extra(peft, loss);
                 loss.backward();
@@ -162,15 +303,33 @@ public sealed class MethodsBench : IBenchmark
             (hook as IDisposable)?.Dispose();
             peft.eval();
             double evalLoss;
-            using (no_grad()) using (var s = NewDisposeScope()) evalLoss = CausalLoss(peft.Model, eval).item<float>();
+            using (no_grad()) using (var s = NewDisposeScope()) evalLoss = CausalLoss(peft, eval).item<float>();
+            var (forward, baseForward, token, baseToken) = Latency(peft, baseModel, eval, prompt, generation, repeat);
             var report = peft.ParameterReport();
-            long maxRank = report.Modules.Count == 0 ? 0 : report.Modules.Max(m => m.DeltaRank);
-            result.Add(method.Name, method.Lr, report.TrainableParameters, report.MergedChangedParameters, maxRank,
-                sw.Elapsed.TotalMilliseconds / steps, peak / 1024.0, trainLoss, evalLoss);
+            // ParameterAccounting gives no ΔW (rank −1, no weight elements) for what is not folded into a weight.
+            var ranked = report.Modules.Where(m => m.DeltaRank >= 0).ToList();
+            object changed = report.TargetedWeightParameters == 0 ? "-" : report.MergedChangedParameters;
+            object maxRank = ranked.Count == 0 ? "-" : ranked.Max(m => m.DeltaRank);
+            result.Add(method.Name, method.Family, method.Lr, report.TrainableParameters, changed, maxRank,
+                sw.Elapsed.TotalMilliseconds / steps, peak / 1024.0, trainLoss, evalLoss,
+                $"{forward / baseForward:F2}x", token, $"{token / baseToken:F2}x", Merged(peft));
         }
-        result.Notes.Add($"Llama hidden={hidden} layers={layers} vocab={vocab}, attention q/k/v/o adapted, {rows}x{seq} counting rows, {steps} steps, {threads} threads.");
-        result.Notes.Add("train loss: the last step's (before its update); eval loss: held-out rows after training. LoRA-family r=8, alpha=16; VeRA r=128; AdaLoRA init_r=12 -> target_r=8; LoRA+ ratio 16; Delta-LoRA lambda=2 from step steps/4.");
-        result.Notes.Add("changed by merge / max rank ΔW: ParameterAccounting (merged weights vs the base; Delta-LoRA counts its folded W updates too).");
+        result.Notes.Add($"Llama hidden={hidden} layers={layers} vocab={vocab}, {rows}x{seq} counting rows, {steps} steps, {threads} threads. LoRA family: attention q/k/v/o adapted; prompt and adapter families: their `peft train` defaults.");
+        result.Notes.Add("train loss: the last step's (before its update); eval loss: held-out rows after training; both through the PeftModel's forward over the real token positions only. LoRA-family r=8, alpha=16; VeRA r=128; AdaLoRA init_r=12 -> target_r=8; LoRA+ ratio 16; Delta-LoRA lambda=2 from step steps/4. Prompt family: 20 virtual tokens (LLaMA-Adapter: adapter_len 10 on every layer). Adapters: AdapterHub presets (reduction_factor 16, par_bn 2); AdapterDrop leaves out the first third of the layers (at least one); AdapterFusion: two seq_bn adapters and their fusion trained jointly; MAM prefix 30 + par_bn; UniPELT gated prefix 10 + seq_bn + LoRA r=8; BitFit adds zero biases to the 7 Llama projections.");
+        result.Notes.Add("changed by merge / max rank ΔW: ParameterAccounting (merged weights vs the base; Delta-LoRA counts its folded W updates too); '-' where the method has no weight delta (prompt methods, bottleneck slots, prefixes, added biases).");
+        result.Notes.Add($"Inference latency, the trained adapter active and unmerged, against the base model (same architecture and init), 1 torch thread, the two timed alternately, min process CPU ms of {repeat} runs after 2 warm-ups: forward vs base = a forward of the {rows}x{seq} eval batch; gen CPU ms/token = greedy generation of {newTokens} tokens after a {seq}-token prompt, 1 row, KV cache, prompt pass included, total / new tokens; gen vs base = that over the base model's (UniPELT's gates span the whole sequence, so it generates without a KV cache). P-Tuning runs its encoder at each prompt pass, as in training (a saved adapter is a table).");
+        result.Notes.Add("merged: merge_and_unload leaves the plain base architecture, so 1.00x by construction; '-' = cannot be merged (prompt methods, non-linear bottlenecks, prefixes, gated LoRA, biases the base does not have).");
         return result;
+    }
+
+    /// <summary>"1.00x" when merge_and_unload succeeds (the plain base architecture remains), "-" when the method cannot be merged.</summary>
+    static string Merged(PeftModel peft)
+    {
+        try
+        {
+            peft.MergeAndUnload();
+            return "1.00x";
+        }
+        catch (PeftSharpException) { return "-"; }
     }
 }
