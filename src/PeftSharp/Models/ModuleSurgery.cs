@@ -41,6 +41,22 @@ public static class ModuleSurgery
         return old;
     }
 
+    /// <summary>Whether <see cref="Replace"/> would accept a module of <paramref name="type"/> at <paramref name="qualifiedName"/>.</summary>
+    public static bool CanReplace(nn.Module root, string qualifiedName, Type type)
+    {
+        int dot = qualifiedName.LastIndexOf('.');
+        if (dot < 0 && qualifiedName.Length == 0) return false;
+        var parent = Get(root, dot < 0 ? "" : qualifiedName[..dot]);
+        var name = qualifiedName[(dot + 1)..];
+        var listType = parent.GetType();
+        if (listType.IsGenericType && listType.GetGenericTypeDefinition() == typeof(TorchSharp.Modules.ModuleList<>))
+            return listType.GetGenericArguments()[0].IsAssignableFrom(type);
+        for (var t = listType; t is not null && t != typeof(nn.Module); t = t.BaseType)
+            foreach (var f in t.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
+                if (f.ComponentName() == name) return f.FieldType.IsAssignableFrom(type);
+        return false;
+    }
+
     static bool SetListSlot(nn.Module parent, string name, nn.Module replacement)
     {
         var listType = parent.GetType();

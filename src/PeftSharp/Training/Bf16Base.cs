@@ -1,5 +1,6 @@
 using TorchSharp;
 using TorchSharp.Modules;
+using PeftSharp.Models;
 using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
@@ -11,7 +12,8 @@ namespace PeftSharp.Training;
 /// attention and MLP interiors (RoPE, SDPA, SwiGLU) run in bfloat16 too, while the residual stream, the norms and the
 /// loss stay float32 (frozen embeddings hand float32 to it). LoRA's A/B run in bfloat16 from their float32 weights
 /// (<see cref="LoraLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
-/// Linear (adapter, head) casts its input to its weight's dtype.
+/// Linear the model's code can take another module for (full fine-tuning) computes in bfloat16 from its float32 weight
+/// (<see cref="AutocastLinear"/>); any other trainable Linear (adapter, head) casts its input to its weight's dtype.
 /// </summary>
 public static class Bf16Base
 {
@@ -19,11 +21,17 @@ public static class Bf16Base
     public static int Apply(nn.Module root)
     {
         int n = 0;
+        // Only a bare model's own projections (full fine-tuning): adapters and wrappers keep their modules' types.
+        bool fullModel = root is PreTrainedModel;
         using var _ = no_grad();
-        foreach (var (_, m) in root.named_modules())
+        foreach (var (name, m) in root.named_modules().ToList())
         {
             switch (m)
             {
+                // Full fine-tuning: the model's own projections compute in bfloat16 from their float32 master weights.
+                case Linear l when fullModel && l.weight!.requires_grad && ModuleSurgery.CanReplace(root, name, typeof(AutocastLinear)):
+                    ModuleSurgery.Replace(root, name, new AutocastLinear(l, ScalarType.BFloat16));
+                    break;
                 case Linear l when !l.weight!.requires_grad && (l.bias is null || !l.bias.requires_grad):
                     l.to(ScalarType.BFloat16);
                     l.register_forward_pre_hook((_, x) => x.dtype == ScalarType.BFloat16 ? x : x.to(ScalarType.BFloat16));
@@ -44,4 +52,26 @@ public static class Bf16Base
         }
         return n;
     }
+}
+
+/// <summary>
+/// A trainable Linear under autocast: the same weight and bias Parameters (same state_dict keys), cast to the compute
+/// dtype for each forward, so they keep float32 values and get float32 gradients while the matmul runs in bfloat16.
+/// </summary>
+public sealed class AutocastLinear : nn.Module<Tensor, Tensor>
+{
+    readonly Parameter weight;
+    readonly Parameter? bias;
+    readonly ScalarType _dtype;
+
+    public AutocastLinear(Linear linear, ScalarType dtype) : base(nameof(AutocastLinear))
+    {
+        weight = linear.weight!;
+        bias = linear.bias;
+        _dtype = dtype;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        nn.functional.linear(x.to(_dtype), weight.to(_dtype), bias?.to(_dtype));
 }

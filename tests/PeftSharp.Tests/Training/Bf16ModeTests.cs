@@ -98,4 +98,33 @@ public class Bf16ModeTests
         Assert.Equal(ScalarType.BFloat16, logits.dtype); // lm_head is a frozen projection too; the loss upcasts
         Assert.Equal(ScalarType.Float32, q.A("default").dtype);
     }
+
+    [Fact]
+    public void Full_fine_tuning_in_bf16_mode_computes_in_bfloat16_from_float32_weights()
+    {
+        List<StepRecord> Run(bool bf16, out PreTrainedModel model)
+        {
+            model = TrainerTests.TinyLlama();
+            var args = new TrainingArguments { OutputDir = TestPaths.TempDir(), LearningRate = 1e-3, MaxSteps = 3, PerDeviceTrainBatchSize = 4, Shuffle = false, Bf16 = bf16 };
+            var steps = new List<StepRecord>();
+            using var trainer = new Trainer(TrainingTarget.Full(model) with { Save = _ => { } }, args, TrainerTests.Rows(8));
+            trainer.StepCompleted += steps.Add;
+            trainer.Train();
+            return steps;
+        }
+        var fp32 = Run(false, out var m32);
+        var bf16 = Run(true, out var m16);
+        using (m32) using (m16)
+        {
+            Assert.IsType<AutocastLinear>(ModuleSurgery.Get(m16, "model.layers.0.self_attn.q_proj"));
+            Assert.Equal(m32.state_dict().Keys.Order(), m16.state_dict().Keys.Order());
+            Assert.All(m16.parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));
+            Assert.InRange(bf16[0].Loss, fp32[0].Loss * 0.98, fp32[0].Loss * 1.02);
+            Assert.True(bf16[^1].Loss < bf16[0].Loss, $"loss {bf16[0].Loss} -> {bf16[^1].Loss}");
+            // The updates reached the float32 master weights.
+            using var init = TrainerTests.TinyLlama();
+            Tensor Q(PreTrainedModel m) => m.named_parameters().First(p => p.name == "model.layers.0.self_attn.q_proj.weight").parameter;
+            Assert.False(Q(m16).allclose(Q(init)));
+        }
+    }
 }
