@@ -108,6 +108,7 @@ public sealed class Trainer : IDisposable
         long tokens = 0;
         double lastLoss = double.NaN;
         var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
+        var sinceCollect = Stopwatch.StartNew();
         while (GlobalStep < TotalSteps)
         {
             cancel.ThrowIfCancellationRequested();
@@ -119,7 +120,8 @@ public sealed class Trainer : IDisposable
             _optimizer.Step();
             foreach (var c in Callbacks) c.OnStepEnd(step);
             _optimizer.ZeroGrad();
-            TorchRuntime.CollectUndisposed();
+            // Each step on big models; every few steps on tiny ones, where a collection (~1-2 ms) would be felt.
+            if (sinceCollect.ElapsedMilliseconds >= 200) { TorchRuntime.CollectUndisposed(); sinceCollect.Restart(); }
             GlobalStep = step + 1;
             tokens += stepTokens;
             lastLoss = loss;
