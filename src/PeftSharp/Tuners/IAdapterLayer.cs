@@ -96,8 +96,8 @@ public sealed class RowAdapters : IDisposable
     }
 
     /// <summary>
-    /// Tensors <paramref name="owner"/> (a layer) derives for these rows, e.g. each row's stacked adapter weights:
-    /// built on the first forward, reused by later forwards with this instance, disposed with it.
+    /// Tensors <paramref name="owner"/> (a layer) derives for these rows, one entry per row along dim 0 (e.g. each
+    /// row's adapter weights): built on the first forward, reused by later forwards with this instance, disposed with it.
     /// </summary>
     public Tensor[] Cached(object owner, Func<Tensor[]> build)
     {
@@ -108,6 +108,29 @@ public sealed class RowAdapters : IDisposable
             _derived[owner] = t;
         }
         return t;
+    }
+
+    /// <summary>The rows at <paramref name="keep"/> (old indices, in order), keeping what layers derived (rows leave a batch).</summary>
+    public RowAdapters Select(long[] keep)
+    {
+        var result = new RowAdapters(keep.Select(i => PerRow[(int)i]).ToList(), _device);
+        using var index = tensor(keep, device: _device);
+        foreach (var (owner, d) in _derived) result._derived[owner] = d.Select(t => t.index_select(0, index).DetachFromDisposeScope()).ToArray();
+        return result;
+    }
+
+    /// <summary>
+    /// These rows followed by <paramref name="other"/>'s (rows join a batch). Derived tensors both hold with matching
+    /// shapes are concatenated; others are dropped and rebuilt by their layer on the next forward.
+    /// </summary>
+    public RowAdapters Concat(RowAdapters other)
+    {
+        var result = new RowAdapters(PerRow.Concat(other.PerRow).ToList(), _device);
+        foreach (var (owner, d) in _derived)
+            if (other._derived.TryGetValue(owner, out var o) && o.Length == d.Length
+                && d.Zip(o).All(p => p.First.shape.Skip(1).SequenceEqual(p.Second.shape.Skip(1)) && p.First.dtype == p.Second.dtype))
+                result._derived[owner] = d.Zip(o, (a, b) => cat(new[] { a, b }, 0).DetachFromDisposeScope()).ToArray();
+        return result;
     }
 
     static int IndexOf(IReadOnlyList<string> list, string n)

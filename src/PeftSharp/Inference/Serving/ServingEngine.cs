@@ -428,6 +428,8 @@ public sealed class ServingEngine : IDisposable
         }
         var maskT = tensor(mask, new long[] { joiners.Count, width }).to(device);
         var cache = _model.NewCache();
+        // The joiners' per-row adapter weights, gathered by this forward, join the running batch's (no re-gather).
+        var joinRows = new RowAdapters(joiners.Select(r => r.Adapter).ToList(), device);
         Tensor logits;
         try
         {
@@ -438,7 +440,7 @@ public sealed class ServingEngine : IDisposable
                 PositionIds = AttentionMasks.PositionIdsFromMask(maskT),
                 Cache = cache,
             };
-            logits = Forward(inputs, joiners).Logits.select(1, -1);
+            logits = Forward(inputs, joinRows).Logits.select(1, -1);
             Emit(joiners, logits);
         }
         catch (Exception e)
@@ -446,6 +448,7 @@ public sealed class ServingEngine : IDisposable
             // Only the joining requests fail; the running batch is untouched.
             foreach (var r in joiners) { Fail(r.Pending, e); Release(r); }
             cache.Dispose();
+            joinRows.Dispose();
             return;
         }
         try
@@ -457,8 +460,11 @@ public sealed class ServingEngine : IDisposable
                 foreach (var r in _rows) r.Pad += padRunning;
                 foreach (var r in joiners) r.Pad += padNew;
             }
-            _rows.AddRange(joiners);
+            var joined = _rows.Count == 0 ? joinRows : _decodeRows?.Concat(joinRows);
+            if (joined != joinRows) joinRows.Dispose();
             InvalidateRows();
+            _decodeRows = joined;
+            _rows.AddRange(joiners);
             UpdateBatchSize();
         }
         finally { cache?.Dispose(); }
@@ -482,29 +488,19 @@ public sealed class ServingEngine : IDisposable
             PositionIds = tensor(positions, new long[] { batch, 1 }).to(device),
             Cache = _cache,
         };
-        Tensor logits;
-        lock (_modelLock)
-        {
-            _adapters.PrepareMixed();
-            var peft = _adapters.Peft;
-            if (peft is null) logits = _model.Forward(inputs).Logits;
-            else
-            {
-                _decodeRows ??= new RowAdapters(_rows.Select(r => r.Adapter).ToList(), device);
-                logits = peft.Forward(inputs, _decodeRows).Logits;
-            }
-        }
+        _decodeRows ??= new RowAdapters(_rows.Select(r => r.Adapter).ToList(), device);
+        var logits = Forward(inputs, _decodeRows).Logits.select(1, -1);
         Interlocked.Increment(ref _steps);
-        Emit(_rows, logits.select(1, -1));
+        Emit(_rows, logits);
     }
 
-    ModelOutput Forward(ModelInputs inputs, IReadOnlyList<Row> rows)
+    ModelOutput Forward(ModelInputs inputs, RowAdapters rows)
     {
         lock (_modelLock)
         {
             _adapters.PrepareMixed();
             var peft = _adapters.Peft;
-            return peft is null ? _model.Forward(inputs) : peft.Forward(inputs, rows.Select(r => r.Adapter).ToList());
+            return peft is null ? _model.Forward(inputs) : peft.Forward(inputs, rows);
         }
     }
 
@@ -616,7 +612,9 @@ public sealed class ServingEngine : IDisposable
     {
         var keep = CompleteDone(_rows);
         if (keep is null) return;
+        var kept = _rows.Count == 0 ? null : _decodeRows?.Select(keep);
         InvalidateRows();
+        _decodeRows = kept;
         UpdateBatchSize();
         if (_rows.Count == 0) { ResetBatch(); return; }
         using (var scope = NewDisposeScope()) _cache!.SelectRows(tensor(keep).to(_model.Device));
