@@ -55,7 +55,9 @@ public interface IAdapterLayer
 
 /// <summary>
 /// Which adapter each row of a batch uses (peft's adapter_names): a name or <see cref="Base"/>. The row index
-/// tensors are built once per forward and shared by every layer.
+/// tensors are built once per forward and shared by every layer. A caller that keeps one instance across
+/// forwards with the same rows (a decode loop) also keeps what layers derived from their adapters for these
+/// rows (<see cref="Cached"/>), so it must dispose it when an adapter's weights change.
 /// </summary>
 public sealed class RowAdapters : IDisposable
 {
@@ -65,6 +67,7 @@ public sealed class RowAdapters : IDisposable
     /// <summary>Distinct names in first-seen order (including <see cref="Base"/> if present).</summary>
     public IReadOnlyList<string> Distinct { get; }
     readonly Dictionary<string, Tensor> _rows = new();
+    readonly Dictionary<object, Tensor[]> _derived = new(ReferenceEqualityComparer.Instance);
     readonly Device _device;
 
     public RowAdapters(IReadOnlyList<string> perRow, Device device)
@@ -92,6 +95,44 @@ public sealed class RowAdapters : IDisposable
         return tensor(idx, device: _device);
     }
 
+    /// <summary>
+    /// Tensors <paramref name="owner"/> (a layer) derives for these rows, one entry per row along dim 0 (e.g. each
+    /// row's adapter weights): built on the first forward, reused by later forwards with this instance, disposed with it.
+    /// </summary>
+    public Tensor[] Cached(object owner, Func<Tensor[]> build)
+    {
+        if (!_derived.TryGetValue(owner, out var t))
+        {
+            t = build();
+            foreach (var x in t) x.DetachFromDisposeScope();
+            _derived[owner] = t;
+        }
+        return t;
+    }
+
+    /// <summary>The rows at <paramref name="keep"/> (old indices, in order), keeping what layers derived (rows leave a batch).</summary>
+    public RowAdapters Select(long[] keep)
+    {
+        var result = new RowAdapters(keep.Select(i => PerRow[(int)i]).ToList(), _device);
+        using var index = tensor(keep, device: _device);
+        foreach (var (owner, d) in _derived) result._derived[owner] = d.Select(t => t.index_select(0, index).DetachFromDisposeScope()).ToArray();
+        return result;
+    }
+
+    /// <summary>
+    /// These rows followed by <paramref name="other"/>'s (rows join a batch). Derived tensors both hold with matching
+    /// shapes are concatenated; others are dropped and rebuilt by their layer on the next forward.
+    /// </summary>
+    public RowAdapters Concat(RowAdapters other)
+    {
+        var result = new RowAdapters(PerRow.Concat(other.PerRow).ToList(), _device);
+        foreach (var (owner, d) in _derived)
+            if (other._derived.TryGetValue(owner, out var o) && o.Length == d.Length
+                && d.Zip(o).All(p => p.First.shape.Skip(1).SequenceEqual(p.Second.shape.Skip(1)) && p.First.dtype == p.Second.dtype))
+                result._derived[owner] = d.Zip(o, (a, b) => cat(new[] { a, b }, 0).DetachFromDisposeScope()).ToArray();
+        return result;
+    }
+
     static int IndexOf(IReadOnlyList<string> list, string n)
     {
         for (int i = 0; i < list.Count; i++) if (list[i] == n) return i;
@@ -102,5 +143,7 @@ public sealed class RowAdapters : IDisposable
     {
         foreach (var t in _rows.Values) t.Dispose();
         _rows.Clear();
+        foreach (var t in _derived.Values.SelectMany(d => d)) t.Dispose();
+        _derived.Clear();
     }
 }

@@ -272,18 +272,27 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public ModelOutput Forward(ModelInputs inputs, IReadOnlyList<string>? adapterNames)
     {
         if (adapterNames is null) return Forward(inputs);
+        using var rows = new RowAdapters(adapterNames, Model.Device);
+        return Forward(inputs, rows);
+    }
+
+    /// <summary>
+    /// <see cref="Forward(ModelInputs, IReadOnlyList{string})"/> with a <see cref="RowAdapters"/> the caller owns: a
+    /// decode loop keeps one while its rows stay the same, so layers reuse the per-row weights they gathered into it.
+    /// </summary>
+    public ModelOutput Forward(ModelInputs inputs, RowAdapters rows)
+    {
         var (batch, _) = inputs.Shape();
-        if (adapterNames.Count != batch) throw new PeftSharpException($"adapter names: got {adapterNames.Count} for a batch of {batch} rows");
-        foreach (var n in adapterNames.Distinct())
+        if (rows.PerRow.Count != batch) throw new PeftSharpException($"adapter names: got {rows.PerRow.Count} for a batch of {batch} rows");
+        foreach (var n in rows.Distinct)
             if (n != RowAdapters.Base && !_configs.ContainsKey(n))
                 throw new PeftSharpException($"adapter '{n}' in the per-row names does not exist (adapters: {string.Join(", ", _order)}, or {RowAdapters.Base})");
-        foreach (var n in adapterNames.Distinct().Where(_configs.ContainsKey))
+        foreach (var n in rows.Distinct.Where(_configs.ContainsKey))
             if (_configs[n] is PromptLearning.PromptLearningConfig or AdaptionPrompt.AdaptionPromptConfig)
                 throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: mixed-adapter batches support adapters that replace modules (LoRA family), not prompt-family adapters; run it in a batch of its own");
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
         if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
         if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
-        using var rows = new RowAdapters(adapterNames, Model.Device);
         foreach (var l in layers) l.RowAdapters = rows;
         try { return Model.Forward(inputs); }
         finally { foreach (var l in layers) l.RowAdapters = null; }

@@ -7,14 +7,19 @@ namespace PeftSharp.Inference.Serving;
 /// <summary>
 /// The adapters a server knows (name → folder) and which of them are loaded into the model: at most
 /// <see cref="ServingOptions.MaxLoras"/>, evicting the least recently used one that no running sequence
-/// uses. Loaded adapters live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one
-/// pass. Not thread-safe: the engine calls it under its model lock.
+/// uses. LoRA adapters live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one
+/// pass. Every other method (prompt family, AdapterHub, bottleneck, ...) gets a PeftModel of its own over the
+/// same base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base
+/// output in the LoRA batches. Not thread-safe: the engine calls it under its model lock.
 /// </summary>
 internal sealed class AdapterRegistry
 {
-    sealed class Entry(string dir)
+    sealed class Entry(string dir, bool batched)
     {
         public string Dir { get; } = dir;
+        public bool Batched { get; } = batched;
+        /// <summary>The PeftModel of a loaded adapter that is not batched with the LoRA ones.</summary>
+        public PeftModel? Solo;
         public bool Loaded;
         public long Bytes;
         public long LastUsed;
@@ -27,6 +32,7 @@ internal sealed class AdapterRegistry
     readonly int _maxLoras;
     readonly Dictionary<string, Entry> _known = new(StringComparer.Ordinal);
     long _clock;
+    bool _soloActive;
 
     public AdapterRegistry(PreTrainedModel model, int maxLoras)
     {
@@ -43,6 +49,33 @@ internal sealed class AdapterRegistry
     public int LoadedCount => _known.Values.Count(e => e.Loaded);
     public long LoadedBytes => _known.Values.Where(e => e.Loaded).Sum(e => e.Bytes);
     public bool IsLoaded(string name) => _known.TryGetValue(name, out var e) && e.Loaded;
+    /// <summary>True for adapters that share the mixed batch (LoRA); false for those served one adapter per batch.</summary>
+    public bool IsBatched(string name) => _known[name].Batched;
+
+    /// <summary>
+    /// The loaded PeftModel of a non-batched adapter, made the only active adapter in every adapter layer of the
+    /// model (the LoRA layers then compute their base output), ready for a forward.
+    /// </summary>
+    public PeftModel Solo(string name)
+    {
+        var peft = _known[name].Solo ?? throw new PeftSharpException($"adapter '{name}' is not loaded");
+        SetActiveEverywhere(new[] { name });
+        _soloActive = true;
+        return peft;
+    }
+
+    /// <summary>Before a mixed-batch forward: no non-batched adapter stays active, so its layers compute the base output.</summary>
+    public void PrepareMixed()
+    {
+        if (!_soloActive) return;
+        SetActiveEverywhere(Array.Empty<string>());
+        _soloActive = false;
+    }
+
+    void SetActiveEverywhere(string[] names)
+    {
+        foreach (var layer in _model.modules().OfType<IAdapterLayer>()) layer.SetActiveAdapters(names);
+    }
 
     public static void ValidateName(string name)
     {
@@ -55,8 +88,7 @@ internal sealed class AdapterRegistry
     {
         ValidateName(name);
         if (_known.ContainsKey(name)) throw new ServingException(400, $"adapter '{name}' is already loaded", "lora_name");
-        CheckBatchable(dir);
-        _known[name] = new Entry(dir);
+        _known[name] = new Entry(dir, PeftMethods.LoadConfig(dir) is Tuners.Lora.LoraConfig);
         try { TryLoad(name); }
         catch { _known.Remove(name); throw; }
     }
@@ -85,34 +117,25 @@ internal sealed class AdapterRegistry
             if (victim.Value is null) return false;
             Evict(victim.Key, victim.Value);
         }
-        if (Peft is null) Peft = PeftModel.FromPretrained(_model, e.Dir, name);
-        else Peft.LoadAdapter(e.Dir, name);
+        PeftModel peft;
+        if (!e.Batched) peft = e.Solo = PeftModel.FromPretrained(_model, e.Dir, name);
+        else if (Peft is null) peft = Peft = PeftModel.FromPretrained(_model, e.Dir, name);
+        else (peft = Peft).LoadAdapter(e.Dir, name);
         e.Loaded = true;
-        e.Bytes = Peft.AdapterStateDict(name).Values.Sum(t => t.numel() * t.ElementSize);
+        e.Bytes = peft.AdapterStateDict(name).Values.Sum(t => t.numel() * t.ElementSize);
         return true;
     }
 
     void Evict(string name, Entry e)
     {
-        Peft!.DeleteAdapter(name);
+        (e.Solo ?? Peft!).DeleteAdapter(name);
+        e.Solo = null;
         e.Loaded = false;
         e.Bytes = 0;
     }
 
     public void AddUse(string name) { if (_known.TryGetValue(name, out var e)) e.ActiveRows++; }
     public void RemoveUse(string name) { if (_known.TryGetValue(name, out var e)) e.ActiveRows--; }
-
-    /// <summary>
-    /// Adapters whose layers take per-row adapter names (the LoRA family) share a batch. Prompt-family and
-    /// other methods would need their rows grouped by adapter (one forward per group, or per-row virtual
-    /// tokens); that is the extension point, refused here with a clear error until implemented.
-    /// </summary>
-    static void CheckBatchable(string dir)
-    {
-        var config = PeftMethods.LoadConfig(dir);
-        if (config is not Tuners.Lora.LoraConfig)
-            throw ServingException.BadRequest($"{dir}: adapter type {config.PeftType} cannot be served yet; the engine batches LoRA-family adapters (one pass, each row's A/B)", "lora_path");
-    }
 
     /// <summary>
     /// Resolves a runtime-loaded adapter path inside <paramref name="root"/>: relative only, no "..", and after

@@ -15,7 +15,11 @@ namespace PeftSharp.Inference.Serving;
 /// worker thread owns the model: between decode steps it admits queued requests (prefilling them together,
 /// left-padded) and drops finished or cancelled ones, so requests join and leave a running batch. Every step
 /// is one forward where row i uses its request's adapter (<see cref="PeftModel.Forward(ModelInputs, IReadOnlyList{string})"/>:
-/// each LoRA layer gathers its rows' A/B), never a merge and never a loop over adapters.
+/// each LoRA layer gathers its rows' A/B once per row set), never a merge and never a loop over adapters.
+/// Adapters of other methods (prompt tuning, p-tuning, prefix tuning, LLaMA-Adapter, AdapterHub, ...) change the
+/// inputs, the cache or the layers in ways rows cannot share: their requests run in groups of their own (one
+/// adapter, one prompt length, so no padding and the forward a request gets alone), each group advancing one
+/// token per worker iteration like the mixed batch.
 /// </summary>
 /// <remarks>
 /// KV cache: one batched cache, rows aligned on the right. A joining group is prefilled into its own cache,
@@ -34,6 +38,7 @@ public sealed class ServingEngine : IDisposable
     readonly object _tokenizerLock = new();
     readonly LinkedList<Pending> _queue = new();
     readonly List<Row> _rows = new();
+    readonly List<SoloGroup> _solo = new();
     readonly SemaphoreSlim _signal = new(0);
     readonly Thread _worker;
     readonly IReadOnlyList<int> _eos;
@@ -42,6 +47,8 @@ public sealed class ServingEngine : IDisposable
     readonly Stopwatch _clock = Stopwatch.StartNew();
     readonly Queue<(long Ms, int Tokens)> _recent = new();
     KVCache? _cache;
+    /// <summary>The running batch's per-row adapters, kept while its rows stay the same (layers cache their rows' A/B in it).</summary>
+    RowAdapters? _decodeRows;
     volatile bool _accepting = true;
     volatile bool _stopping;
     long _requests, _finished, _cancelled, _rejected, _promptTokens, _generated, _steps;
@@ -218,8 +225,7 @@ public sealed class ServingEngine : IDisposable
         _stopping = true;
         Signal();
         _worker.Join();
-        _cache?.Dispose();
-        _cache = null;
+        ResetBatch();
         _signal.Dispose();
     }
 
@@ -266,10 +272,11 @@ public sealed class ServingEngine : IDisposable
     /// <summary>A sequence in the running batch.</summary>
     sealed class Row : IDisposable
     {
-        public Row(Pending p, string adapter, Device device)
+        public Row(Pending p, string adapter, bool solo, Device device)
         {
             Pending = p;
             Adapter = adapter;
+            Solo = solo;
             Prompt = p.Request.PromptIds.ToArray();
             Tokens = Prompt.ToList();
             Stops = new StopStringMatcher(p.Options.StopStrings, p.Options.Decode);
@@ -280,6 +287,8 @@ public sealed class ServingEngine : IDisposable
 
         public readonly Pending Pending;
         public readonly string Adapter;
+        /// <summary>Served in a group of its own adapter (<see cref="SoloGroup"/>), not in the mixed batch.</summary>
+        public readonly bool Solo;
         public readonly int[] Prompt;
         public readonly List<int> Tokens;
         public readonly List<int> New = new();
@@ -307,10 +316,15 @@ public sealed class ServingEngine : IDisposable
             {
                 if (_stopping) { CancelAll(); return; }
                 var joiners = Admit();
-                if (joiners.Count > 0) Prefill(joiners);
+                var mixed = joiners.Where(r => !r.Solo).ToList();
+                if (mixed.Count > 0) Prefill(mixed);
+                foreach (var group in joiners.Where(r => r.Solo).GroupBy(r => (r.Adapter, r.Prompt.Length)))
+                    SoloStep(new SoloGroup(group.Key.Adapter, group.ToList()));
                 Sweep();
                 if (_rows.Count > 0) { DecodeStep(); Sweep(); }
-                else _signal.Wait(joiners.Count > 0 ? 0 : 50);
+                // Every running request advances one token per iteration, whichever kind of batch it is in.
+                foreach (var group in _solo.ToList()) SoloStep(group);
+                if (_rows.Count == 0 && _solo.Count == 0) _signal.Wait(joiners.Count > 0 ? 0 : 50);
             }
             catch (Exception e)
             {
@@ -318,12 +332,26 @@ public sealed class ServingEngine : IDisposable
                 foreach (var r in _rows) Fail(r.Pending, e);
                 foreach (var r in _rows) Release(r);
                 _rows.Clear();
-                _cache?.Dispose();
-                _cache = null;
-                Volatile.Write(ref _batchSize, 0);
+                ResetBatch();
+                UpdateBatchSize();
             }
         }
     }
+
+    void ResetBatch()
+    {
+        _cache?.Dispose();
+        _cache = null;
+        InvalidateRows();
+    }
+
+    void InvalidateRows()
+    {
+        _decodeRows?.Dispose();
+        _decodeRows = null;
+    }
+
+    void UpdateBatchSize() => Volatile.Write(ref _batchSize, _rows.Count + _solo.Sum(g => g.Rows.Count));
 
     List<Row> Admit()
     {
@@ -339,10 +367,10 @@ public sealed class ServingEngine : IDisposable
                     _queue.Remove(node);
                     Complete(p, p.Request.PromptIds.ToArray(), Array.Empty<int>(), null, FinishReason.Length, cancelled: true);
                 }
-                else if (_rows.Count + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter))
+                else if (_rows.Count + _solo.Sum(g => g.Rows.Count) + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter, out var solo))
                 {
                     _queue.Remove(node);
-                    joiners.Add(new Row(p, adapter, _model.Device));
+                    joiners.Add(new Row(p, adapter, solo, _model.Device));
                 }
                 else if (p.Done.Task.IsCompleted) _queue.Remove(node);
                 node = next;
@@ -351,9 +379,10 @@ public sealed class ServingEngine : IDisposable
         return joiners;
     }
 
-    bool Reserve(Pending p, out string adapter)
+    bool Reserve(Pending p, out string adapter, out bool solo)
     {
         adapter = IsBase(p.Adapter) ? RowAdapters.Base : p.Adapter;
+        solo = false;
         if (adapter == RowAdapters.Base) return true;
         lock (_modelLock)
         {
@@ -372,6 +401,7 @@ public sealed class ServingEngine : IDisposable
                 return false;
             }
             _adapters.AddUse(adapter);
+            solo = !_adapters.IsBatched(adapter);
             return true;
         }
     }
@@ -398,6 +428,8 @@ public sealed class ServingEngine : IDisposable
         }
         var maskT = tensor(mask, new long[] { joiners.Count, width }).to(device);
         var cache = _model.NewCache();
+        // The joiners' per-row adapter weights, gathered by this forward, join the running batch's (no re-gather).
+        var joinRows = new RowAdapters(joiners.Select(r => r.Adapter).ToList(), device);
         Tensor logits;
         try
         {
@@ -408,7 +440,7 @@ public sealed class ServingEngine : IDisposable
                 PositionIds = AttentionMasks.PositionIdsFromMask(maskT),
                 Cache = cache,
             };
-            logits = Forward(inputs, joiners).Logits.select(1, -1);
+            logits = Forward(inputs, joinRows).Logits.select(1, -1);
             Emit(joiners, logits);
         }
         catch (Exception e)
@@ -416,6 +448,7 @@ public sealed class ServingEngine : IDisposable
             // Only the joining requests fail; the running batch is untouched.
             foreach (var r in joiners) { Fail(r.Pending, e); Release(r); }
             cache.Dispose();
+            joinRows.Dispose();
             return;
         }
         try
@@ -427,8 +460,12 @@ public sealed class ServingEngine : IDisposable
                 foreach (var r in _rows) r.Pad += padRunning;
                 foreach (var r in joiners) r.Pad += padNew;
             }
+            var joined = _rows.Count == 0 ? joinRows : _decodeRows?.Concat(joinRows);
+            if (joined != joinRows) joinRows.Dispose();
+            InvalidateRows();
+            _decodeRows = joined;
             _rows.AddRange(joiners);
-            Volatile.Write(ref _batchSize, _rows.Count);
+            UpdateBatchSize();
         }
         finally { cache?.Dispose(); }
     }
@@ -451,18 +488,92 @@ public sealed class ServingEngine : IDisposable
             PositionIds = tensor(positions, new long[] { batch, 1 }).to(device),
             Cache = _cache,
         };
-        var logits = Forward(inputs, _rows).Logits.select(1, -1);
+        _decodeRows ??= new RowAdapters(_rows.Select(r => r.Adapter).ToList(), device);
+        var logits = Forward(inputs, _decodeRows).Logits.select(1, -1);
         Interlocked.Increment(ref _steps);
         Emit(_rows, logits);
     }
 
-    ModelOutput Forward(ModelInputs inputs, IReadOnlyList<Row> rows)
+    ModelOutput Forward(ModelInputs inputs, RowAdapters rows)
     {
         lock (_modelLock)
         {
+            _adapters.PrepareMixed();
             var peft = _adapters.Peft;
-            return peft is null ? _model.Forward(inputs) : peft.Forward(inputs, rows.Select(r => r.Adapter).ToList());
+            return peft is null ? _model.Forward(inputs) : peft.Forward(inputs, rows);
         }
+    }
+
+    // ---- groups of one non-batched adapter ----
+
+    /// <summary>
+    /// Requests for one adapter that cannot share the mixed batch, with prompts of one length: the group is
+    /// prefilled once and decoded like <see cref="TextGenerator"/> decodes one prompt (no padding, positions
+    /// 0..n-1, the adapter's PeftModel forward with its virtual tokens or prefix in the group's own cache).
+    /// Requests that arrive later form new groups; finished rows leave.
+    /// </summary>
+    sealed class SoloGroup(string adapter, List<Row> rows) : IDisposable
+    {
+        public readonly string Adapter = adapter;
+        public readonly List<Row> Rows = rows;
+        public KVCache? Cache;
+        public void Dispose() { Cache?.Dispose(); Cache = null; }
+    }
+
+    /// <summary>Prefills a new group (no cache yet) or decodes one token for a running one; a failure fails that group only.</summary>
+    void SoloStep(SoloGroup g)
+    {
+        bool prefill = g.Cache is null;
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var device = _model.Device;
+            int n = g.Rows.Count, seq = g.Rows[0].Tokens.Count;
+            var ids = g.Rows.SelectMany(r => prefill ? r.Tokens.Select(t => (long)t) : new[] { (long)r.Tokens[^1] }).ToArray();
+            var positions = prefill ? arange(seq, dtype: ScalarType.Int64).unsqueeze(0).expand(n, -1) : full(n, 1, seq - 1, ScalarType.Int64);
+            Tensor logits;
+            lock (_modelLock)
+            {
+                var peft = _adapters.Solo(g.Adapter);
+                g.Cache ??= peft.NewCache();
+                logits = peft.Forward(new ModelInputs
+                {
+                    InputIds = tensor(ids, new long[] { n, prefill ? seq : 1 }).to(device),
+                    AttentionMask = ones(n, seq, ScalarType.Int64).to(device),
+                    PositionIds = positions.to(device),
+                    Cache = g.Cache,
+                }).Logits;
+            }
+            if (prefill)
+            {
+                foreach (var r in g.Rows) Interlocked.Add(ref _promptTokens, r.Prompt.Length);
+                _solo.Add(g);
+                UpdateBatchSize();
+            }
+            else Interlocked.Increment(ref _steps);
+            Emit(g.Rows, logits.select(1, -1));
+            SweepSolo(g);
+        }
+        catch (Exception e)
+        {
+            foreach (var r in g.Rows) { Fail(r.Pending, e); Release(r); }
+            g.Rows.Clear();
+            SweepSolo(g);
+        }
+    }
+
+    void SweepSolo(SoloGroup g)
+    {
+        var keep = CompleteDone(g.Rows);
+        if (g.Rows.Count == 0)
+        {
+            g.Dispose();
+            _solo.Remove(g);
+        }
+        else if (keep is not null)
+            using (var scope = NewDisposeScope()) g.Cache!.SelectRows(tensor(keep).to(_model.Device));
+        UpdateBatchSize();
     }
 
     /// <summary>Picks each row's next token (one argmax for plain greedy rows, the row's own processors and generator otherwise) and streams it.</summary>
@@ -499,27 +610,38 @@ public sealed class ServingEngine : IDisposable
     /// <summary>Completes finished and cancelled rows and removes them from the batch and the cache.</summary>
     void Sweep()
     {
-        foreach (var r in _rows)
-            if (!r.Done && r.Pending.Token.IsCancellationRequested) r.Cancelled = true;
-        if (!_rows.Any(r => r.Done)) return;
-        var keep = new List<long>();
-        for (int i = 0; i < _rows.Count; i++)
-        {
-            var r = _rows[i];
-            if (!r.Done) { keep.Add(i); continue; }
-            Complete(r.Pending, r.Prompt, r.New.ToArray(), r.Options.Decode, r.Reason ?? FinishReason.Length, r.Cancelled);
-            Release(r);
-        }
-        var kept = keep.Select(i => _rows[(int)i]).ToList();
-        _rows.Clear();
-        _rows.AddRange(kept);
-        Volatile.Write(ref _batchSize, _rows.Count);
-        if (_rows.Count == 0) { _cache?.Dispose(); _cache = null; return; }
-        using (var scope = NewDisposeScope()) _cache!.SelectRows(tensor(keep.ToArray()).to(_model.Device));
+        var keep = CompleteDone(_rows);
+        if (keep is null) return;
+        var kept = _rows.Count == 0 ? null : _decodeRows?.Select(keep);
+        InvalidateRows();
+        _decodeRows = kept;
+        UpdateBatchSize();
+        if (_rows.Count == 0) { ResetBatch(); return; }
+        using (var scope = NewDisposeScope()) _cache!.SelectRows(tensor(keep).to(_model.Device));
         long drop = _rows.Min(r => r.Pad);
         _cache!.DropLeft(drop);
         foreach (var r in _rows) r.Pad -= drop;
         if (Interlocked.Read(ref _steps) % 256 == 255) Runtime.TorchRuntime.TrimMemory();
+    }
+
+    /// <summary>Completes the finished and cancelled rows and removes them from <paramref name="rows"/>; returns the kept rows' old indices, or null when none finished.</summary>
+    long[]? CompleteDone(List<Row> rows)
+    {
+        foreach (var r in rows)
+            if (!r.Done && r.Pending.Token.IsCancellationRequested) r.Cancelled = true;
+        if (!rows.Any(r => r.Done)) return null;
+        var keep = new List<long>();
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var r = rows[i];
+            if (!r.Done) { keep.Add(i); continue; }
+            Complete(r.Pending, r.Prompt, r.New.ToArray(), r.Options.Decode, r.Reason ?? FinishReason.Length, r.Cancelled);
+            Release(r);
+        }
+        var kept = keep.Select(i => rows[(int)i]).ToList();
+        rows.Clear();
+        rows.AddRange(kept);
+        return keep.ToArray();
     }
 
     void Release(Row r)
@@ -554,5 +676,10 @@ public sealed class ServingEngine : IDisposable
         }
         foreach (var r in _rows) { r.Cancelled = true; }
         Sweep();
+        foreach (var g in _solo.ToList())
+        {
+            foreach (var r in g.Rows) r.Cancelled = true;
+            SweepSolo(g);
+        }
     }
 }

@@ -257,6 +257,8 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
         var result = new Dictionary<string, (IAdapterLayer, string, Tensor)>();
         foreach (var (path, layer) in peft.AdapterLayers())
         {
+            // Another PeftModel's wrapper over the same base model (a server's LoRA adapters) holds none of this adapter.
+            if (layer is not (AdapterSlot or HubLoraLinear or HubPrefixProbe) && !layer.Adapters.Contains(adapter)) continue;
             string? prefix = layer switch
             {
                 AdapterSlot s => Join(s.KeysInParent ? Parent(path) : path, $"adapters.{keyName}"),

@@ -116,7 +116,11 @@ public sealed class HubLoraLinear : Module<Tensor, Tensor>, IAdapterLayer
 
     public override Tensor forward(Tensor x)
     {
-        if (RowAdapters is not null) throw new PeftSharpException("mixed-adapter batches are not supported for AdapterHub LoRA");
+        if (RowAdapters is { } rows)
+        {
+            if (rows.Distinct.Any(loras.Contains)) throw new PeftSharpException("mixed-adapter batches are not supported for AdapterHub LoRA");
+            return base_layer.call(x);
+        }
         using var scope = NewDisposeScope();
         var y = base_layer.call(x);
         if (!AdaptersDisabled)

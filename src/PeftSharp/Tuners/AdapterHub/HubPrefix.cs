@@ -122,7 +122,7 @@ public sealed class HubPrefixProbe : Module<Tensor, Tensor>, IAdapterLayer
     public override Tensor forward(Tensor x)
     {
         if (Run is { } run && !AdaptersDisabled) run.OnAttentionInput(this, x);
-        else if (Run is null && !AdaptersDisabled && _active.Any(Pool.Contains))
+        else if (Run is null && !AdaptersDisabled && (RowAdapters?.Distinct ?? _active).Any(Pool.Contains))
             throw new PeftSharpException("AdapterHub prefix tuning is active: run the forward through PeftModel.Forward (a direct model forward would silently drop the prefix)");
         return base_layer.call(x);
     }

@@ -93,8 +93,12 @@ public sealed class AdaptedAttention : nn.Module, ILlamaAttention, IAdapterLayer
     public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KVCache? cache)
     {
         var output = model.forward(x, cos, sin, mask, cache);
+        if (RowAdapters is { } rows)
+        {
+            if (rows.Distinct.Any(adaption_prompt.Contains)) throw new PeftSharpException("adaption prompts (LLaMA-Adapter) cannot serve mixed-adapter batches; run one adapter per batch");
+            return output;
+        }
         if (AdaptersDisabled || _active.Count == 0) return output;
-        if (RowAdapters is not null) throw new PeftSharpException("adaption prompts (LLaMA-Adapter) cannot serve mixed-adapter batches; run one adapter per batch");
         using var scope = NewDisposeScope();
         var adapter = _active[0];
         var dtype = x.dtype;

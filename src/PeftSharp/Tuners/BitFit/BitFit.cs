@@ -78,6 +78,11 @@ public sealed class BitFitLayer : Module<Tensor, Tensor>, IAdapterLayer
     {
         var y = base_layer.call(x);
         if (AdaptersDisabled) return y;
+        if (RowAdapters is { } rows)
+        {
+            if (rows.Distinct.Any(bias_delta.Contains)) throw new PeftSharpException("mixed-adapter batches are not supported for BitFit");
+            return y;
+        }
         foreach (var n in _active)
             if (bias_delta.Contains(n) && !_merged.Contains(n)) y = y + bias_delta[n];
         return y;

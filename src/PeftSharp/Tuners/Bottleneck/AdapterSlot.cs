@@ -66,9 +66,14 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
 
     public override Tensor Apply(Tensor h, Tensor x, Module<Tensor, Tensor>? layerNorm)
     {
+        // In a mixed-adapter batch of other methods' adapters this slot computes nothing of its own.
+        if (RowAdapters is { } rows)
+        {
+            if (rows.Distinct.Any(adapters.Contains)) throw new PeftSharpException("mixed-adapter batches are not supported for bottleneck adapters");
+            return base.Apply(h, x, layerNorm);
+        }
         var setup = AdaptersDisabled || _setup is null ? null : Effective(_setup);
         if (setup is null) return base.Apply(h, x, layerNorm);
-        if (RowAdapters is not null) throw new PeftSharpException("mixed-adapter batches are not supported for bottleneck adapters");
         using var scope = NewDisposeScope();
         var state = new State(h, x, x, null, null);
         // A single adapter runs as Stack(name), as AdapterHub parses it.

@@ -169,9 +169,11 @@ public sealed class LoraLinear : LoraLayer
     }
 
     /// <summary>
-    /// One pass for a batch whose rows use different adapters: each row's A and B are gathered from a stack of this
-    /// layer's adapters (zero-padded to the largest rank, a zero slot for __base__ and for adapters this layer lacks)
-    /// and applied with two batched matmuls. DoRA adapters are applied per row group.
+    /// One pass for a batch whose rows use different adapters: each row's A and B (zero-padded to the largest rank,
+    /// zeros for __base__ and for adapters this layer lacks) are gathered once per row set into [rows, in, r] and
+    /// [rows, r, out] (kept in <paramref name="rows"/>, so a decode loop reuses them every step) and applied with two
+    /// batched matmuls. Re-stacking and re-gathering them every forward cost several times the matmuls themselves.
+    /// DoRA adapters are applied per row group.
     /// </summary>
     Tensor MixedForward(Tensor x, RowAdapters rows)
     {
@@ -179,19 +181,12 @@ public sealed class LoraLinear : LoraLayer
         var result = base_layer.call(x);
         var resultType = result.dtype;
         var present = rows.Distinct.Where(Settings.ContainsKey).ToList();
-        var plain = present.Where(n => !Settings[n].UseDora).ToList();
-        if (plain.Count > 0)
+        if (present.Any(n => !Settings[n].UseDora))
         {
-            int rmax = plain.Max(n => Settings[n].R);
-            var aStack = stack(plain.Select(n => nn.functional.pad(A(n), new long[] { 0, 0, 0, rmax - Settings[n].R }))
-                .Append(zeros(rmax, InFeatures, dtype: A(plain[0]).dtype, device: x.device)).ToArray());
-            var bStack = stack(plain.Select(n => nn.functional.pad(B(n) * Settings[n].Scaling, new long[] { 0, rmax - Settings[n].R }))
-                .Append(zeros(OutFeatures, rmax, dtype: A(plain[0]).dtype, device: x.device)).ToArray());
-            var slot = rows.SlotPerRow(plain);
-            long batch = x.shape[0];
-            var x3 = x.to(aStack.dtype).reshape(batch, -1, InFeatures);
-            var h = bmm(x3, aStack.index_select(0, slot).transpose(1, 2));
-            var y = bmm(h, bStack.index_select(0, slot).transpose(1, 2));
+            var perRow = rows.Cached(this, () => PerRowWeights(rows, present.Where(n => !Settings[n].UseDora).ToList()));
+            var (aRows, bRows) = (perRow[0], perRow[1]);
+            var x3 = x.to(aRows.dtype).reshape(x.shape[0], -1, InFeatures);
+            var y = bmm(bmm(x3, aRows), bRows);
             result = result + y.reshape(result.shape).to(resultType);
         }
         foreach (var name in present.Where(n => Settings[n].UseDora))
@@ -202,6 +197,20 @@ public sealed class LoraLinear : LoraLayer
             result = result.index_add(0, idx, term.to(resultType), 1);
         }
         return result;
+    }
+
+    /// <summary>Each row's Aᵀ [rows, in, r] and (s·B)ᵀ [rows, r, out], contiguous for bmm.</summary>
+    Tensor[] PerRowWeights(RowAdapters rows, List<string> plain)
+    {
+        int rmax = plain.Max(n => Settings[n].R);
+        var dtype = A(plain[0]).dtype;
+        var device = A(plain[0]).device;
+        var aStack = stack(plain.Select(n => nn.functional.pad(A(n), new long[] { 0, 0, 0, rmax - Settings[n].R }))
+            .Append(zeros(rmax, InFeatures, dtype: dtype, device: device)).ToArray());
+        var bStack = stack(plain.Select(n => nn.functional.pad(B(n) * Settings[n].Scaling, new long[] { 0, rmax - Settings[n].R }))
+            .Append(zeros(OutFeatures, rmax, dtype: dtype, device: device)).ToArray());
+        var slot = rows.SlotPerRow(plain);
+        return new[] { aStack.index_select(0, slot).transpose(1, 2).contiguous(), bStack.index_select(0, slot).transpose(1, 2).contiguous() };
     }
 
     public override Tensor DeltaWeight(string adapter)
