@@ -10,7 +10,7 @@ namespace PeftSharp.Tests.Tuners.Prompt;
 /// <summary>The prompt family through the Trainer and the `peft train` YAML (finetuning_type prompt_tuning ... llama_adapter).</summary>
 public class PromptTrainerTests
 {
-    static string RepoFile(string relative)
+    internal static string RepoFile(string relative)
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, relative))) return Path.Combine(dir.FullName, relative);
