@@ -23,7 +23,8 @@ public sealed record TrainResult(int GlobalStep, double TrainLoss, TimeSpan Elap
 /// A training loop with HF Trainer's semantics: AdamW over the target's trainable parameters (HF's decay groups or
 /// LoRA+), transformers' LR schedules, gradient accumulation with Trainer 4.57's token-count normalization,
 /// max_grad_norm clipping (the pre-clip norm is reported), periodic logging/eval/checkpoints and exact resume.
-/// It is not tied to any tuning method: whatever has requires_grad trains.
+/// It is not tied to any tuning method: whatever has requires_grad trains, and a target may bring the method's own
+/// optimizer, per-step hooks (saved in checkpoints when resumable) and loss term (<see cref="TrainingTarget"/>).
 /// </summary>
 public sealed class Trainer : IDisposable
 {

@@ -74,7 +74,11 @@ public static class VariantTargets
                 $"adapter_name_or_path '{dir}': continuing an AdaLoRA adapter is not supported (its budget schedule starts from init_r); train a new one, or its pruned result as finetuning_type lora"),
             _ => false,
         };
-        if (!ok) throw new PeftConfigException($"adapter_name_or_path '{dir}' is a {config.PeftType} adapter; finetuning_type '{c.FinetuningType}' cannot continue it");
+        if (!ok)
+        {
+            var hint = config switch { LoraConfig => "lora or lora_fa", DeltaLoraConfig => "delta_lora", VeraConfig => "vera", _ => "the finetuning_type of that method" };
+            throw new PeftConfigException($"adapter_name_or_path '{dir}' is a {config.PeftType} adapter; finetuning_type '{c.FinetuningType}' cannot continue it (use {hint})");
+        }
         return PeftModel.FromPretrained(model, dir, isTrainable: true);
     }
 

@@ -227,4 +227,30 @@ public class VariantTrainingTests
             Assert.True(a0.equal(peft.named_parameters().First(p => p.name.Contains("lora_A")).parameter).all().item<bool>(), "A stayed frozen");
         }
     }
+
+    [Theory]
+    [InlineData("lora", "vera", "is a VERA adapter; finetuning_type 'lora' cannot continue it (use vera)")]
+    [InlineData("delta_lora", "lora_qv", "is a LORA adapter; finetuning_type 'delta_lora' cannot continue it (use lora or lora_fa)")]
+    [InlineData("adalora", "adalora", "continuing an AdaLoRA adapter is not supported")]
+    public void Adapter_name_or_path_must_be_of_the_finetuning_type(string type, string adapter, string expected)
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var dir = TestPaths.TempDir();
+        var config = TrainConfig.Parse(Yaml(model, CountingData(dir), Path.Combine(dir, "out"), $"finetuning_type: {type}",
+            $"adapter_name_or_path: {TestPaths.Data("adapters", "llama-tiny", adapter)}"), "run.yaml");
+        Assert.Contains(expected, Assert.Throws<PeftConfigException>(() => TrainSetup.FromConfig(config)).Message);
+    }
+
+    [Fact]
+    public void Lora_fa_continues_a_saved_lora_adapter_with_A_frozen()
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var dir = TestPaths.TempDir();
+        var config = TrainConfig.Parse(Yaml(model, CountingData(dir), Path.Combine(dir, "out"), "finetuning_type: lora_fa",
+            $"adapter_name_or_path: {TestPaths.Data("adapters", "llama-tiny", "lora_qv")}"), "run.yaml");
+        using var setup = TrainSetup.FromConfig(config);
+        var peft = (PeftModel)setup.Target.Root;
+        Assert.All(peft.named_parameters().Where(p => p.name.Contains("lora_")), p => Assert.Equal(p.name.Contains("lora_B"), p.parameter.requires_grad));
+        Assert.NotNull(setup.Target.CreateOptimizer);
+    }
 }
