@@ -253,4 +253,22 @@ public class VariantTrainingTests
         Assert.All(peft.named_parameters().Where(p => p.name.Contains("lora_")), p => Assert.Equal(p.name.Contains("lora_B"), p.parameter.requires_grad));
         Assert.NotNull(setup.Target.CreateOptimizer);
     }
+
+    // bf16 stores the frozen lora_A (and the base) in bfloat16 (the LoRA-FA paper's point); the optimizer reads A from its
+    // layer at each step and projects in float32, so the run follows the float32 one up to bf16 rounding.
+    [Fact]
+    public void Lora_fa_optimizer_trains_with_bf16_base_and_the_adapter_reloads()
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var dir = TestPaths.TempDir();
+        var data = CountingData(dir);
+        var fp32 = Run(Yaml(model, data, Path.Combine(dir, "fp32"), "finetuning_type: lora_fa\nlora_rank: 4", ""));
+        var outDir = Path.Combine(dir, "bf16");
+        var bf16 = Run(Yaml(model, data, outDir, "finetuning_type: lora_fa\nlora_rank: 4", "bf16: true"));
+        Assert.Equal(6, bf16.Count);
+        for (int k = 0; k < 6; k++)
+            Assert.True(Math.Abs(bf16[k].Loss - fp32[k].Loss) < 0.02 * fp32[k].Loss, $"step {k + 1}: bf16 {bf16[k].Loss:F4} vs float32 {fp32[k].Loss:F4}");
+        var peft = PeftModel.FromPretrained(AutoModel.FromPretrained(model), outDir);
+        Assert.IsType<PeftSharp.Tuners.Lora.LoraConfig>(peft.ActiveConfig);
+    }
 }

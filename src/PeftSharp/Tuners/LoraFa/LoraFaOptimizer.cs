@@ -42,7 +42,9 @@ public sealed class LoraFaOptimizer : IOptimizer
         public Tensor? M, V;
     }
 
-    readonly List<(Tensor A, Tensor B, double Scaling)> _pairs = new();
+    // A is read from its layer at each step: the trainer's bf16 mode replaces frozen Linear weights after construction.
+    readonly List<(LoraLinear Layer, Tensor B, double Scaling)> _pairs = new();
+    readonly string _adapter;
     readonly List<Tensor> _others = new();
     readonly Dictionary<Tensor, State> _state = new(ReferenceEqualityComparer.Instance);
     readonly ParamGroup _group;
@@ -63,13 +65,14 @@ public sealed class LoraFaOptimizer : IOptimizer
             throw new PeftConfigException($"LoRA-FA optimizer: invalid lr={lr}, eps={eps}, weight_decay={weightDecay} or betas=({beta1}, {beta2})");
         adapter ??= peft.ActiveAdapter;
         LoraFa.FreezeA(peft, adapter);
+        _adapter = adapter;
         (Beta1, Beta2, Eps, CorrectBias) = (beta1, beta2, eps, correctBias);
         var inPairs = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (_, layer) in peft.AdapterLayers())
         {
             if (layer is not LoraLinear l || !l.Adapters.Contains(adapter)) continue;
             if (l.SettingsOf(adapter).UseDora) throw new PeftConfigException("LoRA-FA optimizer: DoRA adapters are not supported (peft pairs A/B positionally and would mis-pair the magnitude)");
-            _pairs.Add((l.A(adapter), l.B(adapter), l.ScalingOf(adapter)));
+            _pairs.Add((l, l.B(adapter), l.ScalingOf(adapter)));
             inPairs.Add(l.A(adapter));
             inPairs.Add(l.B(adapter));
         }
@@ -95,10 +98,11 @@ public sealed class LoraFaOptimizer : IOptimizer
     {
         StepCount++;
         using var _ = no_grad();
-        foreach (var (a, b, s) in _pairs)
+        foreach (var (layer, b, s) in _pairs)
         {
             if (b.grad is not { } g) continue;
             using var scope = NewDisposeScope();
+            var a = layer.A(_adapter);
             // A may be stored in bfloat16 (the trainer's bf16 mode converts frozen Linears); the inverse needs float32.
             var af = a.to(ScalarType.Float32);
             var aat = af.matmul(af.t());
