@@ -10,7 +10,7 @@ public static class TrainCommand
     {
         var config = new Argument<string>("config") { Description = "YAML file with LLaMA-Factory's keys (model_name_or_path, dataset, finetuning_type, ...)" };
         var device = Cli.DeviceOption();
-        var cmd = new Command("train", "Fine-tune a model (LoRA or full) from a YAML config") { config, device };
+        var cmd = new Command("train", "Fine-tune a model (LoRA and its variants, prompt methods, adapters or full) from a YAML config") { config, device };
         cmd.SetHandler((pr, o) =>
         {
             bool json = pr.GetValue(Cli.JsonOption);

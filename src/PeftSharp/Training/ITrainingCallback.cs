@@ -1,3 +1,5 @@
+using static TorchSharp.torch;
+
 namespace PeftSharp.Training;
 
 /// <summary>
@@ -13,4 +15,17 @@ public interface ITrainingCallback
 
     /// <param name="globalStep">0-based index of the optimizer step that just ran.</param>
     void OnStepEnd(int globalStep);
+}
+
+/// <summary>
+/// A callback with state a resumed run needs (AdaLoRA's importance averages and rank pattern, Delta-LoRA's snapshot).
+/// The trainer saves it in checkpoint-N/callbacks.safetensors and restores it after the trainable weights.
+/// </summary>
+public interface IResumableCallback : ITrainingCallback
+{
+    /// <summary>The tensors to save, by key (the trainer prefixes them per callback).</summary>
+    IEnumerable<KeyValuePair<string, Tensor>> SaveState();
+
+    /// <summary>Restores from the saved tensors (called after the trainable parameters are loaded).</summary>
+    void LoadState(IReadOnlyDictionary<string, Tensor> state);
 }

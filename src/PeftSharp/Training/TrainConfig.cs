@@ -12,8 +12,10 @@ public sealed record TrainConfig
 {
     public required string ModelNameOrPath { get; init; }
     public string? AdapterNameOrPath { get; init; }
-    /// <summary>lora or full.</summary>
+    /// <summary>lora (lora_fa, delta_lora, vera, adalora), full, a prompt-family or an adapter-family type.</summary>
     public string FinetuningType { get; init; } = "lora";
+    /// <summary>The LoRA variants' keys (use_dora, use_rslora, lora_fa_optimizer, delta_lora_*, vera_*, adalora_*).</summary>
+    public LoraVariantSettings Variant { get; init; } = new();
     public int LoraRank { get; init; } = 8;
     public double? LoraAlpha { get; init; }
     public double LoraDropout { get; init; }
@@ -37,7 +39,7 @@ public sealed record TrainConfig
     public string BaseDir { get; init; } = ".";
 
     static readonly string[] Keys =
-    {
+    [
         "model_name_or_path", "adapter_name_or_path", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
         "dataset", "dataset_format", "template", "cutoff_len", "train_on_prompt", "packing", "val_size", "shuffle",
         "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -48,11 +50,13 @@ public sealed record TrainConfig
         "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
         "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
         "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
+        // LoRA variants (see LoraVariantSettings)
+        .. LoraVariantSettings.Keys.Select(k => k.Key),
         // adapter family (AdapterHub names; see Tuners/AdapterHub/AdapterFamilyTypes)
         "adapter_config", "reduction_factor", "non_linearity", "leave_out", "original_ln_before", "original_ln_after", "residual_before_ln",
         "adapter_residual_before_ln", "ln_before", "ln_after", "mh_adapter", "output_adapter", "is_parallel", "scaling", "use_gating",
         "init_weights", "dropout", "prefix_length", "bottleneck_size", "target_modules", "adapter_fusion", "robust_adapter_drop",
-    };
+    ];
 
     static readonly string[] FamilyKeys = Keys[Array.IndexOf(Keys, "adapter_config")..];
 
@@ -122,8 +126,12 @@ public sealed record TrainConfig
         var finetuning = Str("finetuning_type") ?? "lora";
         bool prompt = Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning);
         bool family = Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(finetuning);
-        if (finetuning is not ("lora" or "full") && !prompt && !family)
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)})");
+        bool variant = LoraVariantSettings.FinetuningTypes.Contains(finetuning);
+        if (finetuning != "full" && !variant && !prompt && !family)
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))})");
+        foreach (var (key, types) in LoraVariantSettings.Keys)
+            if (values.ContainsKey(key) && !types.Contains(finetuning))
+                throw new PeftConfigException($"{source}: '{key}' applies to finetuning_type {string.Join(" | ", types)}, not '{finetuning}'");
         var familyKeys = FamilyKeys.Where(values.ContainsKey).ToDictionary(k => k, k => ToJson(values[k]));
         if (familyKeys.Count > 0 && !family)
             throw new PeftConfigException($"{source}: {string.Join(", ", familyKeys.Keys)} apply to finetuning_type {string.Join(" | ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, not '{finetuning}'");
@@ -165,6 +173,28 @@ public sealed record TrainConfig
             Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
         if (quantization is not null && finetuning == "full")
             throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
+        var variantSettings = new LoraVariantSettings
+        {
+            UseDora = Bool("use_dora", false),
+            UseRsLora = Bool("use_rslora", false),
+            LoraFaOptimizer = Bool("lora_fa_optimizer", true),
+            DeltaLoraUpdateRatio = Dbl("delta_lora_update_ratio", 2),
+            DeltaLoraStartSteps = Int("delta_lora_start_steps", 500),
+            VeraRank = Int("vera_rank", 256),
+            VeraDInitial = Dbl("vera_d_initial", 0.1),
+            VeraProjectionPrngKey = Int("vera_projection_prng_key", 0),
+            VeraSaveProjection = Bool("vera_save_projection", true),
+            AdaLoraInitR = Int("adalora_init_r", 12),
+            AdaLoraTargetR = Int("adalora_target_r", 8),
+            AdaLoraTinit = Int("adalora_tinit", 0),
+            AdaLoraTfinal = Int("adalora_tfinal", 0),
+            AdaLoraDeltaT = Int("adalora_delta_t", 1),
+            AdaLoraBeta1 = Dbl("adalora_beta1", 0.85),
+            AdaLoraBeta2 = Dbl("adalora_beta2", 0.85),
+            AdaLoraOrthRegWeight = Dbl("adalora_orth_reg_weight", 0.5),
+            AdaLoraTotalStep = Str("adalora_total_step") is null ? null : Int("adalora_total_step", 0),
+        };
+        if (variant) variantSettings.Validate(finetuning, values.ContainsKey, Dbl("lora_dropout", 0), training, quantization is not null, source);
         return new TrainConfig
         {
             Quantization = quantization,
@@ -195,6 +225,7 @@ public sealed record TrainConfig
             ValSize = Dbl("val_size", 0),
             Training = training,
             AdapterKeys = familyKeys,
+            Variant = variantSettings,
             BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
         };
     }

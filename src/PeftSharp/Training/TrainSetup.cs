@@ -35,7 +35,7 @@ public sealed class TrainSetup : IDisposable
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
                 : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
                 : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
-                : AdapterTargets.Lora(model, c, modelDir);
+                : VariantTargets.Create(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
             return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir, Kbit = kbit };
@@ -49,6 +49,7 @@ public sealed class TrainSetup : IDisposable
 
     public void Dispose()
     {
+        foreach (var callback in Target.Callbacks) (callback as IDisposable)?.Dispose();
         Kbit?.Dispose();
         Model.Dispose();
     }
@@ -75,18 +76,29 @@ public static class AdapterTargets
     {
         if (c.AdapterNameOrPath is { } adapter)
             return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
-        var names = c.LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        var config = new LoraConfig
-        {
-            R = c.LoraRank,
-            LoraAlpha = c.LoraAlpha ?? 2.0 * c.LoraRank,
-            LoraDropout = c.LoraDropout,
-            TargetModules = names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names),
-            TaskType = model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS",
-            BaseModelNameOrPath = modelDir,
-        };
+        var config = LoraSettings(model, c, modelDir);
         config.Validate("lora settings");
         return Peft(PeftModel.Create(model, config));
+    }
+
+    /// <summary>The LoraConfig a YAML names (lora_rank, lora_alpha = 2 × rank by default, lora_dropout, lora_target, use_dora, use_rslora).</summary>
+    public static LoraConfig LoraSettings(PreTrainedModel model, TrainConfig c, string modelDir) => new()
+    {
+        R = c.LoraRank,
+        LoraAlpha = c.LoraAlpha ?? 2.0 * c.LoraRank,
+        LoraDropout = c.LoraDropout,
+        TargetModules = Targets(c),
+        UseDora = c.Variant.UseDora,
+        UseRsLora = c.Variant.UseRsLora,
+        TaskType = model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS",
+        BaseModelNameOrPath = modelDir,
+    };
+
+    /// <summary>lora_target: module names, or "all" (every linear layer but the output head).</summary>
+    public static StringOrList Targets(TrainConfig c)
+    {
+        var names = c.LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        return names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names);
     }
 
     /// <summary>

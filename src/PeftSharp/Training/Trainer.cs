@@ -23,7 +23,8 @@ public sealed record TrainResult(int GlobalStep, double TrainLoss, TimeSpan Elap
 /// A training loop with HF Trainer's semantics: AdamW over the target's trainable parameters (HF's decay groups or
 /// LoRA+), transformers' LR schedules, gradient accumulation with Trainer 4.57's token-count normalization,
 /// max_grad_norm clipping (the pre-clip norm is reported), periodic logging/eval/checkpoints and exact resume.
-/// It is not tied to any tuning method: whatever has requires_grad trains.
+/// It is not tied to any tuning method: whatever has requires_grad trains, and a target may bring the method's own
+/// optimizer, per-step hooks (saved in checkpoints when resumable) and loss term (<see cref="TrainingTarget"/>).
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -40,18 +41,35 @@ public sealed class Trainer : IDisposable
         args.Validate();
         if (train.Count == 0) throw new PeftSharpException("the training set is empty");
         _target = target; _args = args; _train = train; _eval = eval is { Count: > 0 } ? eval : null;
-        Callbacks.AddRange(target.Callbacks);
-        var groups = args.LoraPlusLrRatio is { } ratio
-            ? OptimizerGroups.LoraPlus(target.Root, args.LearningRate, ratio, args.WeightDecay, args.LoraPlusLrEmbedding)
-            : OptimizerGroups.Default(target.Root, args.LearningRate, args.WeightDecay);
-        if (groups.All(g => g.Params.Count == 0)) throw new PeftSharpException("the model has no trainable parameters (nothing has requires_grad)");
+        if (target.CreateOptimizer is not null && (args.LoraPlusLrRatio is not null || args.Optim != "adamw_torch"))
+            throw new PeftConfigException($"this method brings its own optimizer; loraplus_lr_ratio and optim (here '{args.Optim}') cannot change it");
+        if (target.CreateOptimizer is { } create) _optimizer = create(args);
+        else
+        {
+            var groups = args.LoraPlusLrRatio is { } ratio
+                ? OptimizerGroups.LoraPlus(target.Root, args.LearningRate, ratio, args.WeightDecay, args.LoraPlusLrEmbedding)
+                : OptimizerGroups.Default(target.Root, args.LearningRate, args.WeightDecay);
+            _optimizer = Optimizers.BnbAdamW.Create(args.Optim, groups, args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon);
+        }
+        if (_optimizer.Groups.All(g => g.Params.Count == 0))
+        {
+            _optimizer.Dispose();
+            throw new PeftSharpException("the model has no trainable parameters (nothing has requires_grad)");
+        }
         if (args.Bf16) Bf16Base.Apply(target.Root);
         if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
-        _optimizer = Optimizers.BnbAdamW.Create(args.Optim, groups, args.AdamBeta1, args.AdamBeta2, args.AdamEpsilon);
+        Callbacks.AddRange(target.Callbacks);
+        (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count);
         _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
-        StepsPerEpoch = (_batchesPerEpoch + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
-        TotalSteps = args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * StepsPerEpoch);
         WarmupSteps = args.WarmupStepsFor(TotalSteps);
+    }
+
+    /// <summary>Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch).</summary>
+    public static (int StepsPerEpoch, int TotalSteps) Schedule(TrainingArguments args, int trainRows)
+    {
+        int batches = (trainRows + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        int perEpoch = (batches + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
+        return (perEpoch, args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * perEpoch));
     }
 
     public int StepsPerEpoch { get; }
@@ -170,6 +188,7 @@ public sealed class Trainer : IDisposable
             using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
             var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
             var l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+            if (_target.LossTerm is { } term) l = term(l);
             double v = l.ToDouble();
             if (!double.IsFinite(v))
                 throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
@@ -225,7 +244,12 @@ public sealed class Trainer : IDisposable
 
     // ---- checkpoints ----
 
-    const string StateFile = "trainer_state.json", TrainableFile = "trainable.safetensors", OptimizerFile = "optimizer.safetensors", RngFile = "rng_state.safetensors";
+    const string StateFile = "trainer_state.json", TrainableFile = "trainable.safetensors", OptimizerFile = "optimizer.safetensors", RngFile = "rng_state.safetensors",
+        CallbacksFile = "callbacks.safetensors";
+
+    // Resumable callbacks in order; their keys are saved as "{index}.{key}".
+    IEnumerable<(string Prefix, IResumableCallback Callback)> ResumableCallbacks() =>
+        Callbacks.OfType<IResumableCallback>().Select((c, i) => ($"{i}.", c));
 
     /// <summary>Writes output_dir/checkpoint-N atomically (a temp folder renamed into place), then prunes old ones.</summary>
     public string SaveCheckpoint()
@@ -238,6 +262,12 @@ public sealed class Trainer : IDisposable
         SafetensorsWriter.Save(Path.Combine(tmp, TrainableFile),
             _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter)));
         _optimizer.Save(Path.Combine(tmp, OptimizerFile));
+        if (ResumableCallbacks().Any())
+        {
+            using var scope = NewDisposeScope();
+            SafetensorsWriter.Save(Path.Combine(tmp, CallbacksFile), ResumableCallbacks()
+                .SelectMany(c => c.Callback.SaveState().Select(kv => new KeyValuePair<string, Tensor>(c.Prefix + kv.Key, kv.Value))).ToList());
+        }
         using (var rng = get_rng_state()) SafetensorsWriter.Save(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
         var state = new JsonObject
         {
@@ -305,6 +335,19 @@ public sealed class Trainer : IDisposable
             }
         }
         _optimizer.Load(Path.Combine(dir, OptimizerFile));
+        if (ResumableCallbacks().Any())
+        {
+            var path = Path.Combine(dir, CallbacksFile);
+            if (!File.Exists(path)) throw new PeftFormatException(dir, $"the method's training hooks have state but the checkpoint has no {CallbacksFile}");
+            using var file = SafetensorsFile.Open(path);
+            foreach (var (prefix, callback) in ResumableCallbacks())
+            {
+                var saved = file.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal))
+                    .ToDictionary(k => k[prefix.Length..], k => file.Load(k, _target.Device));
+                try { callback.LoadState(saved); }
+                finally { foreach (var t in saved.Values) t.Dispose(); }
+            }
+        }
         using (var file = SafetensorsFile.Open(Path.Combine(dir, RngFile)))
         using (var rng = file.Load("cpu")) set_rng_state(rng);
         GlobalStep = state["global_step"]!.GetValue<int>();

@@ -17,7 +17,7 @@ public class TrainingFixtureTests
 {
     static string Root => TestPaths.Data("training", "llama-tiny-lora");
 
-    static List<TrainExample> Batch()
+    internal static List<TrainExample> Batch()
     {
         using var f = SafetensorsFile.Open(Path.Combine(Root, "batch.safetensors"));
         using var ids = f.Load("input_ids"); using var mask = f.Load("attention_mask"); using var labels = f.Load("labels");

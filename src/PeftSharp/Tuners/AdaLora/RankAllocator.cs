@@ -11,7 +11,7 @@ namespace PeftSharp.Tuners.AdaLora;
 /// rank_pattern (saved in adapter_config.json, and saving prunes to it). Call <see cref="OnStepEnd"/> after each
 /// optimizer step, before the gradients are zeroed; PeftSharp's trainer does so itself.
 /// </summary>
-public sealed class RankAllocator : ITrainingCallback, IDisposable
+public sealed class RankAllocator : IResumableCallback, IDisposable
 {
     readonly PeftModel _peft;
     readonly string _adapter;
@@ -143,6 +143,35 @@ public sealed class RankAllocator : ITrainingCallback, IDisposable
             var drop = tensor(keep.Select(k => !k).ToArray(), device: layer.E(_adapter).device).view(-1, 1);
             layer.E(_adapter).masked_fill_(drop, 0.0);
         }
+    }
+
+    IEnumerable<(string Key, Tensor Param)> Matrices() =>
+        _layers.SelectMany(l => new[] { ($"{l.Name}.lora_A", (Tensor)l.Layer.A(_adapter)), ($"{l.Name}.lora_E", l.Layer.E(_adapter)), ($"{l.Name}.lora_B", l.Layer.B(_adapter)) });
+
+    /// <summary>The importance averages (ipt_avg./ipt_unc. + matrix name) and the recorded rank pattern (rank_pattern. + key).</summary>
+    public IEnumerable<KeyValuePair<string, Tensor>> SaveState()
+    {
+        foreach (var (key, p) in Matrices())
+            if (_ema.TryGetValue(p, out var s))
+            {
+                yield return new($"ipt_avg.{key}", s.Avg);
+                yield return new($"ipt_unc.{key}", s.Unc);
+            }
+        if (Config.RankPattern is { } pattern)
+            foreach (var (key, keep) in pattern)
+                yield return new($"rank_pattern.{key}", tensor(keep));
+    }
+
+    public void LoadState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        ResetImportance();
+        foreach (var (key, p) in Matrices())
+            if (state.TryGetValue($"ipt_avg.{key}", out var avg) && state.TryGetValue($"ipt_unc.{key}", out var unc))
+                _ema[p] = (avg.to(p.dtype, p.device, copy: true).DetachFromDisposeScope(), unc.to(p.dtype, p.device, copy: true).DetachFromDisposeScope());
+        const string prefix = "rank_pattern.";
+        var pattern = state.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value.to(ScalarType.Bool).data<bool>().ToArray(), StringComparer.Ordinal);
+        if (pattern.Count > 0) Record(pattern);
     }
 
     void ResetImportance()

@@ -65,12 +65,15 @@ public sealed class DeltaLoraLinear : LinearAdapterLayer
     }
 
     /// <summary>W += λ·s·(B·A − B_prev·A_prev), in place (the W step of Delta-LoRA).</summary>
-    internal void FoldUpdate(string adapter, Tensor prevA, Tensor prevB)
+    internal void FoldUpdate(string adapter, Tensor prevA, Tensor prevB) => FoldDifference(adapter, A(adapter), B(adapter), prevA, prevB);
+
+    /// <summary>W += λ·s·(B₁·A₁ − B₀·A₀), in place.</summary>
+    internal void FoldDifference(string adapter, Tensor a1, Tensor b1, Tensor a0, Tensor b0)
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var (s, ratio, _) = _settings[adapter];
-        var d = (B(adapter).matmul(A(adapter)) - prevB.matmul(prevA)) * (ratio * s);
+        var d = (b1.matmul(a1) - b0.matmul(a0)) * (ratio * s);
         var w = BaseWeight;
         w.add_((FanInFanOut ? d.t() : d).to(w.dtype));
     }

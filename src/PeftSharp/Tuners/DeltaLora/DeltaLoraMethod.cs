@@ -66,12 +66,14 @@ public sealed class DeltaLoraMethod : IPeftMethod
 /// snapshot (before that, the snapshot follows the current A, B so the saved telescoped term stays 0). Create it
 /// before the first optimizer step. An adapter loaded from a file whose A, B differ from its snapshot has already
 /// started: its telescoped part is moved into W and every later step folds, the snapshot staying as loaded.
+/// Its resumable state is the snapshot per layer; W is not saved: on resume it is rebuilt from the telescoping
+/// identity W = W_0 + λ·s·(B·A − B_K·A_K) (equal to the uninterrupted run's W up to float32 rounding of the sum).
 /// </summary>
-public sealed class DeltaLoraUpdater : ITrainingCallback, IDisposable
+public sealed class DeltaLoraUpdater : IResumableCallback, IDisposable
 {
     readonly string _adapter;
     readonly int _start;
-    readonly List<(DeltaLoraLinear Layer, Tensor PrevA, Tensor PrevB, bool Started)> _layers = new();
+    readonly List<(string Name, DeltaLoraLinear Layer, Tensor PrevA, Tensor PrevB, bool Started)> _layers = new();
 
     public DeltaLoraUpdater(PeftModel peft, string? adapter = null)
     {
@@ -79,7 +81,7 @@ public sealed class DeltaLoraUpdater : ITrainingCallback, IDisposable
         var c = peft.Configs[_adapter] as DeltaLoraConfig ?? throw new PeftConfigException($"adapter '{_adapter}' is not a Delta-LoRA adapter");
         _start = c.StartSteps;
         using var _ = no_grad();
-        foreach (var (_, l) in peft.AdapterLayers())
+        foreach (var (name, l) in peft.AdapterLayers())
         {
             if (l is not DeltaLoraLinear layer || !layer.Has(_adapter)) continue;
             if (layer.MergedAdapters.Count > 0) throw new PeftSharpException("Delta-LoRA training needs unmerged adapters");
@@ -91,7 +93,7 @@ public sealed class DeltaLoraUpdater : ITrainingCallback, IDisposable
                 layer.FoldUpdate(_adapter, a0, b0);
                 layer.BeginFolding(_adapter);
             }
-            _layers.Add((layer, layer.A(_adapter).detach().clone().DetachFromDisposeScope(), layer.B(_adapter).detach().clone().DetachFromDisposeScope(), started));
+            _layers.Add((name, layer, layer.A(_adapter).detach().clone().DetachFromDisposeScope(), layer.B(_adapter).detach().clone().DetachFromDisposeScope(), started));
         }
         if (_layers.Count == 0) throw new PeftSharpException($"Delta-LoRA adapter '{_adapter}' has no layers");
     }
@@ -99,7 +101,7 @@ public sealed class DeltaLoraUpdater : ITrainingCallback, IDisposable
     public void OnStepEnd(int globalStep)
     {
         using var _ = no_grad();
-        foreach (var (layer, prevA, prevB, started) in _layers)
+        foreach (var (_, layer, prevA, prevB, started) in _layers)
         {
             if (started || globalStep >= _start) layer.FoldUpdate(_adapter, prevA, prevB);
             else layer.SetStartSnapshot(_adapter, layer.A(_adapter), layer.B(_adapter));
@@ -108,9 +110,40 @@ public sealed class DeltaLoraUpdater : ITrainingCallback, IDisposable
         }
     }
 
+    /// <summary>The (A, B) snapshot of every layer (start_A./start_B. + layer name).</summary>
+    public IEnumerable<KeyValuePair<string, Tensor>> SaveState()
+    {
+        foreach (var (name, layer, _, _, _) in _layers)
+        {
+            var (a0, b0) = layer.StartSnapshot(_adapter);
+            yield return new($"start_A.{name}", a0);
+            yield return new($"start_B.{name}", b0);
+        }
+    }
+
+    /// <summary>
+    /// Takes the saved snapshot and re-folds W for the A, B now in the layers: W holds W_0 + λ·s·(prev − snapshot)
+    /// before (the invariant every step keeps), λ·s·(B·A − saved snapshot) after.
+    /// </summary>
+    public void LoadState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        using var _ = no_grad();
+        foreach (var (name, layer, prevA, prevB, _) in _layers)
+        {
+            if (!state.TryGetValue($"start_A.{name}", out var a0) || !state.TryGetValue($"start_B.{name}", out var b0))
+                throw new PeftFormatException(null, $"Delta-LoRA resume: no snapshot for layer '{name}'");
+            var (snapA, snapB) = layer.StartSnapshot(_adapter);
+            layer.FoldDifference(_adapter, snapA, snapB, prevA, prevB);
+            layer.FoldUpdate(_adapter, a0, b0);
+            layer.SetStartSnapshot(_adapter, a0, b0);
+            prevA.copy_(layer.A(_adapter));
+            prevB.copy_(layer.B(_adapter));
+        }
+    }
+
     public void Dispose()
     {
-        foreach (var (_, a, b, _) in _layers) { a.Dispose(); b.Dispose(); }
+        foreach (var (_, _, a, b, _) in _layers) { a.Dispose(); b.Dispose(); }
         _layers.Clear();
     }
 }

@@ -10,7 +10,7 @@ namespace PeftSharp.Tests.Tuners.Prompt;
 /// <summary>The prompt family through the Trainer and the `peft train` YAML (finetuning_type prompt_tuning ... llama_adapter).</summary>
 public class PromptTrainerTests
 {
-    static string RepoFile(string relative) => TestPaths.RepoFile(relative);
+    internal static string RepoFile(string relative) => TestPaths.RepoFile(relative);
 
     static List<StepRecord> Train(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> data)
     {
