@@ -5,7 +5,8 @@ namespace PeftSharp.Tests.Cli;
 
 /// <summary>
 /// Every YAML in samples/ trains through `peft train` as the README tells users to run it: the quickstart base
-/// (here a fresh, untrained one of the same architecture and tokenizer), two optimizer steps, outputs in a temp folder.
+/// (here a fresh, untrained one of the same architecture and tokenizer), two optimizer steps (AdaLoRA: just past its
+/// schedule), outputs in a temp folder.
 /// </summary>
 public class SamplesTests
 {
@@ -36,7 +37,9 @@ public class SamplesTests
             .Replace("samples/data/", TestPaths.RepoFile("samples/data") + "/")
             .Replace("tests/PeftSharp.Tests/TestData/models/", TestPaths.Data("models") + "/");
         var file = Path.Combine(root, $"{name}.yaml");
-        File.WriteAllText(file, yaml + "\nmax_steps: 2\n");
+        // AdaLoRA's budget schedule needs tinit + tfinal < total steps: its sample runs just past them.
+        int Key(string key) => yaml.Split('\n').Where(l => l.StartsWith(key + ":")).Select(l => int.Parse(l[(key.Length + 1)..].Split('#')[0])).FirstOrDefault();
+        File.WriteAllText(file, yaml + $"\nmax_steps: {Key("adalora_tinit") + Key("adalora_tfinal") + 2}\n");
         var (code, _, err) = CliRunner.Run("train", file, "--json");
         Assert.True(code == 0, $"{name}: exit {code}: {err}");
         var outDir = Path.Combine(root, "samples-output", name);
