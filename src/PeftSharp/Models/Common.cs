@@ -100,6 +100,19 @@ public static class Activations
 /// <summary>Scaled dot-product attention shared by the architectures.</summary>
 public static class Attention
 {
+    /// <summary>
+    /// A per-row tensor (mask, rotary table) made for the batch, tiled to <paramref name="rows"/> when a layer sees the
+    /// batch replicated: AdapterHub's Parallel composition copies it at its first adapter layer, so the layers below
+    /// run once for all copies.
+    /// </summary>
+    public static Tensor TileRows(Tensor t, long rows)
+    {
+        long have = t.shape[0];
+        if (have == rows || have == 1) return t;
+        if (rows % have != 0) throw new PeftSharpException($"a per-row tensor of {have} rows cannot serve {rows} rows");
+        return t.repeat(new[] { rows / have }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
+    }
+
     // Largest batch × heads × queries × keys the eager path takes: its scores tensor (and, in training, the saved
     // probabilities) is this many bfloat16 values per layer.
     const long EagerLimit = 1L << 22;
@@ -115,6 +128,7 @@ public static class Attention
     {
         if (k.dtype != q.dtype) k = k.to(q.dtype);
         if (v.dtype != q.dtype) v = v.to(q.dtype);
+        if (mask is not null) mask = TileRows(mask, q.shape[0]);
         long scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2];
         if (q.dtype != ScalarType.BFloat16 || q.device.type != DeviceType.CPU || scores > EagerLimit)
             return functional.scaled_dot_product_attention(q, k, v, mask, dropout);

@@ -123,8 +123,12 @@ public static class Rope
     }
 
     /// <summary>Applies the rotation to [batch, heads, seq, head_dim] queries or keys.</summary>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) =>
-        x * cos.unsqueeze(1).to(x.dtype) + RotateHalf(x) * sin.unsqueeze(1).to(x.dtype);
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        cos = Attention.TileRows(cos, x.shape[0]).unsqueeze(1).to(x.dtype);
+        sin = Attention.TileRows(sin, x.shape[0]).unsqueeze(1).to(x.dtype);
+        return x * cos + RotateHalf(x) * sin;
+    }
 }
 
 /// <summary>Root-mean-square layer norm, computed in float32 as transformers does.</summary>

@@ -170,23 +170,17 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
     }
 
     /// <summary>
-    /// AdapterHub's Parallel: the batch is replicated once per channel (here before the model, where AdapterHub does
-    /// it at the first adapter layer: the layers before it compute the same for every copy) and the output has
-    /// channels x batch rows, copy i run through the setup's i-th child.
+    /// AdapterHub's Parallel: the batch is replicated once per channel at the first adapter layer (the slots do it, so
+    /// the layers below run once for all copies: with AdapterDrop's leave_out that is the multi-task speed-up), and the
+    /// output has channels x batch rows, copy i run through the setup's i-th child.
     /// </summary>
     static ModelOutput Replicated(PeftModel peft, ModelInputs inputs, List<AdapterSlot> slots, int channels)
     {
         if (inputs.Cache is not null)
             throw new PeftSharpException($"a Parallel composition returns {channels} outputs per row; generate with one adapter (or Stack/Average) at a time");
         var batch = inputs.Shape().Batch;
-        Tensor? Rep(Tensor? t) => t?.repeat(new long[] { channels }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
-        var replicated = new ModelInputs
-        {
-            InputIds = Rep(inputs.InputIds), InputsEmbeds = Rep(inputs.InputsEmbeds), AttentionMask = Rep(inputs.AttentionMask),
-            PositionIds = Rep(inputs.PositionIds), TokenTypeIds = Rep(inputs.TokenTypeIds), OutputHiddenStates = inputs.OutputHiddenStates,
-        };
         foreach (var s in slots) s.ReplicatedBatch = batch;
-        try { return PrefixForward(peft, replicated); }
+        try { return PrefixForward(peft, inputs); }
         finally { foreach (var s in slots) s.ReplicatedBatch = null; }
     }
 

@@ -35,7 +35,7 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
     /// <summary>The composition this slot runs (set for the whole model by <see cref="AdapterHub.HubAdapters.Activate"/>).</summary>
     public Composition? Setup { get => _setup; set => _setup = value; }
 
-    /// <summary>The batch size before Parallel replicated it, set around the forward by <see cref="AdapterHub.AdapterHubMethod"/>.</summary>
+    /// <summary>The batch size a Parallel composition replicates (at the first slot with adapters), set around the forward by <see cref="AdapterHub.AdapterHubMethod"/>.</summary>
     internal long? ReplicatedBatch { get; set; }
 
     /// <summary>AdapterDrop while training: adapters skipped in this slot for the next forwards.</summary>
@@ -75,6 +75,12 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
         var setup = AdaptersDisabled || _setup is null ? null : Effective(_setup);
         if (setup is null) return base.Apply(h, x, layerNorm);
         using var scope = NewDisposeScope();
+        // AdapterHub's Parallel replicates the batch at the first adapter layer it reaches; the layers below ran once.
+        if (ReplicatedBatch is long batch && setup.ParallelChannels is var copies and > 1 && h.shape[0] == batch)
+        {
+            h = Attention.TileRows(h, batch * copies);
+            x = Attention.TileRows(x, batch * copies);
+        }
         var state = new State(h, x, x, null, null);
         // A single adapter runs as Stack(name), as AdapterHub parses it.
         state = setup.Type == Composition.Kind.Single ? Stack(Composition.Stack(setup), state, layerNorm) : Compose(setup, state, layerNorm);
@@ -103,7 +109,7 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
         Residual = s.Residual.narrow(0, start, count), Up = s.Up?.narrow(0, start, count),
     };
 
-    // AdapterHub's compose_parallel on a batch PeftModel.Forward already replicated once per child.
+    // AdapterHub's compose_parallel on the batch replicated once per child (by Apply, at the first slot with adapters).
     State Parallel(Composition c, State s, Module<Tensor, Tensor>? ln)
     {
         int n = c.Children.Count;

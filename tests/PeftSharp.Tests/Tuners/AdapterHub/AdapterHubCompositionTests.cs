@@ -31,6 +31,32 @@ public class AdapterHubCompositionTests
     }
 
     [Fact]
+    public void Parallel_replicates_at_the_first_adapter_layer_so_dropped_layers_run_once()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var dir = AdapterHubFixtureTests.Case("llama-tiny", "stack");
+        var peft = AdapterHubFixtureTests.Load("llama-tiny", Path.Combine(dir, "a"), "a");
+        peft.LoadAdapter(Path.Combine(dir, "b"), "b");
+        var inputs = AdapterHubFixtureTests.Inputs("llama-tiny");
+        long rows = 0;
+        // The fixture adapters sit after each block's FFN (output_adapter): block 1's attention comes after block 0's slot.
+        var q1 = (nn.Module<Tensor, Tensor>)ModuleSurgery.Get(peft.Model, "model.layers.1.self_attn.q_proj");
+        q1.register_forward_pre_hook((_, x) => { rows = x.shape[0]; return x; });
+        Tensor Run(Composition c) { HubAdapters.Activate(peft, c); return peft.Forward(inputs).Logits; }
+        long n = Run("a").shape[0];
+        Run(Composition.Parallel("a", "b"));
+        Assert.Equal(2 * n, rows);
+        HubAdapters.DropLayers(peft, new[] { 0 });
+        var a = Run("a");
+        var b = Run("b");
+        var both = Run(Composition.Parallel("a", "b"));
+        Assert.Equal(n, rows); // block 0's adapters dropped: the copies start at block 1's slot
+        FixtureAssert.Close(both.narrow(0, 0, n), a, null, 1e-5, "Parallel copy 0 vs a (block 0 dropped)");
+        FixtureAssert.Close(both.narrow(0, n, n), b, null, 1e-5, "Parallel copy 1 vs b (block 0 dropped)");
+    }
+
+    [Fact]
     public void Parallel_refuses_generation_and_non_bottleneck_adapters()
     {
         using var scope = NewDisposeScope();
