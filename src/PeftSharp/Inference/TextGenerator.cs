@@ -109,7 +109,7 @@ public sealed class TextGenerator
                 else if (lastStep) row.Reason = FinishReason.Length;
                 onToken?.Invoke(new GeneratedToken(r, token, step, row.TextDelta(options.Decode, row.Reason is not null)));
             }
-            if (step % 256 == 255) TorchRuntime.TrimMemory();
+            if (step % 256 == 255) TorchRuntime.CollectAndTrim();
         }
         foreach (var row in rows) row.Reason ??= FinishReason.Length;
         return new GenerationResult

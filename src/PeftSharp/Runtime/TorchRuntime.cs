@@ -50,6 +50,13 @@ public static class TorchRuntime
         GC.WaitForPendingFinalizers();
     }
 
+    /// <summary>For long decode loops: undisposed objects collected, then freed heap memory given back to the OS.</summary>
+    public static void CollectAndTrim()
+    {
+        CollectUndisposed();
+        TrimMemory();
+    }
+
     /// <summary>Give freed heap memory back to the OS (glibc); call every few hundred steps and after big loads.</summary>
     public static void TrimMemory()
     {

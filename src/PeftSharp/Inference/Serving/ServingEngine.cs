@@ -621,7 +621,7 @@ public sealed class ServingEngine : IDisposable
         long drop = _rows.Min(r => r.Pad);
         _cache!.DropLeft(drop);
         foreach (var r in _rows) r.Pad -= drop;
-        if (Interlocked.Read(ref _steps) % 256 == 255) Runtime.TorchRuntime.TrimMemory();
+        if (Interlocked.Read(ref _steps) % 256 == 255) Runtime.TorchRuntime.CollectAndTrim();
     }
 
     /// <summary>Completes the finished and cancelled rows and removes them from <paramref name="rows"/>; returns the kept rows' old indices, or null when none finished.</summary>
