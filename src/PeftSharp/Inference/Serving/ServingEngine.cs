@@ -630,18 +630,19 @@ public sealed class ServingEngine : IDisposable
         foreach (var r in rows)
             if (!r.Done && r.Pending.Token.IsCancellationRequested) r.Cancelled = true;
         if (!rows.Any(r => r.Done)) return null;
-        var keep = new List<long>();
-        for (int i = 0; i < rows.Count; i++)
-        {
-            var r = rows[i];
-            if (!r.Done) { keep.Add(i); continue; }
-            Complete(r.Pending, r.Prompt, r.New.ToArray(), r.Options.Decode, r.Reason ?? FinishReason.Length, r.Cancelled);
-            Release(r);
-        }
+        var keep = Enumerable.Range(0, rows.Count).Where(i => !rows[i].Done).Select(i => (long)i).ToArray();
+        var done = rows.Where(r => r.Done).ToList();
         var kept = keep.Select(i => rows[(int)i]).ToList();
         rows.Clear();
         rows.AddRange(kept);
-        return keep.ToArray();
+        // The metrics show the slots free before a client can observe its completion.
+        UpdateBatchSize();
+        foreach (var r in done)
+        {
+            Complete(r.Pending, r.Prompt, r.New.ToArray(), r.Options.Decode, r.Reason ?? FinishReason.Length, r.Cancelled);
+            Release(r);
+        }
+        return keep;
     }
 
     void Release(Row r)
