@@ -18,7 +18,7 @@ namespace PeftSharp.Bench.Benchmarks;
 public sealed class TrainStepBench : IBenchmark
 {
     public string Name => "train-step";
-    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora --precision fp32|bf16 [--steps 5] [--threads 2]";
+    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora|lora_fa --precision fp32|bf16 [--steps 5] [--threads 2]";
 
     public BenchResult Run(BenchOptions o)
     {
@@ -26,7 +26,7 @@ public sealed class TrainStepBench : IBenchmark
         var precision = o.Get("precision", "fp32");
         int steps = o.GetInt("steps", 5), warmup = o.GetInt("warmup", 2), threads = o.GetInt("threads", 2);
         int batch = o.GetInt("batch", 4), seq = o.GetInt("seq", 256);
-        if (mode is not ("full" or "lora")) throw new ArgumentException($"--mode {mode}: expected full or lora");
+        if (mode is not ("full" or "lora" or "lora_fa")) throw new ArgumentException($"--mode {mode}: expected full, lora or lora_fa");
         if (precision is not ("fp32" or "bf16")) throw new ArgumentException($"--precision {precision}: expected fp32 or bf16");
         TorchRuntime.EnsureInitialized();
         set_num_threads(threads);
@@ -38,7 +38,13 @@ public sealed class TrainStepBench : IBenchmark
             ["max_position_embeddings"] = 512,
         });
         using var model = AutoModel.FromConfig(config);
-        var target = mode == "full" ? TrainingTarget.Full(model) : BenchLora.Target(model, rank: 16);
+        var target = mode switch
+        {
+            "full" => TrainingTarget.Full(model),
+            // LoRA-FA with peft's projected optimizer: A frozen, so the adapted layers' inputs need not be kept for dA.
+            "lora_fa" => VariantTargets.WithMethodHooks(BenchLora.Target(model, rank: 16), "lora_fa", new LoraVariantSettings()),
+            _ => BenchLora.Target(model, rank: 16),
+        };
         var rng = new Random(1);
         var rows = Enumerable.Range(0, batch).Select(_ => new TrainExample { InputIds = Enumerable.Range(0, seq).Select(_ => rng.Next(3, 8192)).ToArray() }).ToList();
         var args = new TrainingArguments
