@@ -120,9 +120,9 @@ public static class Attention
     /// <summary>
     /// SDPA over [batch, heads, seq, head_dim]; keys and values take the queries' dtype first, because in the trainer's
     /// bf16 mode a float32 KV prefix or adapter output can meet bfloat16 projections here. Boolean masks: true attends.
-    /// In bfloat16 on the CPU, small problems run eagerly (matmul, float32 softmax as transformers' eager attention,
-    /// matmul): libtorch's bf16 CPU flash kernel took 15.8 ms forward+backward per layer of the train-step bench, this 9.1
-    /// (the whole LoRA bf16 step: 0.48 -> 0.43 s). In float32 the two are equal, so float32 keeps SDPA.
+    /// In bfloat16 on the CPU, small problems run eagerly (matmul, softmax, matmul, as transformers' eager attention):
+    /// libtorch's bf16 CPU flash kernel took 15.8 ms forward+backward per layer of the train-step bench, this ~9 (the
+    /// whole LoRA bf16 step: 0.48 -> 0.43 s). In float32 the two are equal, so float32 keeps SDPA.
     /// </summary>
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, double dropout = 0)
     {
@@ -135,8 +135,9 @@ public static class Attention
         using var scope = NewDisposeScope();
         var w = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(q.shape[^1]));
         // The dtype's lowest value rather than -inf, so a row with nothing to attend to (padding) gives no NaN.
-        if (mask is not null) w = w.masked_fill(mask.logical_not(), -3.38e38);
-        var p = w.softmax(-1, ScalarType.Float32).to(q.dtype);
+        if (mask is not null) w.masked_fill_(mask.logical_not(), -3.38e38);
+        // libtorch's bfloat16 softmax accumulates in float32 and rounds once: transformers' float32 softmax then cast.
+        var p = w.softmax(-1);
         if (dropout > 0) p = functional.dropout(p, dropout, true);
         return p.matmul(v).MoveToOuterDisposeScope();
     }

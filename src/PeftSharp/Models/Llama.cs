@@ -144,13 +144,20 @@ public sealed class LlamaRMSNorm : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>
+    /// Null: the output has the input's dtype, as transformers. The trainer's bf16 mode sets bfloat16, so the projections
+    /// that read the norm (all of them bfloat16 there) share one cast instead of each casting the float32 output.
+    /// </summary>
+    public ScalarType? OutputDtype { get; set; }
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         var h = x.to(ScalarType.Float32);
         var variance = h.pow(2).mean(new long[] { -1 }, keepdim: true);
         h = h * rsqrt(variance + _eps);
-        return (weight * h.to(x.dtype)).MoveToOuterDisposeScope();
+        var y = weight * h.to(x.dtype);
+        return (OutputDtype is { } d && d != y.dtype ? y.to(d) : y).MoveToOuterDisposeScope();
     }
 }
 

@@ -9,8 +9,9 @@ namespace PeftSharp.Training;
 /// <summary>
 /// The trainer's bf16 mode, by hand because TorchSharp has no autocast. Every frozen Linear/Embedding weight is stored
 /// in bfloat16; frozen Linears compute in bfloat16 and their outputs stay bfloat16, as under torch.autocast, so the
-/// attention and MLP interiors (RoPE, SDPA, SwiGLU) run in bfloat16 too, while the residual stream, the norms and the
-/// loss stay float32 (frozen embeddings hand float32 to it). LoRA's A/B run in bfloat16 from their float32 weights
+/// attention and MLP interiors (RoPE, attention, SwiGLU) run in bfloat16 too, while the residual stream, the norms'
+/// arithmetic and the loss stay float32 (frozen embeddings hand float32 to it). Llama's RMSNorms hand their output on in
+/// bfloat16 (one cast shared by the projections that read it). LoRA's A/B run in bfloat16 from their float32 weights
 /// (<see cref="LoraLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
 /// Linear the model's code can take another module for (full fine-tuning) computes in bfloat16 from its float32 weight
 /// (<see cref="AutocastLinear"/>); any other trainable Linear (adapter, head) casts its input to its weight's dtype.
@@ -47,6 +48,9 @@ public static class Bf16Base
                     break;
                 case LoraLayer lora:
                     lora.AutocastDtype = ScalarType.BFloat16;
+                    break;
+                case LlamaRMSNorm norm:
+                    norm.OutputDtype = ScalarType.BFloat16;
                     break;
             }
         }

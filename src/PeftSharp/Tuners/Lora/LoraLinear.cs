@@ -132,7 +132,8 @@ public sealed class LoraLinear : LoraLayer
             else if (AutocastDtype is { } dt)
             {
                 var xd = Dropout(xc, s.Dropout);
-                result = result + nn.functional.linear(nn.functional.linear(xd, A(name).to(dt)), B(name).to(dt)) * s.Scaling;
+                // The scaling folded into the small B rather than applied to the [tokens, out] product.
+                result = result + nn.functional.linear(nn.functional.linear(xd, A(name).to(dt)), (B(name) * s.Scaling).to(dt));
             }
             else result = result + lora_B[name].call(lora_A[name].call(Dropout(x.to(A(name).dtype), s.Dropout))) * s.Scaling;
         }
