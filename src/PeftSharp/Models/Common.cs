@@ -134,8 +134,11 @@ public static class Attention
             return functional.scaled_dot_product_attention(q, k, v, mask, dropout);
         using var scope = NewDisposeScope();
         var w = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(q.shape[^1]));
-        // The dtype's lowest value rather than -inf, so a row with nothing to attend to (padding) gives no NaN.
-        if (mask is not null) w.masked_fill_(mask.logical_not(), -3.38e38);
+        // An additive mask built on the (heads-times smaller) mask and broadcast: masked_fill over the scores is a
+        // serial kernel here, and its backward another pass. The dtype's lowest value rather than -inf, so a row with
+        // nothing to attend to (padding) gives no NaN.
+        if (mask is not null)
+            w = w + (mask.dtype == ScalarType.Bool ? zeros(mask.shape, q.dtype, q.device).masked_fill_(mask.logical_not(), -3.38e38) : mask.to(q.dtype));
         // libtorch's bfloat16 softmax accumulates in float32 and rounds once: transformers' float32 softmax then cast.
         var p = w.softmax(-1);
         if (dropout > 0) p = functional.dropout(p, dropout, true);
