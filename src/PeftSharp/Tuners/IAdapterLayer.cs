@@ -101,21 +101,37 @@ public sealed class RowAdapters : IDisposable
     /// </summary>
     public Tensor[] Cached(object owner, Func<Tensor[]> build)
     {
-        if (!_derived.TryGetValue(owner, out var t))
-        {
-            t = build();
-            foreach (var x in t) x.DetachFromDisposeScope();
-            _derived[owner] = t;
-        }
+        if (_derived.TryGetValue(owner, out var t)) return t;
+        t = build();
+        // Over the budget the tensors stay in the caller's dispose scope: that layer rebuilds them on every forward.
+        if (_cachedBytes + Bytes(t) <= MaxCachedBytes) Keep(owner, t);
         return t;
+    }
+
+    /// <summary>
+    /// The most bytes of derived tensors an instance keeps across forwards. Per-row adapter weights grow with rows × r ×
+    /// (in + out) per layer (32 rows of r=16 on q/k/v/o of a 7B model: ~2 GiB in float32); past the budget the
+    /// remaining layers go back to gathering each forward instead of holding more memory.
+    /// </summary>
+    public long MaxCachedBytes { get; init; } = 512L << 20;
+
+    long _cachedBytes;
+
+    static long Bytes(Tensor[] t) => t.Sum(x => x.numel() * x.ElementSize);
+
+    void Keep(object owner, Tensor[] t)
+    {
+        foreach (var x in t) x.DetachFromDisposeScope();
+        _derived[owner] = t;
+        _cachedBytes += Bytes(t);
     }
 
     /// <summary>The rows at <paramref name="keep"/> (old indices, in order), keeping what layers derived (rows leave a batch).</summary>
     public RowAdapters Select(long[] keep)
     {
-        var result = new RowAdapters(keep.Select(i => PerRow[(int)i]).ToList(), _device);
+        var result = new RowAdapters(keep.Select(i => PerRow[(int)i]).ToList(), _device) { MaxCachedBytes = MaxCachedBytes };
         using var index = tensor(keep, device: _device);
-        foreach (var (owner, d) in _derived) result._derived[owner] = d.Select(t => t.index_select(0, index).DetachFromDisposeScope()).ToArray();
+        foreach (var (owner, d) in _derived) result.Keep(owner, d.Select(t => t.index_select(0, index)).ToArray());
         return result;
     }
 
@@ -125,11 +141,12 @@ public sealed class RowAdapters : IDisposable
     /// </summary>
     public RowAdapters Concat(RowAdapters other)
     {
-        var result = new RowAdapters(PerRow.Concat(other.PerRow).ToList(), _device);
+        var result = new RowAdapters(PerRow.Concat(other.PerRow).ToList(), _device) { MaxCachedBytes = MaxCachedBytes };
         foreach (var (owner, d) in _derived)
             if (other._derived.TryGetValue(owner, out var o) && o.Length == d.Length
-                && d.Zip(o).All(p => p.First.shape.Skip(1).SequenceEqual(p.Second.shape.Skip(1)) && p.First.dtype == p.Second.dtype))
-                result._derived[owner] = d.Zip(o, (a, b) => cat(new[] { a, b }, 0).DetachFromDisposeScope()).ToArray();
+                && d.Zip(o).All(p => p.First.shape.Skip(1).SequenceEqual(p.Second.shape.Skip(1)) && p.First.dtype == p.Second.dtype)
+                && result._cachedBytes + Bytes(d) + Bytes(o) <= MaxCachedBytes)
+                result.Keep(owner, d.Zip(o, (a, b) => cat(new[] { a, b }, 0)).ToArray());
         return result;
     }
 

@@ -40,4 +40,25 @@ public class RowAdaptersCacheTests
         using var mixed = kept.Concat(baseOnly);
         Assert.True(Logits(Rows(3, 0, 2), mixed).allclose(fresh.index_select(0, Rows(3, 0, 2)), rtol: 1e-5, atol: 1e-5));
     }
+
+    [Fact]
+    public void Past_its_byte_budget_a_kept_instance_rebuilds_instead_of_holding_more()
+    {
+        using var model = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
+        var peft = PeftModel.LoadWithAdapters(model, new[] { ("a", Multi("a")), ("b", Multi("b")) });
+        peft.eval();
+        using var noGrad = no_grad();
+        var names = new[] { "b", "a" };
+        var ids = torch.randint(3, 300, new long[] { 2, 5 }, generator: new torch.Generator(3));
+        var fresh = peft.Forward(new ModelInputs { InputIds = ids }, names).Logits;
+        using var budgeted = new RowAdapters(names, model.Device) { MaxCachedBytes = 0 };
+        int builds = 0;
+        Assert.Single(budgeted.Cached("probe", () => { builds++; return new[] { zeros(2, 3) }; }));
+        budgeted.Cached("probe", () => { builds++; return new[] { zeros(2, 3) }; });
+        Assert.Equal(2, builds); // nothing kept: built again
+        for (int i = 0; i < 2; i++)
+            Assert.True(peft.Forward(new ModelInputs { InputIds = ids }, budgeted).Logits.allclose(fresh, rtol: 1e-5, atol: 1e-5));
+        using var selected = budgeted.Select(new long[] { 1 });
+        Assert.Equal(0, selected.MaxCachedBytes);
+    }
 }
