@@ -45,11 +45,7 @@ public class Bf16ModeTests
             OutputDir = TestPaths.TempDir(), LearningRate = 5e-3, MaxSteps = 3, PerDeviceTrainBatchSize = 4, LoggingSteps = 1,
             Shuffle = false, Bf16 = bf16,
         };
-        var steps = new List<StepRecord>();
-        using var trainer = new Trainer(AdapterTargets.Peft(peft) with { Save = _ => { } }, args, TrainerTests.Rows(8));
-        trainer.StepCompleted += steps.Add;
-        trainer.Train();
-        return steps;
+        return TrainerTests.Run(AdapterTargets.Peft(peft) with { Save = _ => { } }, args, TrainerTests.Rows(8));
     }
 
     [Theory]
@@ -106,11 +102,7 @@ public class Bf16ModeTests
         {
             model = TrainerTests.TinyLlama();
             var args = new TrainingArguments { OutputDir = TestPaths.TempDir(), LearningRate = 1e-3, MaxSteps = 3, PerDeviceTrainBatchSize = 4, Shuffle = false, Bf16 = bf16 };
-            var steps = new List<StepRecord>();
-            using var trainer = new Trainer(TrainingTarget.Full(model) with { Save = _ => { } }, args, TrainerTests.Rows(8));
-            trainer.StepCompleted += steps.Add;
-            trainer.Train();
-            return steps;
+            return TrainerTests.Run(TrainingTarget.Full(model) with { Save = _ => { } }, args, TrainerTests.Rows(8));
         }
         var fp32 = Run(false, out var m32);
         var bf16 = Run(true, out var m16);

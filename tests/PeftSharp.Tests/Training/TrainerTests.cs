@@ -69,12 +69,16 @@ public class TrainerTests
         Assert.Contains("lm_head.weight", groups.Single(g => g.Name == "decay").Params.Select(p => p.Name));
     }
 
+    /// <summary>Full fine-tuning of <paramref name="m"/>; see the target overload.</summary>
+    static List<StepRecord> Run(PreTrainedModel m, TrainingArguments args, IReadOnlyList<TrainExample> data, int? stopAfter = null) =>
+        Run(TrainingTarget.Full(m), args, data, stopAfter);
+
     /// <summary>Trains and returns every step's record; with <paramref name="stopAfter"/> the run is interrupted after that step.</summary>
-    static List<StepRecord> Run(PreTrainedModel m, TrainingArguments args, IReadOnlyList<TrainExample> data, int? stopAfter = null)
+    internal static List<StepRecord> Run(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> data, int? stopAfter = null)
     {
         var steps = new List<StepRecord>();
         using var cts = new CancellationTokenSource();
-        using var trainer = new Trainer(TrainingTarget.Full(m), args, data);
+        using var trainer = new Trainer(target, args, data);
         trainer.StepCompleted += s => { steps.Add(s); if (s.Step == stopAfter) cts.Cancel(); };
         try { trainer.Train(cts.Token); } catch (OperationCanceledException) when (stopAfter is not null) { }
         return steps;

@@ -12,14 +12,8 @@ public class PromptTrainerTests
 {
     internal static string RepoFile(string relative) => TestPaths.RepoFile(relative);
 
-    static List<StepRecord> Train(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> data)
-    {
-        var steps = new List<StepRecord>();
-        using var trainer = new Trainer(target, args, data);
-        trainer.StepCompleted += steps.Add;
-        trainer.Train();
-        return steps;
-    }
+    static List<StepRecord> Train(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> data) =>
+        PeftSharp.Tests.Training.TrainerTests.Run(target, args, data);
 
     [Theory]
     [InlineData("prompt_tuning")]
