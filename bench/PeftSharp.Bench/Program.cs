@@ -34,6 +34,8 @@ public static class Program
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+        // fp32 matmul speed on AMD depends on it by 2x, so every figure says which MKL path it ran on.
+        result.Notes.Add($"MKL kernels: {PeftSharp.Runtime.MklAmdDispatch.Status}.");
         if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name), new JsonSerializerOptions { WriteIndented = true }));
         else result.Print(Console.Out);
         return 0;

@@ -36,6 +36,7 @@ public static class InfoCommand
                 LoadedDtype = m.DType.ToString(),
                 MemoryBytes = bytes,
                 Quantization = quantization,
+                MklKernels = PeftSharp.Runtime.MklAmdDispatch.Status,
             };
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, info);
             else
@@ -47,6 +48,7 @@ public static class InfoCommand
                 o.WriteLine($"dtype         stored {storedDType}, loaded {info.LoadedDtype}");
                 o.WriteLine($"memory        {bytes / 1048576.0:F1} MiB of weights");
                 if (quantization is not null) o.WriteLine($"quantization  {quantization}");
+                o.WriteLine($"mkl kernels   {info.MklKernels}");
             }
             return 0;
         });
