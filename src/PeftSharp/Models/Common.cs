@@ -133,7 +133,9 @@ public static class Attention
         if (q.dtype != ScalarType.BFloat16 || q.device.type != DeviceType.CPU || scores > EagerLimit)
             return functional.scaled_dot_product_attention(q, k, v, mask, dropout);
         using var scope = NewDisposeScope();
-        var w = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(q.shape[^1]));
+        // Scaling q rather than the scores is a pass over heads × seq × head_dim instead of heads × seq × seq, forward
+        // and backward (SDPA's math path scales before the product too).
+        var w = (q * (1.0 / Math.Sqrt(q.shape[^1]))).matmul(k.transpose(-2, -1));
         // An additive mask built on the (heads-times smaller) mask and broadcast: masked_fill over the scores is a
         // serial kernel here, and its backward another pass. The dtype's lowest value rather than -inf, so a row with
         // nothing to attend to (padding) gives no NaN.
