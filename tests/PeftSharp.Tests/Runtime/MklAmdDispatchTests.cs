@@ -10,6 +10,7 @@ public class MklAmdDispatchTests
 {
     [DllImport("libc", EntryPoint = "dlopen")] static extern nint DlOpen(string file, int flags);
     [DllImport("libc", EntryPoint = "dlsym")] static extern nint DlSym(nint handle, string name);
+    [DllImport("libc", EntryPoint = "getenv")] static extern nint GetEnv(string name);
 
     [Fact]
     public void Mkl_runs_its_avx512_kernels_on_qualifying_amd_cpus_and_its_own_choice_elsewhere()
@@ -21,6 +22,8 @@ public class MklAmdDispatchTests
             Assert.True(MklAmdDispatch.Enabled, MklAmdDispatch.Status);
             Assert.Equal("AVX-512 on AMD", MklAmdDispatch.Status);
             Assert.Equal(MklAmdDispatch.MklAvx512Branch, MklAmdDispatch.MklCpuBranch());
+            // MKL reads its reproducibility mode from the native environment; the dispatch sets it unless the user did.
+            Assert.NotNull(Marshal.PtrToStringAnsi(GetEnv("MKL_CBWR")));
         }
         else
         {
