@@ -56,6 +56,7 @@ public sealed class ForwardBench : IBenchmark
             {
                 using var ids = randint(0, model.Config.VocabSize, new long[] { batch, seq });
                 var times = new List<double>();
+                var collector = new PeriodicCollector();
                 for (int i = 0; i < warmup + reps; i++)
                 {
                     using var scope = NewDisposeScope();
@@ -64,6 +65,7 @@ public sealed class ForwardBench : IBenchmark
                     model.Forward(ids);
                     sw.Stop();
                     if (i >= warmup) times.Add(sw.Elapsed.TotalMilliseconds);
+                    collector.Tick();
                 }
                 TorchRuntime.TrimMemory();
                 times.Sort();

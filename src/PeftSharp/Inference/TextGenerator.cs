@@ -78,6 +78,7 @@ public sealed class TextGenerator
         using var noGrad = no_grad();
         var mask = promptMask.Select(m => m.ToList()).ToArray();
         int step = 0;
+        var collector = new PeriodicCollector();
         for (; step < options.MaxNewTokens && rows.Any(r => r.Reason is null); step++)
         {
             using var scope = NewDisposeScope();
@@ -110,6 +111,7 @@ public sealed class TextGenerator
                 onToken?.Invoke(new GeneratedToken(r, token, step, row.TextDelta(options.Decode, row.Reason is not null)));
             }
             if (step % 256 == 255) TorchRuntime.CollectAndTrim();
+            else collector.Tick();
         }
         foreach (var row in rows) row.Reason ??= FinishReason.Length;
         return new GenerationResult

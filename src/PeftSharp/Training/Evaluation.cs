@@ -18,6 +18,7 @@ public static class Evaluation
         try
         {
             using var _ = no_grad();
+            var collector = new Runtime.PeriodicCollector();
             for (int i = 0; i < data.Count; i += batchSize)
             {
                 using var scope = NewDisposeScope();
@@ -29,6 +30,7 @@ public static class Evaluation
                 if (double.IsFinite(v) || !lm) weighted += v * chunk.Count;
                 if (!lm) correct += logits.argmax(-1).eq(batch.Labels).sum().item<long>();
                 rows += chunk.Count;
+                collector.Tick();
             }
         }
         finally { target.Root.train(wasTraining); }

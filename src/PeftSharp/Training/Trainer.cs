@@ -126,7 +126,7 @@ public sealed class Trainer : IDisposable
         long tokens = 0;
         double lastLoss = double.NaN;
         var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
-        var sinceCollect = Stopwatch.StartNew();
+        var collector = new PeriodicCollector();
         while (GlobalStep < TotalSteps)
         {
             cancel.ThrowIfCancellationRequested();
@@ -139,7 +139,7 @@ public sealed class Trainer : IDisposable
             foreach (var c in Callbacks) c.OnStepEnd(step);
             _optimizer.ZeroGrad();
             // Each step on big models; every few steps on tiny ones, where a collection (~1-2 ms) would be felt.
-            if (sinceCollect.ElapsedMilliseconds >= 200) { TorchRuntime.CollectUndisposed(); sinceCollect.Restart(); }
+            collector.Tick();
             GlobalStep = step + 1;
             tokens += stepTokens;
             lastLoss = loss;

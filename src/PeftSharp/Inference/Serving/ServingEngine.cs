@@ -52,6 +52,8 @@ public sealed class ServingEngine : IDisposable
     volatile bool _accepting = true;
     volatile bool _stopping;
     long _requests, _finished, _cancelled, _rejected, _promptTokens, _generated, _steps;
+    // Undisposed TorchSharp objects of each step, collected on the engine thread at most every 200 ms.
+    readonly Runtime.PeriodicCollector _collector = new();
 
     /// <param name="generationDefaults">eos/pad ids from generation_config.json (see <see cref="GenerationOptions.WithGenerationConfig"/>).</param>
     public ServingEngine(PreTrainedModel model, ServingOptions? options = null, HfTokenizer? tokenizer = null, GenerationOptions? generationDefaults = null)
@@ -622,6 +624,7 @@ public sealed class ServingEngine : IDisposable
         _cache!.DropLeft(drop);
         foreach (var r in _rows) r.Pad -= drop;
         if (Interlocked.Read(ref _steps) % 256 == 255) Runtime.TorchRuntime.CollectAndTrim();
+        else _collector.Tick();
     }
 
     /// <summary>Completes the finished and cancelled rows and removes them from <paramref name="rows"/>; returns the kept rows' old indices, or null when none finished.</summary>
