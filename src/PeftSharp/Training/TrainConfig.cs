@@ -35,6 +35,10 @@ public sealed record TrainConfig
     public IReadOnlyDictionary<string, System.Text.Json.Nodes.JsonNode?> AdapterKeys { get; init; } = new Dictionary<string, System.Text.Json.Nodes.JsonNode?>();
     /// <summary>From quantization_bit (4) / quantization_type / double_quantization: load the base 4-bit (QLoRA).</summary>
     public PeftSharp.Quantization.BitsAndBytesConfig? Quantization { get; init; }
+    /// <summary>LLaMA-Factory's generic data and run keys (dataset_dir, mixing, eval_dataset, templates' system/thinking/tools, freeze, outputs).</summary>
+    public Recipes.RecipeSettings Recipe { get; init; } = new();
+    /// <summary>One line per accepted key that has no effect here, saying why.</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
     public string BaseDir { get; init; } = ".";
 
@@ -73,62 +77,41 @@ public sealed record TrainConfig
         _ => throw new PeftConfigException($"line {node.Start.Line}: expected a value or a list"),
     };
 
-    public static IReadOnlyList<string> ValidKeys => Keys;
+    /// <summary>The keys the tuning methods read (the generic rest is <see cref="Recipes.RecipeKeys"/>).</summary>
+    public static IReadOnlyList<string> MethodKeys => Keys;
 
-    public static TrainConfig Load(string path)
+    /// <summary>Every key this parser acts on (method keys and the honoured generic ones).</summary>
+    public static IReadOnlyList<string> ValidKeys => Keys.Concat(Recipes.RecipeKeys.Honoured).ToList();
+
+    public static TrainConfig Load(string path, IReadOnlyList<string>? overrides = null)
     {
         if (!File.Exists(path)) throw new PeftFormatException(path, "config file not found");
-        return Parse(File.ReadAllText(path), path);
+        return Parse(File.ReadAllText(path), path, overrides);
     }
 
-    public static TrainConfig Parse(string yaml, string source = "config.yaml")
+    /// <summary>Parses a YAML recipe; <paramref name="overrides"/> are <c>key=value</c> pairs applied on top (llamafactory-cli style).</summary>
+    public static TrainConfig Parse(string yaml, string source = "config.yaml", IReadOnlyList<string>? overrides = null)
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PeftFormatException(source, $"not valid YAML (line {e.Start.Line}: {e.Message})"); }
-        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
-            throw new PeftFormatException(source, "expected a mapping of key: value");
-        var values = new Dictionary<string, YamlNode>();
-        foreach (var (k, v) in root.Children)
-        {
-            var key = ((YamlScalarNode)k).Value ?? "";
-            if (!Keys.Contains(key))
-                throw new PeftConfigException($"{source}: unknown key '{key}' (line {k.Start.Line}). Valid keys: {string.Join(", ", Keys)}");
-            values[key] = v;
-        }
-
-        string? Str(string key)
-        {
-            if (!values.TryGetValue(key, out var node)) return null;
-            return node switch
-            {
-                YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
-                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => ((YamlScalarNode)c).Value)),
-                _ => throw new PeftConfigException($"{source}: '{key}' must be a value or a list"),
-            };
-        }
-        T Get<T>(string key, T fallback, Func<string, T?> parse, string expected)
-        {
-            var s = Str(key);
-            if (s is null) return fallback;
-            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s}'; expected {expected}");
-        }
-        int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
-        double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
-        double? OptDbl(string key) => Str(key) is null ? null : Dbl(key, 0);
-        bool Bool(string key, bool fallback) => Get<bool?>(key, fallback, s => s.ToLowerInvariant() switch { "true" or "yes" or "1" => true, "false" or "no" or "0" => false, _ => null }, "true or false")!.Value;
-        string Required(string key) => Str(key) ?? throw new PeftConfigException($"{source}: missing required key '{key}'");
+        var recipe = Recipes.RecipeValues.Read(yaml, source, overrides);
+        var values = recipe.Keys.ToDictionary(k => k, recipe.Node);
+        string? Str(string key) => recipe.Str(key);
+        int Int(string key, int fallback) => recipe.Int(key, fallback);
+        double Dbl(string key, double fallback) => recipe.Dbl(key, fallback);
+        double? OptDbl(string key) => recipe.OptDbl(key);
+        bool Bool(string key, bool fallback) => recipe.Bool(key, fallback);
+        string Required(string key) => recipe.Required(key);
 
         var stage = Str("stage");
         if (stage is not null and not "sft" and not "pt")
-            throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
+            throw new PeftConfigException($"{source}: stage '{stage}' ({recipe.Where("stage")}) is not supported: " +
+                (stage is "dpo" or "kto" or "rm" or "ppo" ? "preference and reward training are not available; " : "") + "supported: sft, pt");
         if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
         var finetuning = Str("finetuning_type") ?? "lora";
         bool prompt = Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning);
         bool family = Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(finetuning);
         bool variant = LoraVariantSettings.FinetuningTypes.Contains(finetuning);
-        if (finetuning != "full" && !variant && !prompt && !family)
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))})");
+        if (finetuning != "full" && finetuning != "freeze" && !variant && !prompt && !family)
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, freeze, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))})");
         foreach (var (key, types) in LoraVariantSettings.Keys)
             if (values.ContainsKey(key) && !types.Contains(finetuning))
                 throw new PeftConfigException($"{source}: '{key}' applies to finetuning_type {string.Join(" | ", types)}, not '{finetuning}'");
@@ -152,7 +135,18 @@ public sealed record TrainConfig
             EvalSteps = Int("eval_steps", 0),
             SaveTotalLimit = Int("save_total_limit", 0),
             Seed = Int("seed", 42),
-            Shuffle = Bool("shuffle", true),
+            Shuffle = Bool("shuffle", true) && !Bool("disable_shuffling", false) && recipe.Choice("train_sampling_strategy", "random", "random", "sequential") == "random",
+            EvalStrategy = recipe.Choice("eval_strategy", Str("evaluation_strategy") ?? "no", "no", "steps", "epoch"),
+            SaveStrategy = recipe.Choice("save_strategy", "steps", "no", "steps", "epoch", "best"),
+            EvalDelay = Dbl("eval_delay", 0),
+            EvalOnStart = Bool("eval_on_start", false),
+            LoggingFirstStep = Bool("logging_first_step", false) && recipe.Choice("logging_strategy", "steps", "steps") == "steps",
+            LoadBestModelAtEnd = Bool("load_best_model_at_end", false),
+            MetricForBestModel = Str("metric_for_best_model"),
+            GreaterIsBetter = recipe.OptBool("greater_is_better"),
+            LrSchedulerKwargs = recipe.NumberMap("lr_scheduler_kwargs"),
+            NeftuneNoiseAlpha = OptDbl("neftune_noise_alpha"),
+            LoraPlusLrEmbedding = Dbl("loraplus_lr_embedding", 1e-6),
             Bf16 = Bool("bf16", false),
             GradientCheckpointing = Bool("gradient_checkpointing", false),
             LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
@@ -171,7 +165,7 @@ public sealed record TrainConfig
             throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' is not supported (supported: bnb)");
         var quantization = PeftSharp.Quantization.BitsAndBytesConfig.FromLlamaFactory(Str("quantization_bit") is null ? null : Int("quantization_bit", 0),
             Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
-        if (quantization is not null && finetuning == "full")
+        if (quantization is not null && finetuning is "full" or "freeze")
             throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
         var variantSettings = new LoraVariantSettings
         {
@@ -227,6 +221,8 @@ public sealed record TrainConfig
             AdapterKeys = familyKeys,
             Variant = variantSettings,
             BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
+            Recipe = Recipes.RecipeSettings.Parse(recipe, Dbl("val_size", 0), Bool("train_on_prompt", false)),
+            Warnings = recipe.Warnings,
         };
     }
 
@@ -240,7 +236,8 @@ public sealed record TrainConfig
 
     public DataOptions DataOptions(IReadOnlyDictionary<string, int>? labelMap) => new()
     {
-        Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Packing,
-        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap,
+        Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Recipe.Packing,
+        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap, Stage = Recipe.Stage, MaskHistory = Recipe.MaskHistory,
+        MaxSamples = Recipe.MaxSamples, MixStrategy = Recipe.MixStrategy, InterleaveProbs = Recipe.InterleaveProbs,
     };
 }

@@ -30,9 +30,10 @@ public sealed class TrainSetup : IDisposable
         {
             if (c.Quantization is not null) kbit = Quantization.KbitTraining.Prepare(model, c.Training.GradientCheckpointing);
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
-            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
-            var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
+            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer, c.Recipe), Warn = PeftMethods.Warn };
+            var (train, eval) = Recipes.RecipeData.Load(c, model, tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
+                : c.FinetuningType == "freeze" ? Recipes.FreezeTuning.Target(model, c.Recipe.Freeze)
                 : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
                 : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
                 : VariantTargets.Create(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);

@@ -35,6 +35,8 @@ public sealed class Trainer : IDisposable
     readonly Optimizers.IOptimizer _optimizer;
     readonly List<JsonObject> _logHistory = new();
     readonly int _batchesPerEpoch;
+    readonly TrainingStrategies _strategies;
+    readonly IDisposable? _neftune;
 
     public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null)
     {
@@ -62,6 +64,8 @@ public sealed class Trainer : IDisposable
         (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count);
         _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
         WarmupSteps = args.WarmupStepsFor(TotalSteps);
+        _strategies = new TrainingStrategies(args, StepsPerEpoch, TotalSteps);
+        if (args.NeftuneNoiseAlpha is > 0 and var alpha) _neftune = Neftune.Attach(target.Model, alpha);
     }
 
     /// <summary>Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch).</summary>
@@ -78,6 +82,10 @@ public sealed class Trainer : IDisposable
     public int GlobalStep { get; private set; }
     public IReadOnlyList<ParamGroup> ParamGroups => _optimizer.Groups;
     public IReadOnlyList<JsonObject> LogHistory => _logHistory;
+    /// <summary>Eval/save intervals and the best checkpoint so far (load_best_model_at_end).</summary>
+    public TrainingStrategies Strategies => _strategies;
+    /// <summary>The checkpoint folder this run resumed from (null for a fresh run).</summary>
+    public string? ResumedFrom { get; private set; }
 
     /// <summary>Raised after every optimizer step.</summary>
     public event Action<StepRecord>? StepCompleted;
@@ -121,7 +129,8 @@ public sealed class Trainer : IDisposable
         manual_seed(_args.Seed);
         int resumedFrom = 0;
         if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
-            resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
+            resumedFrom = LoadCheckpoint(ResumedFrom = ResolveCheckpoint(resume));
+        if (_eval is not null && _args.EvalOnStart && GlobalStep == 0) EmitEval();
         double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
         long tokens = 0;
         double lastLoss = double.NaN;
@@ -131,7 +140,7 @@ public sealed class Trainer : IDisposable
         {
             cancel.ThrowIfCancellationRequested();
             int step = GlobalStep;
-            double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
+            double factor = LrSchedule.Factor(_args, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
             foreach (var c in Callbacks) c.OnStepBegin(step);
             var (loss, gradNorm, stepTokens) = TrainStep(step, trainable);
@@ -144,12 +153,13 @@ public sealed class Trainer : IDisposable
             tokens += stepTokens;
             lastLoss = loss;
             pendingLoss += loss; pendingSteps++;
+            _runLoss += loss; _runSteps++;
             double epoch = (double)GlobalStep / StepsPerEpoch;
             var lrs = _optimizer.Groups.Select(g => g.Lr).ToList();
             double lr = _optimizer.Groups.First(g => g.Params.Count > 0).Lr;
             StepCompleted?.Invoke(new StepRecord(GlobalStep, TotalSteps, epoch, loss, gradNorm, lr, lrs, stepTokens, clock.Elapsed));
 
-            if (GlobalStep % _args.LoggingSteps == 0 || GlobalStep == TotalSteps)
+            if (GlobalStep % _args.LoggingSteps == 0 || GlobalStep == TotalSteps || (GlobalStep == 1 && _args.LoggingFirstStep))
             {
                 Emit(new JsonObject
                 {
@@ -160,18 +170,22 @@ public sealed class Trainer : IDisposable
                 pendingLoss = 0; pendingSteps = 0;
             }
             _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;
-            if (_eval is not null && _args.EvalSteps > 0 && GlobalStep % _args.EvalSteps == 0 && GlobalStep != TotalSteps) EmitEval();
-            if (_args.SaveSteps > 0 && GlobalStep % _args.SaveSteps == 0 && GlobalStep != TotalSteps) SaveCheckpoint();
+            bool improved = _eval is not null && _strategies.EvalAfter(GlobalStep) && EmitEval();
+            if (_strategies.SaveAfter(GlobalStep, improved)) SaveCheckpoint();
             if (_args.TrimMemorySteps > 0 && GlobalStep % _args.TrimMemorySteps == 0) TorchRuntime.TrimMemory();
         }
-        if (_eval is not null) EmitEval();
-        if (_args.SaveSteps > 0) SaveCheckpoint();
+        bool best = _eval is not null && EmitEval();
+        if (_strategies.SaveAtEnd(best)) SaveCheckpoint();
+        if (_args.LoadBestModelAtEnd && _strategies.BestCheckpoint is { } bestDir && _strategies.BestStep != GlobalStep) LoadTrainable(bestDir);
+        _logHistory.Add(TrainerStateFile.TrainSummary(this, _args, clock.Elapsed, _runSteps > 0 ? _runLoss / _runSteps : double.NaN, _train.Count));
         _target.Save(_args.OutputDir);
+        TrainerStateFile.Write(_args.OutputDir, TrainerStateFile.Build(this, _args));
         TorchRuntime.TrimMemory();
         return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
     }
 
     double _pendingLoss; int _pendingSteps;
+    double _runLoss; int _runSteps;
 
     (double Loss, double GradNorm, long Tokens) TrainStep(int step, IReadOnlyList<Tensor> trainable)
     {
@@ -222,12 +236,16 @@ public sealed class Trainer : IDisposable
 
     // ---- evaluation ----
 
-    void EmitEval()
+    /// <summary>Evaluates, logs, and returns whether the tracked metric (metric_for_best_model) improved.</summary>
+    bool EmitEval()
     {
+        var clock = Stopwatch.StartNew();
         var r = Evaluate(_eval!);
         var entry = new JsonObject { ["step"] = GlobalStep, ["epoch"] = Math.Round((double)GlobalStep / StepsPerEpoch, 4), ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity };
         if (r.Accuracy is { } acc) entry["eval_accuracy"] = acc;
+        entry["eval_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4);
         Emit(entry);
+        return _strategies.Record(GlobalStep, entry);
     }
 
     /// <summary>HF's evaluation loss: each batch's mean loss, averaged with the batch's row count as weight.</summary>
@@ -269,17 +287,17 @@ public sealed class Trainer : IDisposable
                 .SelectMany(c => c.Callback.SaveState().Select(kv => new KeyValuePair<string, Tensor>(c.Prefix + kv.Key, kv.Value))).ToList());
         }
         using (var rng = get_rng_state()) SafetensorsWriter.Save(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
-        var state = new JsonObject
-        {
-            ["global_step"] = GlobalStep, ["total_steps"] = TotalSteps, ["steps_per_epoch"] = StepsPerEpoch,
-            ["seed"] = _args.Seed, ["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize,
-            ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count,
-            ["pending_loss"] = _pendingLoss, ["pending_steps"] = _pendingSteps,
-            ["log_history"] = new JsonArray(_logHistory.Select(e => (JsonNode)e.DeepClone()).ToArray()),
-        };
+        // HF's trainer_state.json fields, plus what an exact resume needs.
+        var state = TrainerStateFile.Build(this, _args);
+        state["total_steps"] = TotalSteps; state["steps_per_epoch"] = StepsPerEpoch;
+        state["seed"] = _args.Seed; state["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize;
+        state["gradient_accumulation_steps"] = _args.GradientAccumulationSteps; state["train_rows"] = _train.Count;
+        state["pending_loss"] = _pendingLoss; state["pending_steps"] = _pendingSteps;
+        if (_strategies.BestStep == GlobalStep) state["best_model_checkpoint"] = final;
         AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(tmp, final);
+        _strategies.Saved(GlobalStep, final);
         Prune();
         CheckpointSaved?.Invoke(final);
         return final;
@@ -294,7 +312,8 @@ public sealed class Trainer : IDisposable
     void Prune()
     {
         if (_args.SaveTotalLimit <= 0) return;
-        var all = Checkpoints(_args.OutputDir).ToList();
+        // As HF, the best checkpoint is never pruned.
+        var all = Checkpoints(_args.OutputDir).Where(c => c.Dir != _strategies.BestCheckpoint).ToList();
         foreach (var (_, dir) in all.Take(Math.Max(0, all.Count - _args.SaveTotalLimit))) Directory.Delete(dir, true);
     }
 
@@ -324,16 +343,7 @@ public sealed class Trainer : IDisposable
         Same("per_device_train_batch_size", _args.PerDeviceTrainBatchSize);
         Same("gradient_accumulation_steps", _args.GradientAccumulationSteps);
         Same("train_rows", _train.Count);
-        using (var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile)))
-        using (no_grad())
-        {
-            foreach (var (name, p) in _target.Root.named_parameters().Where(p => p.parameter.requires_grad))
-            {
-                if (!file.Contains(name)) throw new PeftFormatException(file.FilePath, $"no tensor for trainable parameter '{name}'");
-                using var t = file.Load(name, p.device, p.dtype);
-                p.copy_(t);
-            }
-        }
+        LoadTrainable(dir);
         _optimizer.Load(Path.Combine(dir, OptimizerFile));
         if (ResumableCallbacks().Any())
         {
@@ -355,12 +365,27 @@ public sealed class Trainer : IDisposable
         _pendingSteps = state["pending_steps"]!.GetValue<int>();
         _logHistory.Clear();
         foreach (var e in state["log_history"]!.AsArray()) _logHistory.Add(e!.DeepClone().AsObject());
+        _strategies.Restore(state);
         return GlobalStep;
+    }
+
+    /// <summary>Copies a checkpoint's trainable tensors into the model (resume, load_best_model_at_end).</summary>
+    void LoadTrainable(string dir)
+    {
+        using var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile));
+        using var _ = no_grad();
+        foreach (var (name, p) in _target.Root.named_parameters().Where(p => p.parameter.requires_grad))
+        {
+            if (!file.Contains(name)) throw new PeftFormatException(file.FilePath, $"no tensor for trainable parameter '{name}'");
+            using var t = file.Load(name, p.device, p.dtype);
+            p.copy_(t);
+        }
     }
 
     public void Dispose()
     {
         _optimizer.Dispose();
+        _neftune?.Dispose();
         if (_args.GradientCheckpointing) GradientCheckpointing.Disable(_target.Model);
     }
 }
