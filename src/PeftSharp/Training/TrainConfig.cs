@@ -111,7 +111,7 @@ public sealed record TrainConfig
         bool family = Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(finetuning);
         bool variant = LoraVariantSettings.FinetuningTypes.Contains(finetuning);
         if (finetuning != "full" && finetuning != "freeze" && !variant && !prompt && !family)
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, freeze, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))})");
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))}, freeze)");
         foreach (var (key, types) in LoraVariantSettings.Keys)
             if (values.ContainsKey(key) && !types.Contains(finetuning))
                 throw new PeftConfigException($"{source}: '{key}' applies to finetuning_type {string.Join(" | ", types)}, not '{finetuning}'");

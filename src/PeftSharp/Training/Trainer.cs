@@ -133,7 +133,8 @@ public sealed class Trainer : IDisposable
         if (_eval is not null && _args.EvalOnStart && GlobalStep == 0) EmitEval();
         double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
         long tokens = 0;
-        double lastLoss = double.NaN;
+        // A run resumed at its last step takes no step; its final loss is the last one logged.
+        double lastLoss = _logHistory.LastOrDefault(e => e["loss"] is not null)?["loss"]!.GetValue<double>() ?? double.NaN;
         var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
         var collector = new PeriodicCollector();
         while (GlobalStep < TotalSteps)
@@ -166,7 +167,7 @@ public sealed class Trainer : IDisposable
                     ["step"] = GlobalStep, ["total_steps"] = TotalSteps, ["epoch"] = Math.Round(epoch, 4),
                     ["loss"] = pendingLoss / pendingSteps, ["learning_rate"] = lr, ["grad_norm"] = gradNorm,
                     ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 3),
-                });
+                }.WithLlamaFactoryFields(GlobalStep - resumedFrom, TotalSteps - resumedFrom, GlobalStep, TotalSteps, lr, clock.Elapsed));
                 pendingLoss = 0; pendingSteps = 0;
             }
             _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;

@@ -53,6 +53,22 @@ public static class TrainerStateFile
         };
     }
 
+    /// <summary>
+    /// LLaMA-Factory's trainer_log.jsonl fields (current_steps, total_steps, lr, percentage, elapsed_time, remaining_time),
+    /// added to a training log entry; the remaining time extrapolates the steps run in this process.
+    /// </summary>
+    public static JsonObject WithLlamaFactoryFields(this JsonObject entry, int stepsRun, int stepsToRun, int step, int total, double lr, TimeSpan elapsed)
+    {
+        static string Clock(TimeSpan t) => $"{(int)t.TotalHours}:{t.Minutes:00}:{t.Seconds:00}";
+        var remaining = stepsRun > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / stepsRun * (stepsToRun - stepsRun)) : TimeSpan.Zero;
+        entry["current_steps"] = step;
+        entry["lr"] = lr;
+        entry["percentage"] = Math.Round(100.0 * step / Math.Max(1, total), 2);
+        entry["elapsed_time"] = Clock(elapsed);
+        entry["remaining_time"] = Clock(remaining);
+        return entry;
+    }
+
     /// <summary>A finite number, or null (JSON has no NaN/Infinity; a resumed run that took no step has no mean loss).</summary>
     public static JsonNode? Number(double d) => double.IsFinite(d) ? JsonValue.Create(d) : null;
 

@@ -25,11 +25,11 @@ public static class RecipeKeys
     [
         // data
         "dataset_dir", "eval_dataset", "max_samples", "mix_strategy", "interleave_probs", "mask_history",
-        "default_system", "enable_thinking", "preserve_thinking", "tool_format", "ignore_pad_token_for_loss",
+        "default_system", "enable_thinking", "preserve_thinking", "tool_format",
         // training
         "eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy", "logging_first_step",
         "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "lr_scheduler_kwargs", "neftune_noise_alpha",
-        "loraplus_lr_embedding", "do_eval", "eval_delay", "eval_on_start", "disable_shuffling", "train_sampling_strategy",
+        "loraplus_lr_embedding", "eval_delay", "eval_on_start", "disable_shuffling", "train_sampling_strategy",
         // freeze tuning
         "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
     ];
@@ -111,6 +111,8 @@ public static class RecipeKeys
         ("the batch size is what per_device_train_batch_size says", ["auto_find_batch_size"]),
         ("evaluation runs in the training precision", ["bf16_full_eval", "fp16_full_eval"]),
         ("there are no mixture-of-experts models here", ["moe_aux_loss_coef"]),
+        ("evaluation runs whenever there is an eval set (val_size or eval_dataset), at the end and per eval_strategy", ["do_eval"]),
+        ("padding never counts in the loss here (labels are -100 on pads)", ["ignore_pad_token_for_loss"]),
     ];
 
     static readonly (string Reason, string[] Keys)[] RefusedGroups =

@@ -5,6 +5,7 @@ using PeftSharp.Tokenization;
 using PeftSharp.Training;
 using PeftSharp.Training.Data;
 using PeftSharp.Training.Recipes;
+using TorchSharp;
 
 namespace PeftSharp.Tests.Training.Recipes;
 
@@ -46,7 +47,9 @@ public class LlamaFactoryRecipeTests
         Assert.True(double.IsFinite(results["train_loss"]!.GetValue<double>()));
         Assert.True(File.Exists(Path.Combine(outDir, "train_results.json")));
         Assert.True(File.Exists(Path.Combine(outDir, "training_loss.png")), "plot_loss: true draws training_loss.png");
-        Assert.True(File.Exists(Path.Combine(outDir, "trainer_log.jsonl")));
+        var first = JsonNode.Parse(File.ReadAllLines(Path.Combine(outDir, "trainer_log.jsonl"))[0])!;
+        Assert.True(first["current_steps"]!.GetValue<int>() >= 1);
+        Assert.NotNull(first["remaining_time"]);
         // save_steps: 500 with 2 steps: HF still saves the final checkpoint.
         Assert.True(File.Exists(Path.Combine(outDir, "checkpoint-2", "trainer_state.json")));
     }
@@ -212,5 +215,56 @@ public class LlamaFactoryRecipeTests
         Assert.Equal(0.1, LrSchedule.Factor("cosine_with_min_lr", 10, 0, 10, kwargs, 1e-4), 12);
         Assert.Equal(1.0, LrSchedule.Factor("cosine_with_min_lr", 0, 0, 10, kwargs, 1e-4), 12);
         Assert.Equal(0.55, LrSchedule.Factor("cosine_with_min_lr", 5, 0, 10, new Dictionary<string, double> { ["min_lr_rate"] = 0.1 }, 1e-4), 12);
+    }
+
+    [Fact]
+    public void Evaluation_strategies_track_the_best_checkpoint_and_write_eval_outputs()
+    {
+        var (code, _, err, outDir) = Train("qwen3_lora_sft.yaml", "val_size=2", "max_samples=6", "eval_strategy=steps", "eval_steps=1", "save_steps=1",
+            "load_best_model_at_end=true", "metric_for_best_model=loss", "lr_scheduler_type=cosine_with_min_lr", "lr_scheduler_kwargs={min_lr_rate: 0.1}",
+            "neftune_noise_alpha=5");
+        Assert.True(code == 0, err);
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "trainer_state.json")))!;
+        var evals = state["log_history"]!.AsArray().Where(e => e!["eval_loss"] is not null).ToList();
+        Assert.Equal(2, evals.Count);
+        double best = evals.Min(e => e!["eval_loss"]!.GetValue<double>());
+        Assert.Equal(best, state["best_metric"]!.GetValue<double>(), 12);
+        Assert.EndsWith($"checkpoint-{state["best_global_step"]!.GetValue<int>()}", state["best_model_checkpoint"]!.GetValue<string>());
+        var eval = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "eval_results.json")))!;
+        Assert.True(eval["eval_loss"]!.GetValue<double>() > 0);
+        Assert.NotNull(JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "all_results.json")))!["eval_loss"]);
+        Assert.True(File.Exists(Path.Combine(outDir, "training_eval_loss.png")));
+        var bad = Assert.Throws<PeftConfigException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\nload_best_model_at_end: true\n", "b.yaml"));
+        Assert.Contains("load_best_model_at_end needs an eval_strategy", bad.Message);
+    }
+
+    [Fact]
+    public void Neftune_adds_bounded_noise_to_embeddings_only_in_training_mode()
+    {
+        using var model = PeftSharp.Models.AutoModel.FromPretrained(Model.Value);
+        using var ids = TorchSharp.torch.tensor(new long[] { 1, 2, 3, 4 }, [1, 4]);
+        using var clean = model.InputEmbeddings.call(ids);
+        using (Neftune.Attach(model, 5.0))
+        {
+            model.train();
+            using var noisy = model.InputEmbeddings.call(ids);
+            double bound = 5.0 / Math.Sqrt(4 * clean.shape[2]);
+            double maxDiff = (noisy - clean).abs().max().ToDouble();
+            Assert.InRange(maxDiff, 1e-9, bound + 1e-6);
+            model.eval();
+            using var quiet = model.InputEmbeddings.call(ids);
+            Assert.Equal(0.0, (quiet - clean).abs().max().ToDouble());
+        }
+        model.train();
+        using var after = model.InputEmbeddings.call(ids);
+        Assert.Equal(0.0, (after - clean).abs().max().ToDouble());
+    }
+
+    [Fact]
+    public void Readme_key_table_lists_every_key()
+    {
+        var readme = File.ReadAllText(TestPaths.RepoFile("README.md"));
+        var section = readme[readme.IndexOf("## Coming from LLaMA-Factory", StringComparison.Ordinal)..];
+        Assert.All(RecipeKeys.All, k => Assert.Contains($"`{k.Name}`", section));
     }
 }
