@@ -53,6 +53,16 @@ public sealed class RecipeKeys
 
     public int? OptInt(string key) => Has(key) ? Int(key, 0) : null;
 
+    /// <summary>Module names: a YAML list, or one string of comma-separated names; null when not set.</summary>
+    public IReadOnlyList<string>? Names(string key)
+    {
+        if (!Has(key)) return null;
+        var names = Values[key] is JsonArray a
+            ? a.Select(n => n is JsonValue v && v.TryGetValue<string>(out var s) ? s.Trim() : throw Bad(key, "module names (a list or comma-separated)")).ToList()
+            : Text(Values[key]).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        return names.Count > 0 && names.All(n => n.Length > 0) ? names : throw Bad(key, "module names (a list or comma-separated)");
+    }
+
     public bool Bool(string key, bool fallback)
     {
         if (!Has(key)) return fallback;
