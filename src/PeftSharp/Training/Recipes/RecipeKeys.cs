@@ -145,11 +145,11 @@ public static class RecipeKeys
     /// <summary>The whole generic table (method keys excluded), for docs and tests.</summary>
     public static IReadOnlyCollection<RecipeKey> All => Table.Values;
 
-    /// <summary>The entry for a key: the method keys TrainConfig reads count as honoured.</summary>
+    /// <summary>The entry for a key: the keys TrainConfig and the methods read are honoured (a method's own key wins over this table).</summary>
     public static RecipeKey? Find(string key) =>
-        Table.TryGetValue(key, out var k) ? k : TrainConfig.MethodKeys.Contains(key) ? new(key, KeyUse.Honoured) : null;
+        TrainConfig.KnownKeys.Contains(key) ? new(key, KeyUse.Honoured) : Table.GetValueOrDefault(key);
 
-    static IEnumerable<string> KnownNames => Table.Keys.Concat(TrainConfig.MethodKeys);
+    static IEnumerable<string> KnownNames => Table.Keys.Concat(TrainConfig.KnownKeys);
 
     /// <summary>A value that means "off" (false, 0, none, null, empty), which makes ignored and refused keys harmless.</summary>
     public static bool IsNeutral(string? value) =>
