@@ -230,8 +230,8 @@ public class IA3Tests
         using (var model = AutoModel.FromPretrained(modelDir))
         {
             var registry = new AdapterRegistry(model, 4);
-            registry.Register("i1", Dir("llama-tiny"));
-            registry.Register("i2", doubled);
+            registry.Register("i1", AdapterRegistry.Prepare(Dir("llama-tiny")));
+            registry.Register("i2", AdapterRegistry.Prepare(doubled));
             Assert.True(registry.IsBatched("i1") && registry.IsBatched("i2"), "IA3 adapters share the mixed batch");
         }
 
