@@ -307,7 +307,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         foreach (var n in names) RequireAdapter(n);
         foreach (var n in names.Where(prompt_encoder.Contains))
             throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: prompt-learning adapters change the inputs, not the weights, and cannot be merged (peft neither)");
-        foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
+        var layers = AdapterLayers().ToList();
+        using var progress = Runtime.PeftProgress.Begin($"merging {string.Join(" + ", names)}", layers.Count, "modules");
+        for (int i = 0; i < layers.Count; i++)
+        {
+            progress.Report(i, layers[i].Name);
+            layers[i].Layer.Merge(names);
+        }
     }
 
     /// <summary>unmerge_adapter: subtracts every merged adapter again, in reverse order.</summary>
