@@ -46,13 +46,7 @@ public sealed record TrainConfig
         "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "logging_steps", "save_steps",
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-<<<<<<< HEAD
         "stage", "do_train", "plot_loss", "overwrite_output_dir", "report_to", "logging_dir",
-        "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
-        "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
-=======
-        "stage", "do_train", "plot_loss", "overwrite_output_dir",
->>>>>>> main
         "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
         // each method's own keys (use_dora, vera_rank, num_virtual_tokens, reduction_factor, ...), declared by its recipes
         .. Tuners.PeftMethods.RecipeKeyNames,
