@@ -98,7 +98,7 @@ sealed class SpectreProgressSink : IProgressSink
         _display = Task.Run(() => AnsiConsole.Progress()
             .AutoClear(false).HideCompleted(false)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
-                new CountColumn(this), new RateColumn(this), new RemainingTimeColumn(), new MetricColumn(this))
+                new CountColumn(this), new RateColumn(this), new ElapsedTimeColumn(), new RemainingTimeColumn(), new MetricColumn(this))
             .StartAsync(async ctx => { ready.SetResult(ctx); await stop.Task; }));
         _context = ready.Task.GetAwaiter().GetResult();
         _showing = true;

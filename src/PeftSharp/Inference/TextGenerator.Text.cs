@@ -12,7 +12,7 @@ using static TorchSharp.torch;
 namespace PeftSharp.Inference;
 
 /// <summary>Text in, text out: prompts and chat messages through the model folder's tokenizer and chat template.</summary>
-public sealed partial class TextGenerator
+public sealed partial class TextGenerator : IDisposable
 {
     readonly HfTokenizer? _tokenizer;
     readonly string? _template;
@@ -39,10 +39,17 @@ public sealed partial class TextGenerator
         var model = AutoModel.FromPretrained(modelDir, device, dtype);
         var list = adapters?.ToList() ?? new();
         ILanguageModel lm = list.Count == 0 ? model : PeftModel.LoadWithAdapters(model, list);
-        return new TextGenerator(lm, tokenizer, chatTemplate) { _defaults = new GenerationOptions().WithGenerationConfig(modelDir) };
+        return new TextGenerator(lm, tokenizer, chatTemplate) { _defaults = new GenerationOptions().WithGenerationConfig(modelDir), _ownsModel = true };
     }
 
     GenerationOptions? _defaults;
+    bool _ownsModel;
+
+    /// <summary>Frees the model's weights when this generator loaded it (<see cref="FromFolder"/>); otherwise the model stays the caller's.</summary>
+    public void Dispose()
+    {
+        if (_ownsModel) (_model as IDisposable)?.Dispose();
+    }
 
     /// <summary>The model (or PeftModel) this generator runs.</summary>
     public ILanguageModel Model => _model;

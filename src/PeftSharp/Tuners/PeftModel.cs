@@ -562,13 +562,11 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         return (trainable, all);
     }
 
-    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z").</summary>
+    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z"), returned for the caller to write (the library never writes to the console).</summary>
     public string PrintTrainableParameters()
     {
         var (t, a) = TrainableParameterCounts();
-        var line = ParameterAccounting.FormatTrainable(t, a);
-        Console.WriteLine(line);
-        return line;
+        return ParameterAccounting.FormatTrainable(t, a);
     }
 
     /// <summary>Trainable parameters, parameters the merge changes, and the rank of each ΔW (see <see cref="ParameterAccounting"/>).</summary>
