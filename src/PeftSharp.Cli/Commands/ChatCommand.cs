@@ -26,6 +26,7 @@ public static class ChatCommand
         var adapter = Cli.AdapterOption();
         var template = Cli.TemplateOption();
         var system = new Option<string?>("--system") { Description = "System message to start with" };
+        var raw = new Option<bool>("--raw") { Description = "Continue each line as a plain prompt: no chat template, no history (base models such as the quickstart's)" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens per answer", DefaultValueFactory = _ => 256 };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0: greedy)", DefaultValueFactory = _ => 0.7 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass", DefaultValueFactory = _ => 1.0 };
@@ -34,7 +35,7 @@ public static class ChatCommand
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
         var cmd = new Command("chat", "Chat with a model (+ adapters) interactively: streamed answers, /system, /reset, /temperature, /adapter")
-            { model, adapter, template, system, maxNew, temperature, topP, topK, seed, device, dtype };
+            { model, adapter, template, system, raw, maxNew, temperature, topP, topK, seed, device, dtype };
         cmd.SetHandler((pr, o) =>
         {
             var dir = pr.GetValue(model)!;
@@ -48,7 +49,8 @@ public static class ChatCommand
                 Decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true),
             }.WithGenerationConfig(dir);
             var session = new ChatSession(generator, WithTemperature(options, pr.GetValue(temperature))) { SystemPrompt = pr.GetValue(system) };
-            session.Generator.EncodeChat(Array.Empty<Microsoft.Extensions.AI.ChatMessage>()); // a missing chat template fails here, before the first line
+            bool plain = pr.GetValue(raw);
+            if (!plain) session.Generator.EncodeChat(Array.Empty<Microsoft.Extensions.AI.ChatMessage>()); // a missing chat template fails here, before the first line
             string active = peft?.ActiveAdapter ?? "base";
             bool interactive = !Console.IsInputRedirected && !Console.IsOutputRedirected;
             var err = pr.InvocationConfiguration.Error;
@@ -98,7 +100,7 @@ public static class ChatCommand
                 {
                     int dropped = session.DroppedExchanges;
                     using (active == "base" && peft is not null ? peft.DisableAdapters() : null)
-                        foreach (var piece in session.SendStreamingAsync(line).ToBlockingEnumerable())
+                        foreach (var piece in (plain ? generator.GenerateStreamingAsync(line, session.Options) : session.SendStreamingAsync(line)).ToBlockingEnumerable())
                         {
                             o.Write(piece);
                             o.Flush();

@@ -57,6 +57,26 @@ public class ChatCommandTests
     }
 
     [Fact]
+    public void Raw_mode_continues_each_line_as_a_plain_prompt()
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "chat", "--model", model, "--raw", "--temperature", "0", "--max-new-tokens", "5" })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Write("hello\nworld\n");
+        p.StandardInput.Close();
+        Assert.True(p.WaitForExit(180_000));
+        Assert.True(p.ExitCode == 0, stderr.Result);
+        using var m = AutoModel.FromPretrained(model);
+        var generator = new TextGenerator(m, HfTokenizer.FromFolder(model));
+        var options = new GenerationOptions { MaxNewTokens = 5 }.WithGenerationConfig(model);
+        Assert.Contains(generator.Generate("hello", options) + "\n" + generator.Generate("world", options) + "\n", stdout.Result);
+    }
+
+    [Fact]
     public void A_chat_session_drops_the_oldest_exchanges_to_fit_the_context_window()
     {
         var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
