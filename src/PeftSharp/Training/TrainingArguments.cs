@@ -62,6 +62,10 @@ public sealed record TrainingArguments
     public bool? GreaterIsBetter { get; init; }
     /// <summary>NEFTune: uniform noise of alpha/sqrt(L·d) added to the input embeddings while training.</summary>
     public double? NeftuneNoiseAlpha { get; init; }
+    /// <summary>Where log entries also go: "none", or "tensorboard" (event files in <see cref="LoggingDir"/>; "all" means the same).</summary>
+    public IReadOnlyList<string> ReportTo { get; init; } = Array.Empty<string>();
+    /// <summary>TensorBoard's run folder; null: output_dir/runs/DATE_HOST, as transformers.</summary>
+    public string? LoggingDir { get; init; }
     /// <summary>Call malloc_trim every N steps (glibc keeps freed tensor memory otherwise).</summary>
     public int TrimMemorySteps { get; init; } = 50;
 
@@ -92,6 +96,7 @@ public sealed record TrainingArguments
         Check(NeftuneNoiseAlpha is null or >= 0, "neftune_noise_alpha", NeftuneNoiseAlpha!, ">= 0");
         TrainingStrategies.Validate(this);
         LrSchedule.Validate(LrSchedulerType, LrSchedulerKwargs);
+        foreach (var r in ReportTo) Check(r is "none" or "tensorboard" or "all", "report_to", r, "none or tensorboard (the integration PeftSharp writes)");
         Optimizers.BnbAdamWOptions.FromOptimName(Optim);
     }
 

@@ -74,12 +74,14 @@ public static class DatasetBuilder
         var format = source.Format ?? o.Format ?? DatasetFormats.Detect(records[0]);
         var dropped = new Dictionary<string, int>();
         var rows = new List<TrainExample>();
-        foreach (var r in records)
-        {
-            var (row, reason) = Encode(r, format, source.Attr, tokenizer, o);
-            if (row is not null) rows.Add(row);
-            else dropped[reason!] = dropped.GetValueOrDefault(reason!) + 1;
-        }
+        using (var progress = Runtime.PeftProgress.Begin($"tokenizing {Path.GetFileName(source.File)}", records.Count, "rows"))
+            for (int i = 0; i < records.Count; i++)
+            {
+                var (row, reason) = Encode(records[i], format, source.Attr, tokenizer, o);
+                if (row is not null) rows.Add(row);
+                else dropped[reason!] = dropped.GetValueOrDefault(reason!) + 1;
+                progress.Report(i + 1);
+            }
         foreach (var (reason, count) in dropped)
             o.Warn?.Invoke($"{source.File}: dropped {count} of {records.Count} rows: {reason}");
         if (rows.Count == 0) throw new PeftFormatException(source.File, $"no row is left to train on ({string.Join("; ", dropped.Keys)})");
