@@ -26,6 +26,7 @@ public static class TrainCommand
                 var (trainable, all) = setup.Target.ParameterCounts();
                 o.WriteLine($"training {setup.ModelDir} ({cfg.FinetuningType}): {setup.Train.Count} rows" +
                     (setup.Eval.Count > 0 ? $", {setup.Eval.Count} held out" : "") + $", {trainable:N0} trainable parameters of {all:N0}");
+                if (cfg.Training.Bf16) o.WriteLine(PeftSharp.Runtime.Bf16Policy.Describe());
             }
             using var trainer = new Trainer(setup.Target, cfg.Training, setup.Train, setup.Eval);
             reporter.Attach(trainer);
