@@ -57,6 +57,8 @@ public static class Bf16StoredLinear
             var w = (Tensor)vars[1];
             ctx.save_for_backward(new List<Tensor> { w });
             ctx.save_data("inputs", vars.Length);
+            // Without no_grad the inner linear would record its own graph node and keep the float32 weight alive.
+            using var _ = no_grad();
             return Plain(x, w, vars.Length > 2 ? (Tensor)vars[2] : null);
         }
 

@@ -72,6 +72,13 @@ public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     /// <summary>ΔW of one adapter in the base weight's layout (scaling included), detached.</summary>
     public abstract Tensor DeltaWeight(string adapter);
 
+    /// <summary>
+    /// ΔW up to layout and scaling as Left·Right ([rows, r]·[r, cols]: B and A), so its rank can be taken from the r-wide
+    /// factors; null for DoRA, whose ΔW also rescales W.
+    /// </summary>
+    public (Tensor Left, Tensor Right)? DeltaFactors(string adapter) =>
+        SettingsOf(adapter).UseDora ? null : (BOf(adapter).flatten(1), AOf(adapter).flatten(1));
+
     public void SetActiveAdapters(IReadOnlyList<string> names)
     {
         _active.Clear();
