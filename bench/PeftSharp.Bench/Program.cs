@@ -34,9 +34,15 @@ public static class Program
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
-        // fp32 matmul speed on AMD depends on it by 2x, so every figure says which MKL path it ran on.
-        result.Notes.Add($"MKL kernels: {PeftSharp.Runtime.MklAmdDispatch.Status}.");
-        if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name), new JsonSerializerOptions { WriteIndented = true }));
+        // Figures depend on the CPU class and MKL path by 2-50x, so every result says which machine it ran on.
+        var machine = BenchMachine.Current();
+        result.Notes.Add(machine.FooterLine);
+        if (options.Args.TryGetValue("compare-python", out var pythonFile))
+        {
+            try { result.Notes.AddRange(PythonComparison.Compare(bench.Name, result, pythonFile)); }
+            catch (PeftSharp.PeftSharpException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
+        }
+        if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name, machine), new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
         else result.Print(Console.Out);
         return 0;
     }
@@ -97,9 +103,10 @@ public sealed class BenchResult
         foreach (var n in Notes) w.WriteLine(n);
     }
 
-    public object ToJson(string name) => new
+    public object ToJson(string name, BenchMachine machine) => new
     {
         benchmark = name,
+        machine,
         rows = Rows.Select(r => Columns.Zip(r).ToDictionary(p => p.First, p => p.Second)).ToList(),
         notes = Notes,
     };

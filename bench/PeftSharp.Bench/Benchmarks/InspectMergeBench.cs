@@ -38,7 +38,7 @@ public sealed class InspectMergeBench : IBenchmark
             using (var model = AutoModel.FromConfig(config))
             {
                 AutoModel.SavePretrained(model, modelDir);
-                var peft = PeftModel.Create(model, new LoraConfig { R = r, LoraAlpha = 2 * r, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) });
+                var peft = PeftModel.Create(model, new LoraConfig { R = r, LoraAlpha = 2 * r, FanInFanOut = true, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) });
                 using (no_grad())
                     foreach (var (name, p) in peft.named_parameters().Where(p => p.name.Contains("lora_B")))
                         p.copy_(randn(p.shape) * 0.01);
