@@ -28,7 +28,7 @@ public static class Program
         var options = BenchOptions.Parse(args.Skip(1).ToArray());
         BenchResult result;
         try { result = bench.Run(options); }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or PeftSharp.PeftSharpException)
         {
             // A bad option value: one line, not a stack trace.
             Console.Error.WriteLine($"error: {e.Message}");

@@ -23,7 +23,7 @@ public sealed class InspectMergeBench : IBenchmark
     {
         int layers = o.GetInt("layers", 12), hidden = o.GetInt("hidden", 768), r = o.GetInt("r", 8), threads = o.GetInt("threads", 2);
         TorchRuntime.EnsureInitialized();
-        set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         var root = Path.Combine(Path.GetTempPath(), $"peftsharp-inspect-merge-{Guid.NewGuid():N}");
         string modelDir = Path.Combine(root, "model"), adapterDir = Path.Combine(root, "adapter"), outDir = Path.Combine(root, "merged");
         var result = new BenchResult { Columns = new[] { "step", "seconds", "CPU seconds", "detail" } };

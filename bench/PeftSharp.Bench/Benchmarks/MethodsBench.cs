@@ -192,7 +192,7 @@ public sealed class MethodsBench : IBenchmark
         var selected = Methods.Where(m => (only.Length == 0 || m.Entry.Answers(only)) && (family.Length == 0 || m.Entry.Family == family)).ToList();
         if (selected.Count == 0)
             throw new ArgumentException($"no method matches --only '{only}' --family '{family}' (methods: {string.Join(", ", Methods.Select(m => $"{m.Entry.Name} [{m.Entry.Family}]"))})");
-        set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         var config = AutoModel.ParseConfig(new JsonObject
         {
             ["model_type"] = "llama", ["hidden_size"] = hidden, ["num_hidden_layers"] = layers, ["num_attention_heads"] = Math.Max(1, hidden / 32),

@@ -18,18 +18,20 @@ namespace PeftSharp.Bench.Benchmarks;
 public sealed class TrainStepBench : IBenchmark
 {
     public string Name => "train-step";
-    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora|lora_fa --precision fp32|bf16 [--steps 5] [--threads 2]";
+    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora|lora_fa --precision fp32|bf16 [--steps 5] [--threads 2|auto]";
 
     public BenchResult Run(BenchOptions o)
     {
         var mode = o.Get("mode", "lora");
         var precision = o.Get("precision", "fp32");
-        int steps = o.GetInt("steps", 5), warmup = o.GetInt("warmup", 2), threads = o.GetInt("threads", 2);
+        int steps = o.GetInt("steps", 5), warmup = o.GetInt("warmup", 2);
+        // A number fixes the thread count; "auto" leaves it to ThreadPolicy (the free cores, re-measured every few seconds).
+        var threads = o.Get("threads", "2");
         int batch = o.GetInt("batch", 4), seq = o.GetInt("seq", 256);
         if (mode is not ("full" or "lora" or "lora_fa")) throw new ArgumentException($"--mode {mode}: expected full, lora or lora_fa");
         if (precision is not ("fp32" or "bf16")) throw new ArgumentException($"--precision {precision}: expected fp32 or bf16");
         TorchRuntime.EnsureInitialized();
-        set_num_threads(threads);
+        if (threads != "auto") ThreadPolicy.Fix(int.TryParse(threads, out var n) && n > 0 ? n : throw new ArgumentException($"--threads {threads}: expected a positive number or auto"));
         manual_seed(0);
         var config = AutoModel.ParseConfig(new JsonObject
         {
@@ -70,7 +72,7 @@ public sealed class TrainStepBench : IBenchmark
         var (trainable, all) = target.ParameterCounts();
         var result = new BenchResult { Columns = new[] { "mode", "precision", "s/step (median)", "s/step (min)", "tokens/s", "peak RSS MB", "trainable params" } };
         result.Add(mode, precision, median, times[0], batch * seq / median, (ProcessMemory.PeakRss() ?? 0) / 1048576.0, $"{trainable:N0} of {all:N0}");
-        result.Notes.Add($"{steps} timed steps after {warmup} warmup, {threads} threads, batch {batch} x {seq}; peak RSS covers the whole process (model build included).");
+        result.Notes.Add($"{steps} timed steps after {warmup} warmup, threads {ThreadPolicy.Status}, batch {batch} x {seq}; peak RSS covers the whole process (model build included).");
         return result;
     }
 }

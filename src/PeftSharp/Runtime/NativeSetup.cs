@@ -13,6 +13,7 @@ static class NativeSetup
     internal static void Run()
     {
         CpuCapabilities.ApplyEmulation();
+        ThreadPolicy.ConfigureOpenMp();
         MklAmdDispatch.Enable();
         TorchRuntime.ConfigureAllocator();
     }

@@ -73,6 +73,7 @@ public static class TorchRuntime
             try
             {
                 torch.InitializeDeviceType(DeviceType.CPU);
+                ThreadPolicy.ApplyInitial();
             }
             catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or NotSupportedException)
             {
