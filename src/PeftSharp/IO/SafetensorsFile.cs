@@ -50,10 +50,10 @@ public sealed class SafetensorsFile : IDisposable
         {
             fs.ReadExactly(lenBytes);
             ulong headerLen = BitConverter.ToUInt64(lenBytes);
+            if (headerLen > MaxHeaderBytes)
+                throw new PeftFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit: corrupt or not safetensors");
             if (headerLen > (ulong)(fileLen - 8))
                 throw new PeftFormatException(path, $"header length {headerLen} runs past the end of the file ({fileLen} bytes): truncated or not safetensors");
-            if (headerLen > MaxHeaderBytes)
-                throw new PeftFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit");
             headerBytes = new byte[headerLen];
             fs.ReadExactly(headerBytes);
         }

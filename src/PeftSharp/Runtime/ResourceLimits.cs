@@ -65,11 +65,11 @@ public static class ResourceLimits
         "time one tokenizer regex may spend on one match");
     public static readonly ResourceLimit MaxPromptBytes = new("PEFTSHARP_MAX_PROMPT_BYTES", 1L << 20, "bytes",
         "largest text tokenized at once");
-    public static readonly ResourceLimit YamlMaxAliases = new("PEFTSHARP_YAML_MAX_ALIASES", 100, "aliases",
-        "YAML aliases (*name) in one file");
+    public static readonly ResourceLimit YamlMaxNodes = new("PEFTSHARP_YAML_MAX_NODES", 100_000, "nodes",
+        "values in one YAML file, counted with every alias (*name) expanded");
     public static readonly ResourceLimit YamlMaxDepth = new("PEFTSHARP_YAML_MAX_DEPTH", 64, "levels",
         "nesting of YAML mappings and sequences");
 
     public static IReadOnlyList<ResourceLimit> All { get; } =
-        [JinjaMaxOutput, JinjaMaxIterations, JinjaMaxDepth, JinjaTimeoutMs, RegexTimeoutMs, MaxPromptBytes, YamlMaxAliases, YamlMaxDepth];
+        [JinjaMaxOutput, JinjaMaxIterations, JinjaMaxDepth, JinjaTimeoutMs, RegexTimeoutMs, MaxPromptBytes, YamlMaxNodes, YamlMaxDepth];
 }

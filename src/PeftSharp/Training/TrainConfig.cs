@@ -83,15 +83,13 @@ public sealed record TrainConfig
 
     public static TrainConfig Parse(string yaml, string source = "config.yaml")
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PeftFormatException(source, $"not valid YAML (line {e.Start.Line}: {e.Message})"); }
+        var stream = PeftSharp.IO.YamlGuard.Load(yaml, source);
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new PeftFormatException(source, "expected a mapping of key: value");
         var values = new Dictionary<string, YamlNode>();
         foreach (var (k, v) in root.Children)
         {
-            var key = ((YamlScalarNode)k).Value ?? "";
+            var key = PeftSharp.IO.YamlGuard.Scalar(k, source, "a key") ?? "";
             if (!Keys.Contains(key))
                 throw new PeftConfigException($"{source}: unknown key '{key}' (line {k.Start.Line}). Valid keys: {string.Join(", ", Keys)}");
             values[key] = v;
@@ -103,7 +101,7 @@ public sealed record TrainConfig
             return node switch
             {
                 YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
-                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => ((YamlScalarNode)c).Value)),
+                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => PeftSharp.IO.YamlGuard.Scalar(c, source, $"each item of '{key}'"))),
                 _ => throw new PeftConfigException($"{source}: '{key}' must be a value or a list"),
             };
         }

@@ -44,11 +44,14 @@ public static class DatasetReader
     static List<DatasetRecord> ReadArray(string path, byte[] bytes)
     {
         var list = new List<DatasetRecord>();
+        // Records come in file order, so the line count only ever moves forward: one pass over the file in all.
+        int line = 1;
+        long counted = 0;
         int LineAt(long offset)
         {
-            int n = 1;
-            for (long k = 0; k < offset && k < bytes.Length; k++) if (bytes[k] == (byte)'\n') n++;
-            return n;
+            line += bytes.AsSpan((int)counted, (int)(Math.Min(offset, bytes.Length) - counted)).Count((byte)'\n');
+            counted = Math.Min(offset, bytes.Length);
+            return line;
         }
         try
         {
