@@ -19,7 +19,7 @@ public class PeftFormatException : PeftSharpException
         : base(path is null ? message : $"{path}: {message}", inner!) => FilePath = path;
 
     public PeftFormatException(string? path, long line, string message, Exception? inner = null)
-        : base(path is null ? $"line {line}: {message}" : $"{path}, line {line}: {message}", inner!)
+        : base(path is null ? $"line {line}: {message}" : $"{path}:{line}: {message}", inner!)
     {
         FilePath = path;
         Line = line;

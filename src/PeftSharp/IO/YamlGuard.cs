@@ -35,7 +35,7 @@ public static class YamlGuard
         void Add(long n, Mark at)
         {
             total += n;
-            if (total > maxNodes) throw new PeftLimitException($"{source}, line {at.Line}: the YAML (aliases expanded)", ResourceLimits.YamlMaxNodes);
+            if (total > maxNodes) throw new PeftLimitException($"{source}:{at.Line}: the YAML (aliases expanded)", ResourceLimits.YamlMaxNodes);
             if (open.Count > 0) { var (a, size) = open.Pop(); open.Push((a, size + n)); }
         }
         while (parser.MoveNext())
@@ -50,7 +50,7 @@ public static class YamlGuard
                     Add(1, sc.Start);
                     break;
                 case NodeEvent start and (MappingStart or SequenceStart):
-                    if (open.Count >= maxDepth) throw new PeftLimitException($"{source}, line {start.Start.Line}: YAML nesting", ResourceLimits.YamlMaxDepth);
+                    if (open.Count >= maxDepth) throw new PeftLimitException($"{source}:{start.Start.Line}: YAML nesting", ResourceLimits.YamlMaxDepth);
                     open.Push((start.Anchor.IsEmpty ? null : start.Anchor.Value, 0));
                     break;
                 case MappingEnd or SequenceEnd:

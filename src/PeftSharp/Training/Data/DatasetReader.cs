@@ -7,7 +7,7 @@ namespace PeftSharp.Training.Data;
 /// <summary>One JSON record of a dataset file, with the 1-based line where it starts (for error messages).</summary>
 public sealed record DatasetRecord(string File, int Line, JsonObject Json)
 {
-    public PeftFormatException Error(string message) => new($"{File}:{Line}", message);
+    public PeftFormatException Error(string message) => new(File, Line, message);
 }
 
 /// <summary>Reads JSONL (one object per line) or JSON (an array of objects) dataset files.</summary>
@@ -34,8 +34,8 @@ public static class DatasetReader
             if (line.Length == 0) continue;
             JsonNode? node;
             try { node = JsonNode.Parse(line); }
-            catch (JsonException e) { throw new PeftFormatException($"{path}:{i + 1}", $"not valid JSON ({e.Message})"); }
-            if (node is not JsonObject obj) throw new PeftFormatException($"{path}:{i + 1}", "each line must be a JSON object");
+            catch (JsonException e) { throw new PeftFormatException(path, i + 1, $"not valid JSON ({e.Message})"); }
+            if (node is not JsonObject obj) throw new PeftFormatException(path, i + 1, "each line must be a JSON object");
             list.Add(new DatasetRecord(path, i + 1, obj));
         }
         return list;
@@ -61,7 +61,7 @@ public static class DatasetReader
             {
                 long at = reader.TokenStartIndex;
                 if (reader.TokenType != JsonTokenType.StartObject)
-                    throw new PeftFormatException($"{path}:{LineAt(at)}", $"each array element must be a JSON object (found {reader.TokenType})");
+                    throw new PeftFormatException(path, LineAt(at), $"each array element must be a JSON object (found {reader.TokenType})");
                 var obj = JsonNode.Parse(ref reader)!.AsObject();
                 list.Add(new DatasetRecord(path, LineAt(at), obj));
             }
