@@ -141,3 +141,53 @@ public class LimitTests
         Assert.True(sw.ElapsedMilliseconds < 5_000, $"20k records took {sw.ElapsedMilliseconds} ms");
     }
 }
+
+/// <summary>tokenizer.json regexes from a hostile file: linear (non-backtracking) where possible, else a timeout.</summary>
+public class TokenizerRegexLimitTests
+{
+    static PeftSharp.Tokenization.HfTokenizer WithRegex(string section, string json)
+    {
+        var dir = TestPaths.TempDir();
+        foreach (var f in Directory.GetFiles(TestPaths.Data("tokenizers", "qwen3"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var path = Path.Combine(dir, "tokenizer.json");
+        var root = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        root[section] = JsonNode.Parse(json);
+        File.WriteAllText(path, root.ToJsonString());
+        return PeftSharp.Tokenization.HfTokenizer.FromFolder(dir);
+    }
+
+    [Fact]
+    public void Catastrophic_split_pattern_runs_in_linear_time_with_the_same_split()
+    {
+        var tok = WithRegex("pre_tokenizer", """{"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false}""");
+        var sw = Stopwatch.StartNew();
+        var ids = tok.Encode(new string('a', 5000) + "!", addSpecialTokens: false);
+        Assert.NotEmpty(ids);
+        Assert.True(sw.ElapsedMilliseconds < 5000, $"{sw.ElapsedMilliseconds} ms");
+    }
+
+    [Fact]
+    public void Catastrophic_pattern_that_needs_backtracking_times_out_with_a_named_limit()
+    {
+        using var _ = ResourceLimits.RegexTimeoutMs.Override(200);
+        var tok = WithRegex("normalizer", """{"type": "Replace", "pattern": {"Regex": "(a+)+(?=b)"}, "content": "x"}""");
+        var e = Assert.Throws<PeftLimitException>(() => tok.Encode(new string('a', 40) + "c", addSpecialTokens: false));
+        Assert.Contains("PEFTSHARP_REGEX_TIMEOUT_MS", e.Message);
+    }
+
+    [Fact]
+    public void Invalid_pattern_names_the_file()
+    {
+        var e = Assert.Throws<PeftFormatException>(() => WithRegex("pre_tokenizer", """{"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": false}"""));
+        Assert.Contains("tokenizer.json", e.Message);
+        Assert.Contains("invalid regex", e.Message);
+    }
+
+    [Fact]
+    public void Prompt_over_the_byte_limit_is_refused_before_tokenizing()
+    {
+        var tok = PeftSharp.Tokenization.HfTokenizer.FromFolder(TestPaths.Data("tokenizers", "gpt2"));
+        var e = Assert.Throws<PeftLimitException>(() => tok.Encode(new string('x', 4 << 20)));
+        Assert.Contains("PEFTSHARP_MAX_PROMPT_BYTES", e.Message);
+    }
+}
