@@ -132,12 +132,16 @@ public static class AutoModel
         return model;
     }
 
-    /// <summary>Writes a HF model folder (config.json + model.safetensors) that <see cref="FromPretrained"/> and transformers read.</summary>
-    public static void SavePretrained(PreTrainedModel model, string dir)
+    /// <summary>
+    /// Writes a HF model folder (config.json + model.safetensors) that <see cref="FromPretrained"/> and transformers read.
+    /// The folder is replaced as a whole (<see cref="AtomicFolder"/>); <paramref name="alsoWrite"/> adds files (tokenizer, ...)
+    /// to the new folder before it is swapped in.
+    /// </summary>
+    public static void SavePretrained(PreTrainedModel model, string dir, Action<string>? alsoWrite = null) => AtomicFolder.Write(dir, tmp =>
     {
-        Directory.CreateDirectory(dir);
         var tensors = model.state_dict().Where(kv => !model.TiedKeys.Contains(kv.Key));
-        SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
-    }
+        SafetensorsWriter.Save(Path.Combine(tmp, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
+        alsoWrite?.Invoke(tmp);
+    });
 }

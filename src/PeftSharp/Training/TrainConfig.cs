@@ -155,6 +155,7 @@ public sealed record TrainConfig
             GradientCheckpointing = Bool("gradient_checkpointing", false),
             LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
             ResumeFromCheckpoint = Str("resume_from_checkpoint"),
+            OverwriteOutputDir = Bool("overwrite_output_dir", false),
             WeightDecay = Dbl("weight_decay", 0),
             AdamBeta1 = Dbl("adam_beta1", 0.9),
             AdamBeta2 = Dbl("adam_beta2", 0.999),

@@ -44,6 +44,8 @@ public sealed record TrainingArguments
     public double LoraPlusLrEmbedding { get; init; } = 1e-6;
     /// <summary>A checkpoint folder, or "true"/"last" for the newest checkpoint-N in <see cref="OutputDir"/>.</summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>Clear an output_dir that holds an earlier run's checkpoints instead of refusing it.</summary>
+    public bool OverwriteOutputDir { get; init; }
     /// <summary>Call malloc_trim every N steps (glibc keeps freed tensor memory otherwise).</summary>
     public int TrimMemorySteps { get; init; } = 50;
 
