@@ -21,6 +21,8 @@ public static class YamlGuard
             return stream;
         }
         catch (YamlException e) { throw new PeftFormatException(source, e.Start.Line, $"not valid YAML ({e.Message})"); }
+        // YamlDotNet's scanner throws this on some malformed input instead of a YamlException.
+        catch (InvalidOperationException e) { throw new PeftFormatException(source, $"not valid YAML ({e.Message})"); }
     }
 
     // Counts nodes as they would be after expanding every alias (an anchor's subtree size is known when it closes).
@@ -42,6 +44,9 @@ public static class YamlGuard
         {
             switch (parser.Current)
             {
+                case AnchorAlias a when open.Any(o => o.Anchor == a.Value.Value):
+                    // YamlDotNet would build a cycle that anything walking the tree follows forever.
+                    throw new PeftFormatException(source, a.Start.Line, $"alias *{a.Value.Value} refers to the list or mapping that contains it (a cycle)");
                 case AnchorAlias a:
                     Add(anchors.TryGetValue(a.Value.Value, out var n) ? n : 1, a.Start);
                     break;

@@ -29,8 +29,7 @@ public static class RunGuard
         if (!args.OverwriteOutputDir)
             throw new PeftOutputException($"output_dir '{dir}' already holds checkpoints of an earlier run ({string.Join(", ", checkpoints.Take(3))}" +
                 $"{(checkpoints.Count > 3 ? ", ..." : "")}); set overwrite_output_dir: true to clear it, resume_from_checkpoint to continue that run, or choose another output_dir");
-        foreach (var entry in Directory.EnumerateFileSystemEntries(dir).ToList())
-            if (Directory.Exists(entry)) Directory.Delete(entry, recursive: true); else File.Delete(entry);
+        AtomicFolder.Write(dir, _ => { }); // cleared in one swap: a kill never leaves half of the old run
     }
 
     /// <summary>What a checkpoint records about the run that wrote it: its trainable parameters' names and shapes, and the model.</summary>

@@ -40,6 +40,13 @@ public class LimitTests
     }
 
     [Fact]
+    public void Alias_inside_its_own_anchor_is_refused_not_followed_forever()
+    {
+        var e = Assert.Throws<PeftFormatException>(() => TrainConfig.Parse(Head + "finetuning_type: adapter\nleave_out: &a [1, *a]\n", "cycle.yaml"));
+        Assert.Contains("cycle.yaml:4: alias *a refers to the list or mapping that contains it", e.Message);
+    }
+
+    [Fact]
     public void Deep_yaml_nesting_is_refused()
     {
         var yaml = Head + "lora_target: " + new string('[', 500) + new string(']', 500) + "\n";

@@ -36,9 +36,16 @@ public static class DatasetReader
             try { node = JsonNode.Parse(line); }
             catch (JsonException e) { throw new PeftFormatException(path, i + 1, $"not valid JSON ({e.Message})"); }
             if (node is not JsonObject obj) throw new PeftFormatException(path, i + 1, "each line must be a JSON object");
-            list.Add(new DatasetRecord(path, i + 1, obj));
+            list.Add(new DatasetRecord(path, i + 1, NoDuplicateKeys(obj, path, i + 1)));
         }
         return list;
+    }
+
+    // JsonObject builds its key index lazily and throws ArgumentException there on a repeated key: surface it now, with the line.
+    static JsonObject NoDuplicateKeys(JsonObject obj, string path, int line)
+    {
+        try { _ = obj.Count; return obj; }
+        catch (ArgumentException e) { throw new PeftFormatException(path, line, $"a key appears twice in the record ({e.Message})"); }
     }
 
     static List<DatasetRecord> ReadArray(string path, byte[] bytes)
@@ -63,10 +70,11 @@ public static class DatasetReader
                 if (reader.TokenType != JsonTokenType.StartObject)
                     throw new PeftFormatException(path, LineAt(at), $"each array element must be a JSON object (found {reader.TokenType})");
                 var obj = JsonNode.Parse(ref reader)!.AsObject();
-                list.Add(new DatasetRecord(path, LineAt(at), obj));
+                int recordLine = LineAt(at);
+                list.Add(new DatasetRecord(path, recordLine, NoDuplicateKeys(obj, path, recordLine)));
             }
         }
-        catch (JsonException e) { throw new PeftFormatException(path, $"not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new PeftFormatException(path, (e.LineNumber ?? 0) + 1, $"not valid JSON ({e.Message})"); }
         return list;
     }
 }
