@@ -26,6 +26,13 @@ public static class AtomicFolder
         var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir));
         var parent = Path.GetDirectoryName(full) ?? throw new PeftSharpException($"{dir}: cannot replace a root folder");
         var name = Path.GetFileName(full);
+        // Inside a folder that is itself still being built nothing is visible yet: write in place (no nested temporaries).
+        if (full.Split(Path.DirectorySeparatorChar).Any(part => part.StartsWith('.') && part.Contains(TempTag, StringComparison.Ordinal)))
+        {
+            Directory.CreateDirectory(full);
+            write(full);
+            return;
+        }
         Directory.CreateDirectory(parent);
         Recover(parent, name, keep);
         if (File.Exists(full)) throw new PeftFormatException(full, "is a file; expected a folder (or nothing) to write into");

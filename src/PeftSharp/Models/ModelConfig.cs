@@ -49,7 +49,7 @@ public abstract record ModelConfig
         if (HiddenSize % NumAttentionHeads != 0 && this is not IHasHeadDim)
             throw new PeftConfigException($"{source}: hidden_size {HiddenSize} is not divisible by num_attention_heads {NumAttentionHeads}");
         if (EosTokenIdRaw is { } eos && !(eos.ValueKind is JsonValueKind.Null || IsInt(eos) || eos.ValueKind == JsonValueKind.Array && eos.EnumerateArray().All(IsInt)))
-            throw new PeftConfigException($"{source}: 'eos_token_id' must be an integer or a list of integers (found {eos.GetRawText()})");
+            throw new PeftConfigException($"{source}: 'eos_token_id' must be an integer or a list of integers (found {JsonSerializer.Serialize(eos)})");
     }
 
     static bool IsInt(JsonElement e) => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out _);

@@ -106,7 +106,7 @@ public sealed record TrainConfig
         {
             var s = Str(key);
             if (s is null) return fallback;
-            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s}'; expected {expected}");
+            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s.ReplaceLineEndings("\\n")}'; expected {expected}");
         }
         int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
         double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;

@@ -16,6 +16,12 @@ public class DatasetFuzzTests
     ];
     static readonly string[] Fields = ["input_ids", "labels", "attention_mask", "label", "text", "instruction", "input", "output", "messages", "conversations", "history", "system"];
 
+    static string ValidRecord(Random rng)
+    {
+        var ids = Enumerable.Range(0, 2 + rng.Next(8)).Select(_ => rng.Next(320)).ToList();
+        return $"{{\"input_ids\": [{string.Join(", ", ids)}], \"labels\": [-100, {string.Join(", ", ids.Skip(1))}]}}";
+    }
+
     static string Record(Random rng)
     {
         var parts = Enumerable.Range(0, 1 + rng.Next(4)).Select(_ => $"\"{Fields[rng.Next(Fields.Length)]}\": {Values[rng.Next(Values.Length)]}").Distinct();
@@ -30,11 +36,14 @@ public class DatasetFuzzTests
         Gen.Select(Gen.Int, Gen.Int[1, 6], Gen.Bool, Gen.Int[0, 5]).Sample((seed, count, array, format) =>
         {
             var rng = new Random(seed);
-            var records = Enumerable.Range(0, count).Select(_ => Record(rng)).ToList();
+            // Half the files are valid pre-tokenized data with at most one hostile record, half are random records.
+            bool valid = rng.Next(2) == 0;
+            var records = Enumerable.Range(0, count).Select(_ => valid ? ValidRecord(rng) : Record(rng)).ToList();
+            if (valid && rng.Next(2) == 0) records[rng.Next(records.Count)] = Record(rng);
             if (rng.Next(5) == 0) records.Insert(rng.Next(records.Count), rng.Next(2) == 0 ? "{\"input_ids\": [1, 2" : "[1, 2]");
             var path = Path.Combine(dir, array ? "d.json" : "d.jsonl");
             File.WriteAllText(path, array ? "[\n" + string.Join(",\n", records) + "\n]\n" : string.Join("\n", records) + "\n");
-            var options = new DataOptions { VocabSize = 320, CutoffLen = 16, Format = format == 5 ? null : (DatasetFormat)format };
+            var options = new DataOptions { VocabSize = 320, CutoffLen = 16, Format = valid || format == 5 ? null : (DatasetFormat)format };
             h.Case(string.Join(" | ", records), path, () =>
             {
                 // No tokenizer: text formats must be refused clearly, pre-tokenized ones fully checked.

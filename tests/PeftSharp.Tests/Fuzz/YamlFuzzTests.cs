@@ -31,8 +31,11 @@ public class YamlFuzzTests
         {
             var rng = new Random(seed);
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\n");
+            string[] good = ["learning_rate: 1.0e-4", "lora_rank: 8", "lora_target: [q_proj, v_proj]", "max_steps: 10", "cutoff_len: 256",
+                "save_steps: &s 5", "eval_steps: *s", "bf16: true", "output_dir: out", "lora_dropout: 0.05", "seed: 3", "plot_loss: false"];
             for (int i = 0; i < lines; i++)
-                yaml.Append(rng.Next(10) == 0 ? $"unknown_{i}" : keys[rng.Next(keys.Length)]).Append(": ").Append(Value(rng, 0)).Append('\n');
+                if (rng.Next(2) == 0) yaml.Append(good[rng.Next(good.Length)]).Append('\n');
+                else yaml.Append(rng.Next(10) == 0 ? $"unknown_{i}" : keys[rng.Next(keys.Length)]).Append(": ").Append(Value(rng, 0)).Append('\n');
             var text = yaml.ToString();
             if (rng.Next(4) == 0)
             {
