@@ -35,6 +35,18 @@ public abstract record ModelConfig
         _ => Array.Empty<int>(),
     };
 
+    /// <summary>Positions the model was trained for (max_position_embeddings, n_positions or n_ctx); int.MaxValue when none is set.</summary>
+    [JsonIgnore]
+    public int ContextLength
+    {
+        get
+        {
+            foreach (var key in new[] { "max_position_embeddings", "n_positions", "n_ctx" })
+                if (Raw[key] is JsonValue v && v.TryGetValue<int>(out var n) && n > 0) return n;
+            return int.MaxValue;
+        }
+    }
+
     /// <summary>Generous upper bounds: far above any released model, low enough that a typo cannot allocate without end.</summary>
     public const int MaxVocabSize = 1 << 24, MaxHiddenSize = 1 << 17, MaxLayers = 4096, MaxHeads = 1 << 12, MaxIntermediateSize = 1 << 20,
         MaxPositions = 1 << 24;
