@@ -59,7 +59,6 @@ public sealed class ServingEngine : IDisposable
     /// <param name="generationDefaults">eos/pad ids from generation_config.json (see <see cref="GenerationOptions.WithGenerationConfig"/>).</param>
     public ServingEngine(PreTrainedModel model, ServingOptions? options = null, HfTokenizer? tokenizer = null, GenerationOptions? generationDefaults = null)
     {
-        if (!model.IsCausalLM) throw new PeftSharpException($"{model.GetType().Name} is not a causal language model; serving needs one");
         Options = options ?? new ServingOptions();
         if (Options.MaxBatchSize < 1 || Options.MaxQueue < 0 || Options.MaxTokensLimit < 1 || Options.MaxPromptBytes < 1)
             throw new PeftConfigException($"serving limits must be positive (max batch {Options.MaxBatchSize}, queue {Options.MaxQueue}, max tokens {Options.MaxTokensLimit}, max prompt bytes {Options.MaxPromptBytes})");
@@ -72,6 +71,7 @@ public sealed class ServingEngine : IDisposable
         // Decoding reads only immutable tables, so the worker never waits for a request being tokenized.
         if (tokenizer is not null) _decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true);
         ContextLength = ContextLengthOf(model.Config);
+        if (_decode is { } decode) _jsonObjects = new Lazy<JsonConstraint>(() => JsonConstraint.FromDecoder(model.Config.VocabSize, decode));
         _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "peft-serving" };
         _worker.Start();
     }
@@ -95,6 +95,13 @@ public sealed class ServingEngine : IDisposable
     public HfTokenizer? Tokenizer { get; }
     /// <summary>The base model's name in requests (OpenAI's "model"); <see cref="RowAdapters.Base"/> is accepted too.</summary>
     public string ModelName => Options.ModelName ?? "base";
+    /// <summary>Most alternatives a request may ask logprobs for (OpenAI's limit).</summary>
+    public const int MaxTopLogprobs = 20;
+
+    /// <summary>The JSON-object constraint over this model's vocabulary (built at its first use), or null without a tokenizer.</summary>
+    JsonConstraint? JsonObjects => _jsonObjects?.Value;
+    readonly Lazy<JsonConstraint>? _jsonObjects;
+
     /// <summary>Positions the model has (max_position_embeddings / n_positions): prompt plus max_tokens must fit.</summary>
     public int ContextLength { get; }
 
@@ -119,6 +126,15 @@ public sealed class ServingEngine : IDisposable
     }
 
     public bool IsBase(string model) => model == ModelName || model == RowAdapters.Base;
+
+    /// <summary>The base model's name, then every adapter's.</summary>
+    public IReadOnlyList<string> ModelNames() => new[] { ModelName }.Concat(AdapterNames).ToList();
+
+    /// <summary>When the engine was created (OpenAI's "created" of its models).</summary>
+    public DateTimeOffset StartedAt { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>Generates text (a causal LM); false for encoders, which serve embeddings only.</summary>
+    public bool CanGenerate => _model.IsCausalLM;
 
     /// <summary>
     /// Adds an adapter folder (trusted path, e.g. from the command line) and loads it, subject to the cap. The
@@ -161,10 +177,11 @@ public sealed class ServingEngine : IDisposable
     }
 
 
-    public IReadOnlyList<int> Encode(string text)
+    /// <param name="field">The request field the text came in, named by errors.</param>
+    public IReadOnlyList<int> Encode(string text, string field = "prompt")
     {
-        var tokenizer = RequireTokenizer("prompt");
-        CheckPromptBytes(Encoding.UTF8.GetByteCount(text), "prompt");
+        var tokenizer = RequireTokenizer(field);
+        CheckPromptBytes(Encoding.UTF8.GetByteCount(text), field);
         lock (_tokenizerLock) return tokenizer.Encode(text);
     }
 
@@ -208,6 +225,8 @@ public sealed class ServingEngine : IDisposable
 
     GenerationOptions Validate(ServingRequest request)
     {
+        if (!CanGenerate)
+            throw ServingException.BadRequest($"the model '{ModelName}' is an encoder ({_model.GetType().Name}); it serves /v1/embeddings only", "model");
         var adapter = IsBase(request.Adapter) ? RowAdapters.Base : request.Adapter;
         if (adapter != RowAdapters.Base && !Serves(adapter))
             throw new ServingException(404, $"the model '{request.Adapter}' does not exist (serving: {string.Join(", ", new[] { ModelName }.Concat(AdapterNames))})", "model", "model_not_found");
@@ -222,10 +241,63 @@ public sealed class ServingEngine : IDisposable
             throw ServingException.BadRequest($"this model's maximum context length is {ContextLength} tokens; the prompt has {request.PromptIds.Count} and max_tokens is {o.MaxNewTokens}", "max_tokens");
         if (o.StopStrings.Count > 0 && o.Decode is null && _decode is null)
             throw ServingException.BadRequest("stop strings need the model's tokenizer.json, which is missing", "stop");
+        if (request.TopLogprobs is < -1 or > MaxTopLogprobs)
+            throw ServingException.BadRequest($"top_logprobs must be in [0, {MaxTopLogprobs}] (found {request.TopLogprobs})", "top_logprobs");
+        if (request.JsonObject) _ = JsonObjects ?? throw ServingException.BadRequest("response_format json_object needs the model's tokenizer.json, which is missing", "response_format");
         var resolved = o with { Decode = o.Decode ?? _decode, EosTokenIds = o.EosTokenIds ?? _eos, PadTokenId = o.PadTokenId ?? _pad };
         try { resolved.Validate(); }
         catch (PeftConfigException e) { throw ServingException.BadRequest(e.Message); }
         return resolved;
+    }
+
+    // ---- embeddings ----
+
+    /// <summary>
+    /// OpenAI's /v1/embeddings: each input's last hidden states mean-pooled over its tokens and L2-normalized (the
+    /// pooling sentence-transformers uses for a model folder without modules.json, and OpenAI's unit-length vectors).
+    /// Encoders (BERT) and causal models alike, the base model or a resident batched (LoRA) adapter. One input per
+    /// forward, so no padding enters the pool; each forward holds the model lock between decode steps.
+    /// </summary>
+    public float[][] Embed(IReadOnlyList<IReadOnlyList<int>> inputs, string model)
+    {
+        var adapter = IsBase(model) ? RowAdapters.Base : model;
+        if (adapter != RowAdapters.Base && (!_adapters.Contains(adapter) || !_adapters.IsBatched(adapter)))
+            throw ServingException.BadRequest($"embeddings are served for the base model and LoRA adapters; '{model}' is not one", "model");
+        int vocab = _model.Config.VocabSize;
+        foreach (var ids in inputs)
+        {
+            if (ids.Count == 0) throw ServingException.BadRequest("an input is empty", "input");
+            if (ids.Count > ContextLength) throw ServingException.BadRequest($"an input has {ids.Count} tokens; this model's maximum context length is {ContextLength}", "input");
+            foreach (var id in ids)
+                if (id < 0 || id >= vocab) throw ServingException.BadRequest($"token id {id} is outside the vocabulary [0, {vocab})", "input");
+        }
+        var result = new float[inputs.Count][];
+        var device = _model.Device;
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var ids = inputs[i];
+            var input = new ModelInputs
+            {
+                InputIds = tensor(ids.Select(t => (long)t).ToArray(), new long[] { 1, ids.Count }).to(device),
+                AttentionMask = ones(1, ids.Count, ScalarType.Int64).to(device),
+            };
+            Tensor hidden;
+            lock (_modelLock)
+            {
+                if (adapter != RowAdapters.Base && !_adapters.IsLoaded(adapter))
+                    throw new ServingException(503, $"adapter '{adapter}' is not resident right now (--max-loras); retry", "model");
+                _adapters.PrepareMixed();
+                using var rows = new RowAdapters(new[] { adapter }, device);
+                var output = _adapters.Peft is { } peft ? peft.Forward(input, rows) : _model.Forward(input);
+                hidden = output.LastHiddenState ?? throw new PeftSharpException($"{_model.GetType().Name} returns no hidden states to pool");
+            }
+            var pooled = hidden.to(ScalarType.Float32).mean(new long[] { 1 }).squeeze(0);
+            pooled = pooled / pooled.norm().clamp_min(1e-12);
+            result[i] = pooled.cpu().data<float>().ToArray();
+        }
+        return result;
     }
 
     // ---- shutdown and metrics ----
@@ -291,43 +363,33 @@ public sealed class ServingEngine : IDisposable
         public string Adapter => Request.Adapter;
     }
 
-    /// <summary>A sequence in the running batch.</summary>
+    /// <summary>A sequence in the running batch: its decoding state (shared with <see cref="TextGenerator"/>) and its place in the batch.</summary>
     sealed class Row : IDisposable
     {
-        public Row(Pending p, string adapter, bool solo, Device device)
+        public Row(Pending p, string adapter, bool solo, Device device, JsonConstraint? json)
         {
             Pending = p;
             Adapter = adapter;
             Solo = solo;
-            Prompt = p.Request.PromptIds.ToArray();
-            Tokens = Prompt.ToList();
-            Stops = new StopStringMatcher(p.Options.StopStrings, p.Options.Decode);
-            Detokenizer = p.Options.Decode is { } d ? new IncrementalDetokenizer(d) : null;
-            Eos = p.Options.EosTokenIds!.ToHashSet();
-            Rng = p.Options.Seed is ulong seed ? new torch.Generator(seed, device) : null;
+            State = new SequenceState(p.Request.PromptIds, p.Options, p.Options.EosTokenIds!, device, p.Request.TopLogprobs, json);
+            Logprobs = p.Request.TopLogprobs >= 0 ? new List<TokenLogprob>() : null;
         }
 
         public readonly Pending Pending;
         public readonly string Adapter;
         /// <summary>Served in a group of its own adapter (<see cref="SoloGroup"/>), not in the mixed batch.</summary>
         public readonly bool Solo;
-        public readonly int[] Prompt;
-        public readonly List<int> Tokens;
-        public readonly List<int> New = new();
-        public readonly StopStringMatcher Stops;
-        public readonly IncrementalDetokenizer? Detokenizer;
-        public readonly HashSet<int> Eos;
-        public torch.Generator? Rng;
+        public readonly SequenceState State;
+        public readonly List<TokenLogprob>? Logprobs;
         /// <summary>Zero columns before this row's first cached position.</summary>
         public long Pad;
-        public FinishReason? Reason;
         public bool Cancelled;
+        public int[] Prompt => State.Prompt;
+        public IReadOnlyList<int> Tokens => State.Tokens;
         public GenerationOptions Options => Pending.Options;
-        public bool Done => Reason is not null || Cancelled;
-        /// <summary>Needs more than an argmax over raw logits.</summary>
-        public bool Processed => Options.DoSample || Options.RepetitionPenalty != 1.0;
+        public bool Done => State.Reason is not null || Cancelled;
 
-        public void Dispose() { Rng?.Dispose(); Rng = null; }
+        public void Dispose() => State.Dispose();
     }
 
     void WorkerLoop()
@@ -396,7 +458,7 @@ public sealed class ServingEngine : IDisposable
             else if (_rows.Count + _solo.Sum(g => g.Rows.Count) + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter, out var solo))
             {
                 leaving.Add(p);
-                joiners.Add(new Row(p, adapter, solo, _model.Device));
+                joiners.Add(new Row(p, adapter, solo, _model.Device, p.Request.JsonObject ? JsonObjects : null));
             }
             else if (p.Done.Task.IsCompleted) leaving.Add(p);
         }
@@ -608,7 +670,7 @@ public sealed class ServingEngine : IDisposable
         UpdateBatchSize();
     }
 
-    /// <summary>Picks each row's next token (one argmax for plain greedy rows, the row's own processors and generator otherwise) and streams it.</summary>
+    /// <summary>Picks each row's next token (one argmax for plain greedy rows, the row's own processors, constraint and generator otherwise) and streams it.</summary>
     void Emit(IReadOnlyList<Row> rows, Tensor logits)
     {
         logits = logits.to(ScalarType.Float32);
@@ -618,22 +680,12 @@ public sealed class ServingEngine : IDisposable
         {
             var r = rows[i];
             if (r.Done) continue;
-            int token = (int)greedy[i];
-            if (r.Processed)
-            {
-                using var scope = NewDisposeScope();
-                var sequences = r.Options.RepetitionPenalty != 1.0 ? tensor(r.Tokens.Select(t => (long)t).ToArray(), new long[] { 1, r.Tokens.Count }) : null;
-                var scores = LogitsProcessors.Process(logits.narrow(0, i, 1), sequences, r.Options);
-                token = (int)LogitsProcessors.Choose(scores, r.Options, r.Rng).item<long>();
-            }
-            r.Tokens.Add(token);
-            r.New.Add(token);
+            int token = r.State.PicksOwnTokens ? r.State.Choose(logits.narrow(0, i, 1)) : (int)greedy[i];
+            var delta = r.State.Accept(token, lastStep: false);
+            var logprob = r.Logprobs is null ? null : r.State.LastLogprob;
+            if (logprob is { } lp) r.Logprobs!.Add(lp);
             count++;
-            if (r.Eos.Contains(token)) r.Reason = FinishReason.Eos;
-            else if (r.Stops.Active && r.Stops.Matches(r.Tokens)) r.Reason = FinishReason.StopString;
-            else if (r.New.Count >= r.Options.MaxNewTokens) r.Reason = FinishReason.Length;
-            var delta = r.Detokenizer?.Delta(r.New, r.Reason is not null);
-            r.Pending.Channel.Writer.TryWrite(new ServedToken(token, delta));
+            r.Pending.Channel.Writer.TryWrite(new ServedToken(token, delta) { Logprob = logprob });
         }
         Interlocked.Add(ref _generated, count);
         lock (_recent) { _recent.Enqueue((_clock.ElapsedMilliseconds, count)); Trim(_clock.ElapsedMilliseconds); }
@@ -672,7 +724,7 @@ public sealed class ServingEngine : IDisposable
         UpdateBatchSize();
         foreach (var r in done)
         {
-            Complete(r.Pending, r.Prompt, r.New.ToArray(), r.Options.Decode, r.Reason ?? FinishReason.Length, r.Cancelled);
+            Complete(r.Pending, r.Prompt, r.State.NewTokens.ToArray(), r.Options.Decode, r.State.Reason ?? FinishReason.Length, r.Cancelled, r.Logprobs);
             Release(r);
         }
         return keep;
@@ -684,10 +736,10 @@ public sealed class ServingEngine : IDisposable
         if (r.Adapter != RowAdapters.Base) _adapters.RemoveUse(r.Adapter);
     }
 
-    void Complete(Pending p, int[] prompt, int[] tokens, Func<IReadOnlyList<int>, string>? decode, FinishReason reason, bool cancelled)
+    void Complete(Pending p, int[] prompt, int[] tokens, Func<IReadOnlyList<int>, string>? decode, FinishReason reason, bool cancelled, IReadOnlyList<TokenLogprob>? logprobs = null)
     {
         p.Channel.Writer.TryComplete();
-        if (!p.Done.TrySetResult(new ServedCompletion(prompt, tokens, decode?.Invoke(tokens), reason, cancelled))) return;
+        if (!p.Done.TrySetResult(new ServedCompletion(prompt, tokens, decode?.Invoke(tokens), reason, cancelled) { Logprobs = logprobs })) return;
         if (cancelled) Interlocked.Increment(ref _cancelled);
         else Interlocked.Increment(ref _finished);
         Interlocked.Decrement(ref _outstanding);
