@@ -70,7 +70,7 @@ public sealed class ServingEngine : IDisposable
         _pad = generationDefaults?.PadTokenId ?? model.Config.PadTokenId;
         // Decoding reads only immutable tables, so the worker never waits for a request being tokenized.
         if (tokenizer is not null) _decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true);
-        ContextLength = ContextLengthOf(model.Config);
+        ContextLength = model.Config.ContextLength;
         if (_decode is { } decode) _jsonObjects = new Lazy<JsonConstraint>(() => JsonConstraint.FromDecoder(model.Config.VocabSize, decode));
         _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "peft-serving" };
         _worker.Start();
@@ -104,13 +104,6 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>Positions the model has (max_position_embeddings / n_positions): prompt plus max_tokens must fit.</summary>
     public int ContextLength { get; }
-
-    static int ContextLengthOf(ModelConfig config)
-    {
-        foreach (var key in new[] { "max_position_embeddings", "n_positions", "n_ctx" })
-            if (config.Raw[key] is JsonValue v && v.TryGetValue<int>(out var n) && n > 0) return n;
-        return int.MaxValue;
-    }
 
     // ---- adapters ----
 
