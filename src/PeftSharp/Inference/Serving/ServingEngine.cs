@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
@@ -12,6 +11,8 @@ using static TorchSharp.torch;
 namespace PeftSharp.Inference.Serving;
 
 /// <summary>
+/// The serving facade: requests in (validated, tokenized, queued), adapters loaded and unloaded, metrics out. The
+/// <see cref="ServingScheduler"/> admits queued requests between steps and the <see cref="BatchRunner"/> runs them.
 /// Continuous batching over one base model and many LoRA adapters (S-LoRA/Punica/vLLM style). A single
 /// worker thread owns the model: between decode steps it admits queued requests (prefilling them together,
 /// left-padded) and drops finished or cancelled ones, so requests join and leave a running batch. Every step
@@ -34,27 +35,14 @@ public sealed class ServingEngine : IDisposable
 {
     readonly PreTrainedModel _model;
     readonly AdapterRegistry _adapters;
+    /// <summary>Held for every forward and every change to the model's adapters; never while reading a file or tokenizing.</summary>
     readonly object _modelLock = new();
-    readonly object _queueLock = new();
     readonly object _tokenizerLock = new();
-    readonly LinkedList<Pending> _queue = new();
-    readonly List<Row> _rows = new();
-    readonly List<SoloGroup> _solo = new();
-    readonly SemaphoreSlim _signal = new(0);
-    readonly Thread _worker;
+    readonly ServingCounters _counters = new();
+    readonly ServingScheduler _scheduler;
     readonly IReadOnlyList<int> _eos;
     readonly int? _pad;
     readonly Func<IReadOnlyList<int>, string>? _decode;
-    readonly Stopwatch _clock = Stopwatch.StartNew();
-    readonly Queue<(long Ms, int Tokens)> _recent = new();
-    KVCache? _cache;
-    /// <summary>The running batch's per-row adapters, kept while its rows stay the same (layers cache their rows' A/B in it).</summary>
-    RowAdapters? _decodeRows;
-    volatile bool _accepting = true;
-    volatile bool _stopping;
-    long _requests, _finished, _cancelled, _rejected, _promptTokens, _generated, _steps;
-    // Undisposed TorchSharp objects of each step, collected on the engine thread at most every 200 ms.
-    readonly Runtime.PeriodicCollector _collector = new();
 
     /// <param name="generationDefaults">eos/pad ids from generation_config.json (see <see cref="GenerationOptions.WithGenerationConfig"/>).</param>
     public ServingEngine(PreTrainedModel model, ServingOptions? options = null, HfTokenizer? tokenizer = null, GenerationOptions? generationDefaults = null)
@@ -72,8 +60,7 @@ public sealed class ServingEngine : IDisposable
         if (tokenizer is not null) _decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true);
         ContextLength = model.Config.ContextLength;
         if (_decode is { } decode) _jsonObjects = new Lazy<JsonConstraint>(() => JsonConstraint.FromDecoder(model.Config.VocabSize, decode));
-        _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "peft-serving" };
-        _worker.Start();
+        _scheduler = new ServingScheduler(Options, _adapters, _modelLock, new BatchRunner(model, _adapters, _modelLock, _counters), _counters, IsBase);
     }
 
     /// <summary>Loads a model folder (its tokenizer when present, its generation_config.json) and the given adapters.</summary>
@@ -140,7 +127,7 @@ public sealed class ServingEngine : IDisposable
         if (_adapters.Contains(name)) throw ServingException.BadRequest($"adapter '{name}' is already loaded; unload it first or pick another name", "lora_name");
         using var prepared = AdapterRegistry.Prepare(dir);
         lock (_modelLock) _adapters.Register(name, prepared);
-        Signal();
+        _scheduler.Signal();
     }
 
     /// <summary>vLLM's /v1/load_lora_adapter: <paramref name="path"/> must stay inside <see cref="ServingOptions.AdapterRoot"/>.</summary>
@@ -193,22 +180,11 @@ public sealed class ServingEngine : IDisposable
     /// <summary>Queues a request. Throws <see cref="ServingException"/> for invalid requests, a full queue (429) or shutdown (503).</summary>
     public ServingHandle Submit(ServingRequest request, CancellationToken cancellationToken = default)
     {
-        if (!_accepting) throw new ServingException(503, "the server is shutting down");
+        if (!_scheduler.Accepting) throw new ServingException(503, "the server is shutting down");
         var options = Validate(request);
         var channel = Channel.CreateUnbounded<ServedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-        var pending = new Pending(request, options, channel, cancellationToken);
-        lock (_queueLock)
-        {
-            if (_queue.Count >= Options.MaxQueue)
-            {
-                Interlocked.Increment(ref _rejected);
-                throw new ServingException(429, $"the request queue is full ({Options.MaxQueue} waiting); retry later");
-            }
-            _queue.AddLast(pending);
-        }
-        Interlocked.Increment(ref _requests);
-        Interlocked.Increment(ref _outstanding);
-        Signal();
+        var pending = new PendingRequest(request, options, request.JsonObject ? JsonObjects : null, channel, cancellationToken);
+        _scheduler.Enqueue(pending);
         return new ServingHandle(channel, pending.Done.Task);
     }
 
@@ -296,469 +272,15 @@ public sealed class ServingEngine : IDisposable
     // ---- shutdown and metrics ----
 
     /// <summary>Stops taking requests, lets queued and running ones finish for up to <paramref name="drain"/>, then cancels the rest.</summary>
-    public async Task StopAsync(TimeSpan drain)
-    {
-        _accepting = false;
-        Signal();
-        var deadline = _clock.Elapsed + drain;
-        while (_clock.Elapsed < deadline && Volatile.Read(ref _outstanding) > 0) await Task.Delay(10);
-        _stopping = true;
-        Signal();
-        await Task.Run(() => _worker.Join());
-    }
+    public Task StopAsync(TimeSpan drain) => _scheduler.StopAsync(drain);
 
-    public void Dispose()
-    {
-        _accepting = false;
-        _stopping = true;
-        Signal();
-        _worker.Join();
-        ResetBatch();
-        _signal.Dispose();
-    }
-
-    int _batchSize;
-    /// <summary>Accepted requests not yet completed (queued, being admitted, or running).</summary>
-    int _outstanding;
-    int QueueLength { get { lock (_queueLock) return _queue.Count; } }
+    public void Dispose() => _scheduler.Dispose();
 
     public ServingMetrics Metrics()
     {
-        double tps;
-        lock (_recent)
-        {
-            Trim(_clock.ElapsedMilliseconds);
-            long span = _recent.Count == 0 ? 0 : Math.Max(1000, _clock.ElapsedMilliseconds - _recent.Peek().Ms);
-            tps = span == 0 ? 0 : _recent.Sum(r => r.Tokens) * 1000.0 / span;
-        }
-        int loaded = _adapters.LoadedCount; long bytes = _adapters.LoadedBytes;
-        return new ServingMetrics(Interlocked.Read(ref _requests), Interlocked.Read(ref _finished), Interlocked.Read(ref _cancelled), Interlocked.Read(ref _rejected),
-            QueueLength, Volatile.Read(ref _batchSize), Interlocked.Read(ref _promptTokens), Interlocked.Read(ref _generated), tps, loaded, bytes, Interlocked.Read(ref _steps));
-    }
-
-    void Trim(long now) { while (_recent.Count > 0 && now - _recent.Peek().Ms > 10_000) _recent.Dequeue(); }
-
-    void Signal()
-    {
-        try { if (_signal.CurrentCount == 0) _signal.Release(); }
-        catch (ObjectDisposedException) { }
-    }
-
-    // ---- the worker ----
-
-    sealed class Pending(ServingRequest request, GenerationOptions options, Channel<ServedToken> channel, CancellationToken token)
-    {
-        public readonly ServingRequest Request = request;
-        public readonly GenerationOptions Options = options;
-        public readonly Channel<ServedToken> Channel = channel;
-        public readonly CancellationToken Token = token;
-        public readonly TaskCompletionSource<ServedCompletion> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public string Adapter => Request.Adapter;
-    }
-
-    /// <summary>A sequence in the running batch: its decoding state (shared with <see cref="TextGenerator"/>) and its place in the batch.</summary>
-    sealed class Row : IDisposable
-    {
-        public Row(Pending p, string adapter, bool solo, Device device, JsonConstraint? json)
-        {
-            Pending = p;
-            Adapter = adapter;
-            Solo = solo;
-            State = new SequenceState(p.Request.PromptIds, p.Options, p.Options.EosTokenIds!, device, p.Request.TopLogprobs, json);
-            Logprobs = p.Request.TopLogprobs >= 0 ? new List<TokenLogprob>() : null;
-        }
-
-        public readonly Pending Pending;
-        public readonly string Adapter;
-        /// <summary>Served in a group of its own adapter (<see cref="SoloGroup"/>), not in the mixed batch.</summary>
-        public readonly bool Solo;
-        public readonly SequenceState State;
-        public readonly List<TokenLogprob>? Logprobs;
-        /// <summary>Zero columns before this row's first cached position.</summary>
-        public long Pad;
-        public bool Cancelled;
-        public int[] Prompt => State.Prompt;
-        public IReadOnlyList<int> Tokens => State.Tokens;
-        public GenerationOptions Options => Pending.Options;
-        public bool Done => State.Reason is not null || Cancelled;
-
-        public void Dispose() => State.Dispose();
-    }
-
-    void WorkerLoop()
-    {
-        while (true)
-        {
-            try
-            {
-                if (_stopping) { CancelAll(); return; }
-                var joiners = Admit();
-                var mixed = joiners.Where(r => !r.Solo).ToList();
-                if (mixed.Count > 0) Prefill(mixed);
-                foreach (var group in joiners.Where(r => r.Solo).GroupBy(r => (r.Adapter, r.Prompt.Length)))
-                    SoloStep(new SoloGroup(group.Key.Adapter, group.ToList()));
-                Sweep();
-                if (_rows.Count > 0) { DecodeStep(); Sweep(); }
-                // Every running request advances one token per iteration, whichever kind of batch it is in.
-                foreach (var group in _solo.ToList()) SoloStep(group);
-                if (_rows.Count == 0 && _solo.Count == 0) _signal.Wait(joiners.Count > 0 ? 0 : 50);
-            }
-            catch (Exception e)
-            {
-                // A failed step fails the sequences in it, never the server.
-                foreach (var r in _rows) Fail(r.Pending, e);
-                foreach (var r in _rows) Release(r);
-                _rows.Clear();
-                ResetBatch();
-                UpdateBatchSize();
-            }
-        }
-    }
-
-    void ResetBatch()
-    {
-        _cache?.Dispose();
-        _cache = null;
-        InvalidateRows();
-    }
-
-    void InvalidateRows()
-    {
-        _decodeRows?.Dispose();
-        _decodeRows = null;
-    }
-
-    void UpdateBatchSize() => Volatile.Write(ref _batchSize, _rows.Count + _solo.Sum(g => g.Rows.Count));
-
-    /// <summary>Takes the queued requests that fit; the queue lock is held only to copy and trim the queue (loading an adapter reads files meanwhile).</summary>
-    List<Row> Admit()
-    {
-        var joiners = new List<Row>();
-        List<Pending> waiting;
-        lock (_queueLock)
-        {
-            if (_queue.Count == 0) return joiners;
-            waiting = _queue.ToList();
-        }
-        var leaving = new List<Pending>();
-        foreach (var p in waiting)
-        {
-            if (p.Token.IsCancellationRequested)
-            {
-                leaving.Add(p);
-                Complete(p, p.Request.PromptIds.ToArray(), Array.Empty<int>(), null, FinishReason.Length, cancelled: true);
-            }
-            else if (_rows.Count + _solo.Sum(g => g.Rows.Count) + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter, out var solo))
-            {
-                leaving.Add(p);
-                joiners.Add(new Row(p, adapter, solo, _model.Device, p.Request.JsonObject ? JsonObjects : null));
-            }
-            else if (p.Done.Task.IsCompleted) leaving.Add(p);
-        }
-        if (leaving.Count > 0)
-            lock (_queueLock) foreach (var p in leaving) _queue.Remove(p);
-        return joiners;
-    }
-
-    bool Reserve(Pending p, out string adapter, out bool solo)
-    {
-        adapter = IsBase(p.Adapter) ? RowAdapters.Base : p.Adapter;
-        solo = false;
-        if (adapter == RowAdapters.Base) return true;
-        if (!_adapters.Contains(adapter))
-        {
-            Fail(p, new ServingException(404, $"the adapter '{adapter}' was unloaded before the request ran", "model", "model_not_found"));
-            return false;
-        }
-        AdapterRegistry.Prepared? prepared = null;
-        try
-        {
-            // An evicted adapter is read back from its folder before the model lock is taken, and only when it can be made resident.
-            if (_adapters.NeedsLoad(adapter) is { } dir)
-            {
-                if (!_adapters.HasRoom) return false;
-                prepared = AdapterRegistry.Prepare(dir);
-            }
-            lock (_modelLock)
-                if (!_adapters.TryLoad(adapter, prepared)) return false;
-        }
-        catch (Exception e)
-        {
-            Fail(p, e);
-            return false;
-        }
-        finally { prepared?.Dispose(); }
-        _adapters.AddUse(adapter);
-        solo = !_adapters.IsBatched(adapter);
-        return true;
-    }
-
-    void Prefill(List<Row> joiners)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        var device = _model.Device;
-        int width = joiners.Max(r => r.Prompt.Length);
-        var ids = new long[joiners.Count * width];
-        var mask = new long[joiners.Count * width];
-        for (int i = 0; i < joiners.Count; i++)
-        {
-            var r = joiners[i];
-            int pad = width - r.Prompt.Length;
-            r.Pad = pad;
-            for (int c = 0; c < width; c++)
-            {
-                ids[i * width + c] = c < pad ? (r.Options.PadTokenId ?? 0) : r.Prompt[c - pad];
-                mask[i * width + c] = c < pad ? 0 : 1;
-            }
-            Interlocked.Add(ref _promptTokens, r.Prompt.Length);
-        }
-        var maskT = tensor(mask, new long[] { joiners.Count, width }).to(device);
-        var cache = _model.NewCache();
-        // The joiners' per-row adapter weights, gathered by this forward, join the running batch's (no re-gather).
-        var joinRows = new RowAdapters(joiners.Select(r => r.Adapter).ToList(), device);
-        Tensor logits;
-        try
-        {
-            var inputs = new ModelInputs
-            {
-                InputIds = tensor(ids, new long[] { joiners.Count, width }).to(device),
-                AttentionMask = maskT,
-                PositionIds = AttentionMasks.PositionIdsFromMask(maskT),
-                Cache = cache,
-            };
-            logits = Forward(inputs, joinRows).Logits.select(1, -1);
-            Emit(joiners, logits);
-        }
-        catch (Exception e)
-        {
-            // Only the joining requests fail; the running batch is untouched.
-            foreach (var r in joiners) { Fail(r.Pending, e); Release(r); }
-            cache.Dispose();
-            joinRows.Dispose();
-            return;
-        }
-        try
-        {
-            if (_cache is null) { _cache = cache; cache = null; }
-            else
-            {
-                var (padRunning, padNew) = _cache.AppendRows(cache);
-                foreach (var r in _rows) r.Pad += padRunning;
-                foreach (var r in joiners) r.Pad += padNew;
-            }
-            var joined = _rows.Count == 0 ? joinRows : _decodeRows?.Concat(joinRows);
-            if (joined != joinRows) joinRows.Dispose();
-            InvalidateRows();
-            _decodeRows = joined;
-            _rows.AddRange(joiners);
-            UpdateBatchSize();
-        }
-        finally { cache?.Dispose(); }
-    }
-
-    void DecodeStep()
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        var device = _model.Device;
-        long width = _cache!.SeqLength + 1;
-        int batch = _rows.Count;
-        var last = _rows.Select(r => (long)r.Tokens[^1]).ToArray();
-        var pads = _rows.Select(r => r.Pad).ToArray();
-        var positions = _rows.Select(r => (long)r.Tokens.Count - 1).ToArray();
-        var maskT = (arange(width, dtype: ScalarType.Int64).unsqueeze(0) >= tensor(pads).unsqueeze(1)).to(ScalarType.Int64).to(device);
-        var inputs = new ModelInputs
-        {
-            InputIds = tensor(last, new long[] { batch, 1 }).to(device),
-            AttentionMask = maskT,
-            PositionIds = tensor(positions, new long[] { batch, 1 }).to(device),
-            Cache = _cache,
-        };
-        _decodeRows ??= new RowAdapters(_rows.Select(r => r.Adapter).ToList(), device);
-        var logits = Forward(inputs, _decodeRows).Logits.select(1, -1);
-        Interlocked.Increment(ref _steps);
-        Emit(_rows, logits);
-    }
-
-    ModelOutput Forward(ModelInputs inputs, RowAdapters rows)
-    {
-        lock (_modelLock)
-        {
-            _adapters.PrepareMixed();
-            var peft = _adapters.Peft;
-            return peft is null ? _model.Forward(inputs) : peft.Forward(inputs, rows);
-        }
-    }
-
-    // ---- groups of one non-batched adapter ----
-
-    /// <summary>
-    /// Requests for one adapter that cannot share the mixed batch, with prompts of one length: the group is
-    /// prefilled once and decoded like <see cref="TextGenerator"/> decodes one prompt (no padding, positions
-    /// 0..n-1, the adapter's PeftModel forward with its virtual tokens or prefix in the group's own cache).
-    /// Requests that arrive later form new groups; finished rows leave.
-    /// </summary>
-    sealed class SoloGroup(string adapter, List<Row> rows) : IDisposable
-    {
-        public readonly string Adapter = adapter;
-        public readonly List<Row> Rows = rows;
-        public KVCache? Cache;
-        public void Dispose() { Cache?.Dispose(); Cache = null; }
-    }
-
-    /// <summary>Prefills a new group (no cache yet) or decodes one token for a running one; a failure fails that group only.</summary>
-    void SoloStep(SoloGroup g)
-    {
-        bool prefill = g.Cache is null;
-        try
-        {
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            var device = _model.Device;
-            int n = g.Rows.Count, seq = g.Rows[0].Tokens.Count;
-            var ids = g.Rows.SelectMany(r => prefill ? r.Tokens.Select(t => (long)t) : new[] { (long)r.Tokens[^1] }).ToArray();
-            var positions = prefill ? arange(seq, dtype: ScalarType.Int64).unsqueeze(0).expand(n, -1) : full(n, 1, seq - 1, ScalarType.Int64);
-            Tensor logits;
-            lock (_modelLock)
-            {
-                var peft = _adapters.Solo(g.Adapter);
-                g.Cache ??= peft.NewCache();
-                logits = peft.Forward(new ModelInputs
-                {
-                    InputIds = tensor(ids, new long[] { n, prefill ? seq : 1 }).to(device),
-                    AttentionMask = ones(n, seq, ScalarType.Int64).to(device),
-                    PositionIds = positions.to(device),
-                    Cache = g.Cache,
-                }).Logits;
-            }
-            if (prefill)
-            {
-                foreach (var r in g.Rows) Interlocked.Add(ref _promptTokens, r.Prompt.Length);
-                _solo.Add(g);
-                UpdateBatchSize();
-            }
-            else Interlocked.Increment(ref _steps);
-            Emit(g.Rows, logits.select(1, -1));
-            SweepSolo(g);
-        }
-        catch (Exception e)
-        {
-            foreach (var r in g.Rows) { Fail(r.Pending, e); Release(r); }
-            g.Rows.Clear();
-            SweepSolo(g);
-        }
-    }
-
-    void SweepSolo(SoloGroup g)
-    {
-        var keep = CompleteDone(g.Rows);
-        if (g.Rows.Count == 0)
-        {
-            g.Dispose();
-            _solo.Remove(g);
-        }
-        else if (keep is not null)
-            using (var scope = NewDisposeScope()) g.Cache!.SelectRows(tensor(keep).to(_model.Device));
-        UpdateBatchSize();
-    }
-
-    /// <summary>Picks each row's next token (one argmax for plain greedy rows, the row's own processors, constraint and generator otherwise) and streams it.</summary>
-    void Emit(IReadOnlyList<Row> rows, Tensor logits)
-    {
-        logits = logits.to(ScalarType.Float32);
-        var greedy = logits.argmax(-1).cpu().data<long>().ToArray();
-        int count = 0;
-        for (int i = 0; i < rows.Count; i++)
-        {
-            var r = rows[i];
-            if (r.Done) continue;
-            int token = r.State.PicksOwnTokens ? r.State.Choose(logits.narrow(0, i, 1)) : (int)greedy[i];
-            var delta = r.State.Accept(token, lastStep: false);
-            var logprob = r.Logprobs is null ? null : r.State.LastLogprob;
-            if (logprob is { } lp) r.Logprobs!.Add(lp);
-            count++;
-            r.Pending.Channel.Writer.TryWrite(new ServedToken(token, delta) { Logprob = logprob });
-        }
-        Interlocked.Add(ref _generated, count);
-        lock (_recent) { _recent.Enqueue((_clock.ElapsedMilliseconds, count)); Trim(_clock.ElapsedMilliseconds); }
-    }
-
-    /// <summary>Completes finished and cancelled rows and removes them from the batch and the cache.</summary>
-    void Sweep()
-    {
-        var keep = CompleteDone(_rows);
-        if (keep is null) return;
-        var kept = _rows.Count == 0 ? null : _decodeRows?.Select(keep);
-        InvalidateRows();
-        _decodeRows = kept;
-        UpdateBatchSize();
-        if (_rows.Count == 0) { ResetBatch(); return; }
-        using (var scope = NewDisposeScope()) _cache!.SelectRows(tensor(keep).to(_model.Device));
-        long drop = _rows.Min(r => r.Pad);
-        _cache!.DropLeft(drop);
-        foreach (var r in _rows) r.Pad -= drop;
-        if (Interlocked.Read(ref _steps) % 256 == 255) Runtime.TorchRuntime.CollectAndTrim();
-        else _collector.Tick();
-    }
-
-    /// <summary>Completes the finished and cancelled rows and removes them from <paramref name="rows"/>; returns the kept rows' old indices, or null when none finished.</summary>
-    long[]? CompleteDone(List<Row> rows)
-    {
-        foreach (var r in rows)
-            if (!r.Done && r.Pending.Token.IsCancellationRequested) r.Cancelled = true;
-        if (!rows.Any(r => r.Done)) return null;
-        var keep = Enumerable.Range(0, rows.Count).Where(i => !rows[i].Done).Select(i => (long)i).ToArray();
-        var done = rows.Where(r => r.Done).ToList();
-        var kept = keep.Select(i => rows[(int)i]).ToList();
-        rows.Clear();
-        rows.AddRange(kept);
-        // The metrics show the slots free before a client can observe its completion.
-        UpdateBatchSize();
-        foreach (var r in done)
-        {
-            Complete(r.Pending, r.Prompt, r.State.NewTokens.ToArray(), r.Options.Decode, r.State.Reason ?? FinishReason.Length, r.Cancelled, r.Logprobs);
-            Release(r);
-        }
-        return keep;
-    }
-
-    void Release(Row r)
-    {
-        r.Dispose();
-        if (r.Adapter != RowAdapters.Base) _adapters.RemoveUse(r.Adapter);
-    }
-
-    void Complete(Pending p, int[] prompt, int[] tokens, Func<IReadOnlyList<int>, string>? decode, FinishReason reason, bool cancelled, IReadOnlyList<TokenLogprob>? logprobs = null)
-    {
-        p.Channel.Writer.TryComplete();
-        if (!p.Done.TrySetResult(new ServedCompletion(prompt, tokens, decode?.Invoke(tokens), reason, cancelled) { Logprobs = logprobs })) return;
-        if (cancelled) Interlocked.Increment(ref _cancelled);
-        else Interlocked.Increment(ref _finished);
-        Interlocked.Decrement(ref _outstanding);
-    }
-
-    void Fail(Pending p, Exception e)
-    {
-        p.Channel.Writer.TryComplete(e);
-        if (!p.Done.TrySetException(e)) return;
-        Interlocked.Increment(ref _finished);
-        Interlocked.Decrement(ref _outstanding);
-    }
-
-    void CancelAll()
-    {
-        lock (_queueLock)
-        {
-            foreach (var p in _queue) Complete(p, p.Request.PromptIds.ToArray(), Array.Empty<int>(), null, FinishReason.Length, cancelled: true);
-            _queue.Clear();
-        }
-        foreach (var r in _rows) { r.Cancelled = true; }
-        Sweep();
-        foreach (var g in _solo.ToList())
-        {
-            foreach (var r in g.Rows) r.Cancelled = true;
-            SweepSolo(g);
-        }
+        var c = _counters;
+        return new ServingMetrics(Interlocked.Read(ref c.Requests), Interlocked.Read(ref c.Finished), Interlocked.Read(ref c.Cancelled), Interlocked.Read(ref c.Rejected),
+            _scheduler.QueueLength, Volatile.Read(ref c.BatchSize), Interlocked.Read(ref c.PromptTokens), Interlocked.Read(ref c.Generated), c.TokensPerSecond(),
+            _adapters.LoadedCount, _adapters.LoadedBytes, Interlocked.Read(ref c.Steps));
     }
 }
