@@ -97,7 +97,8 @@ public sealed class BenchRunner
     public RunResult Run(BenchMethod method, BenchBase b, PreTrainedModel baseModel, TaskData data, int steps, double lr)
     {
         int seed = data.Seed;
-        var outDir = Path.Combine(WorkDir, "runs", $"{Slug(method.Name)}-{b.Name}-{data.Task.Name}-{seed}-{lr.ToString("G3", CultureInfo.InvariantCulture)}");
+        // The folder's name becomes an adapter name when AdapterFusion loads it: letters, digits, '-' and '_' only.
+        var outDir = Path.Combine(WorkDir, "runs", Slug($"{method.Name}-{b.Name}-{data.Task.Name}-{seed}-lr{lr.ToString("G3", CultureInfo.InvariantCulture)}"));
         var result = new RunResult { Method = method.Name, Family = method.Family, Base = b.Name, Task = data.Task.Name, Seed = seed, Lr = lr, Steps = steps, BaseParameters = b.Parameters };
         try { return Train(method, b, baseModel, data, steps, lr, seed, outDir, result); }
         catch (Exception e) when (e is PeftSharpException or ArgumentException or InvalidOperationException or ExternalException)
@@ -112,11 +113,11 @@ public sealed class BenchRunner
         }
     }
 
-    static string Slug(string s) => new(s.Select(c => char.IsLetterOrDigit(c) ? char.ToLowerInvariant(c) : '_').ToArray());
+    static string Slug(string s) => new(s.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' ? char.ToLowerInvariant(c) : '_').ToArray());
 
-    string Recipe(BenchMethod method, BenchBase b, TaskData data, int steps, double lr, int seed, string outDir)
+    string Recipe(BenchMethod method, BenchBase b, int layers, TaskData data, int steps, double lr, int seed, string outDir)
     {
-        var keys = method.Keys;
+        var keys = method.Keys(steps, layers);
         if (method.Fuses is { } fuses)
         {
             var dirs = fuses.Select(f => Trained.TryGetValue(Key(f, b.Name, data.Task.Name, seed), out var d) ? d
@@ -143,7 +144,7 @@ public sealed class BenchRunner
 
     RunResult Train(BenchMethod method, BenchBase b, PreTrainedModel baseModel, TaskData data, int steps, double lr, int seed, string outDir, RunResult result)
     {
-        var config = TrainConfig.Parse(Recipe(method, b, data, steps, lr, seed, outDir), $"peftbench recipe for {method.Name}");
+        var config = TrainConfig.Parse(Recipe(method, b, baseModel.Config.NumHiddenLayers, data, steps, lr, seed, outDir), $"peftbench recipe for {method.Name}");
         // Give back what earlier runs freed, so the peak below is this run's growth.
         GC.Collect();
         PeftSharp.Runtime.TorchRuntime.TrimMemory();

@@ -24,7 +24,7 @@ public sealed class PeftBenchmark : IBenchmark
     /// <summary>Training steps per size when --steps is not given (quick, full).</summary>
     static int DefaultSteps(string size, bool quick) => (size, quick) switch
     {
-        ("1m", true) => 240, ("8m", true) => 120, ("stories260k", true) => 240,
+        ("1m", true) => 120, ("8m", true) => 60, ("stories260k", true) => 120,
         ("1m", false) => 800, ("8m", false) => 400, ("30m", false) => 200, _ => 400,
     };
 
@@ -40,9 +40,9 @@ public sealed class PeftBenchmark : IBenchmark
         }
         bool quick = o.Get("quick", "false") == "true";
         var sizes = o.Get("sizes", quick ? "1m,8m" : "1m,8m,30m,stories260k").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        var tasks = o.Get("tasks", quick ? "reversal" : "reversal,carry,recall").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
+        var tasks = o.Get("tasks", quick ? "classify" : "reversal,carry,recall").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
         var methods = BenchMethods.Select(o.Args.GetValueOrDefault("methods"));
-        int seeds = o.GetInt("seeds", quick ? 1 : 3), rows = o.GetInt("rows", 4000), heldOut = o.GetInt("held-out", quick ? 50 : 100);
+        int seeds = o.GetInt("seeds", quick ? 1 : 3), rows = o.GetInt("rows", 4000), heldOut = o.GetInt("held-out", quick ? 32 : 100);
         int batch = o.GetInt("batch", 16), threads = o.GetInt("threads", 2);
         if (seeds < 1 || rows < 16 || heldOut < 4 || batch < 1) throw new ArgumentException("--seeds, --rows, --held-out and --batch must be positive (rows >= 16, held-out >= 4)");
         var cache = o.Get("cache", Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "peftsharp", "peftbench"));
@@ -53,7 +53,7 @@ public sealed class PeftBenchmark : IBenchmark
         var clock = Stopwatch.StartNew();
         var work = Path.Combine(Path.GetTempPath(), $"peftbench-{Environment.ProcessId}");
         Directory.CreateDirectory(work);
-        var runner = new BenchRunner { WorkDir = work, BatchSize = batch, LatencyRepeat = quick ? 3 : 5, Log = Log };
+        var runner = new BenchRunner { WorkDir = work, BatchSize = batch, LatencyRepeat = quick ? 2 : 5, Log = Log };
         var report = new BenchReport
         {
             Command = "peftbench " + string.Join(' ', o.Args.Select(kv => kv.Value == "true" ? $"--{kv.Key}" : $"--{kv.Key} {kv.Value}")),
@@ -65,12 +65,12 @@ public sealed class PeftBenchmark : IBenchmark
         {
             foreach (var sizeName in sizes)
             {
-                var b = BenchBases.Get(sizeName, cache, o.Args.GetValueOrDefault("stories"), 1234, Log);
+                var b = BenchBases.Get(sizeName, cache, o.Args.GetValueOrDefault("stories"), 1234, quick, Log);
                 report.Bases.Add(new BaseInfo(b.Name, b.Parameters, b.Origin));
                 using var baseModel = AutoModel.FromPretrained(b.Dir);
                 baseModel.eval();
                 int steps = o.GetInt("steps", DefaultSteps(b.Name, quick));
-                runner.EvalEvery = Math.Max(1, steps / 8);
+                runner.EvalEvery = Math.Max(1, steps / (quick ? 4 : 8));
                 foreach (var task in tasks)
                 {
                     var data = Enumerable.Range(0, seeds).Select(s => TaskData.Write(task, b, rows, heldOut, 1000 + s, work)).ToList();
@@ -79,7 +79,7 @@ public sealed class PeftBenchmark : IBenchmark
                     double? fullAcc = null;
                     foreach (var m in methods)
                     {
-                        var sweep = quick ? new[] { m.LrSweep[m.LrSweep.Length / 2] }
+                        var sweep = quick ? new[] { m.LrSweep[1] }
                             : chosenLr.TryGetValue((m.Name, task.Name), out var lr) ? new[] { lr } : m.LrSweep;
                         var first = sweep.Select(l => runner.Run(m, b, baseModel, data[0], steps, l)).ToList();
                         var best = first.Where(x => x.Error is null).OrderByDescending(x => x.ValAccuracy).ThenByDescending(x => x.Curve.Average(c => c[2])).FirstOrDefault() ?? first[0];
@@ -107,6 +107,12 @@ public sealed class PeftBenchmark : IBenchmark
         var result = new BenchResult { Columns = MethodRow.Columns };
         foreach (var row in report.Rows) result.Add(row.Cells());
         result.Notes.Add($"{report.Command}: {report.WallSeconds / 60:F1} min on {report.Cpu}, {report.Threads} threads; results.json, tables.md and plots in {outDir}.");
+        var failed = report.Rows.Where(r => r.Error is not null).ToList();
+        if (failed.Count > 0)
+        {
+            result.ExitCode = 3;
+            result.Notes.Add($"FAILED: {string.Join("; ", failed.Select(r => $"{r.Method} on {r.Base}/{r.Task}: {r.Error}"))}");
+        }
         result.Notes.Add("trainable = parameters with gradients; changed = merged-model parameters that differ from the base ('-': no weight delta); rank = largest rank of ΔW; to 90% = training seconds until held-out accuracy first reached 90% of full fine-tuning's ('-': never, 'n/a': full fine-tuning scored 0).");
         return result;
     }
