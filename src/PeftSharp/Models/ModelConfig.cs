@@ -36,6 +36,18 @@ public abstract record ModelConfig
     };
 
     /// <summary>Checks values that would otherwise fail deep inside a forward pass.</summary>
+    /// <summary>Positions the model was trained for (max_position_embeddings, n_positions or n_ctx); int.MaxValue when none is set.</summary>
+    [JsonIgnore]
+    public int ContextLength
+    {
+        get
+        {
+            foreach (var key in new[] { "max_position_embeddings", "n_positions", "n_ctx" })
+                if (Raw[key] is JsonValue v && v.TryGetValue<int>(out var n) && n > 0) return n;
+            return int.MaxValue;
+        }
+    }
+
     public virtual void Validate(string source)
     {
         RequirePositive(source, "vocab_size", VocabSize);

@@ -14,9 +14,12 @@ public static class WeightLoader
         var missing = new List<string>();
         var mismatched = new List<string>();
         using (no_grad())
+        using (var progress = Runtime.PeftProgress.Begin($"loading {Path.GetFileName(checkpoint.Directory.TrimEnd('/', '\\'))}", targets.Count, "tensors"))
         {
+            long done = 0, bytes = 0;
             foreach (var (name, target) in targets)
             {
+                progress.Report(done++, $"{bytes / 1048576.0:F0} MB");
                 var key = keyOf(name);
                 if (!checkpoint.Contains(key))
                 {
@@ -31,6 +34,7 @@ public static class WeightLoader
                 }
                 using var src = checkpoint.Load(key);
                 target.copy_(src);
+                bytes += src.NumberOfElements * src.ElementSize;
             }
         }
         var expected = targets.Keys.Select(keyOf).ToHashSet();

@@ -46,7 +46,7 @@ public sealed record TrainConfig
         "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "logging_steps", "save_steps",
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-        "stage", "do_train", "plot_loss", "overwrite_output_dir",
+        "stage", "do_train", "plot_loss", "overwrite_output_dir", "report_to", "logging_dir",
         "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
         // each method's own keys (use_dora, vera_rank, num_virtual_tokens, reduction_factor, ...), declared by its recipes
         .. Tuners.PeftMethods.RecipeKeyNames,
@@ -153,6 +153,8 @@ public sealed record TrainConfig
             AdamEpsilon = Dbl("adam_epsilon", 1e-8),
             MaxGradNorm = Dbl("max_grad_norm", 1.0),
             Optim = Str("optim") ?? "adamw_torch",
+            ReportTo = (Str("report_to") ?? "none").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+            LoggingDir = Str("logging_dir"),
         };
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }

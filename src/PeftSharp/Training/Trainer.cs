@@ -127,9 +127,10 @@ public sealed class Trainer : IDisposable
         double lastLoss = double.NaN;
         var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
         var collector = new PeriodicCollector();
+        using var tensorboard = TensorBoardLogger.Attach(this, _args);
         while (GlobalStep < TotalSteps)
         {
-            cancel.ThrowIfCancellationRequested();
+            if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
             int step = GlobalStep;
             double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;

@@ -308,7 +308,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         foreach (var n in names) RequireAdapter(n);
         foreach (var n in names.Where(n => !PeftMethods.For(_configs[n]).Capabilities.Merge))
             throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: its adapters change the inputs or attention, not the weights, and cannot be merged (peft neither)");
-        foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
+        var layers = AdapterLayers().ToList();
+        using var progress = Runtime.PeftProgress.Begin($"merging {string.Join(" + ", names)}", layers.Count, "modules");
+        for (int i = 0; i < layers.Count; i++)
+        {
+            progress.Report(i, layers[i].Name);
+            layers[i].Layer.Merge(names);
+        }
     }
 
     /// <summary>unmerge_adapter: subtracts every merged adapter again, in reverse order.</summary>
@@ -556,13 +562,11 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         return (trainable, all);
     }
 
-    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z").</summary>
+    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z"), returned for the caller to write (the library never writes to the console).</summary>
     public string PrintTrainableParameters()
     {
         var (t, a) = TrainableParameterCounts();
-        var line = ParameterAccounting.FormatTrainable(t, a);
-        Console.WriteLine(line);
-        return line;
+        return ParameterAccounting.FormatTrainable(t, a);
     }
 
     /// <summary>Trainable parameters, parameters the merge changes, and the rank of each ΔW (see <see cref="ParameterAccounting"/>).</summary>

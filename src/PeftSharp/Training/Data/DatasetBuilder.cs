@@ -28,7 +28,9 @@ public static class DatasetBuilder
     {
         var records = DatasetReader.Read(path);
         var format = options.Format ?? DatasetFormats.Detect(records[0]);
-        var rows = records.Select(r => Encode(r, format, tokenizer, options)).ToList();
+        List<TrainExample> rows;
+        using (var progress = Runtime.PeftProgress.Begin($"tokenizing {Path.GetFileName(path)}", records.Count, "rows"))
+            rows = records.Select((r, i) => { progress.Report(i + 1); return Encode(r, format, tokenizer, options); }).ToList();
         if (format != DatasetFormat.Classification && rows.All(r => r.ClassLabel is null))
         {
             // A row whose response was cut off by cutoff_len has nothing to learn from (and a 0/0 loss alone).
