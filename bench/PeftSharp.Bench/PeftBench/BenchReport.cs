@@ -106,6 +106,27 @@ public sealed class BenchReport
     public List<BaseInfo> Bases { get; set; } = new();
     public List<MethodRow> Rows { get; set; } = new();
 
+    /// <summary>
+    /// Several runs as one report (a run that redid some methods, or added sizes): a later report's rows replace the
+    /// same method, base and task, in the first report's order; commands and times are listed together.
+    /// </summary>
+    public static BenchReport Combine(IReadOnlyList<BenchReport> reports)
+    {
+        var all = reports[0];
+        foreach (var next in reports.Skip(1))
+        {
+            foreach (var row in next.Rows)
+            {
+                int at = all.Rows.FindIndex(r => r.Method == row.Method && r.Base == row.Base && r.Task == row.Task);
+                if (at >= 0) all.Rows[at] = row; else all.Rows.Add(row);
+            }
+            foreach (var b in next.Bases.Where(b => !all.Bases.Any(x => x.Name == b.Name))) all.Bases.Add(b);
+            all.Command += $"` + `{next.Command}";
+            all.WallSeconds += next.WallSeconds;
+        }
+        return all;
+    }
+
     public static readonly JsonSerializerOptions JsonOptions = new()
     {
         WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,

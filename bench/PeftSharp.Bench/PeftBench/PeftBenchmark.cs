@@ -14,7 +14,7 @@ namespace PeftSharp.Bench.PeftBench;
 /// results.json (the tables' source), tables.md and PNG plots into --out.
 /// Options: --quick, --sizes 1m,8m,30m,stories260k, --tasks reversal,carry,recall, --methods NAME|family,...,
 /// --seeds 3, --steps N, --rows 4000, --held-out 100, --batch 16, --out DIR, --cache DIR, --stories DIR,
-/// --from results.json (redraw the report only).
+/// --from a.json[,b.json] (redraw the report from saved runs; a later file's rows replace the same method, base and task).
 /// </summary>
 public sealed class PeftBenchmark : IBenchmark
 {
@@ -33,11 +33,7 @@ public sealed class PeftBenchmark : IBenchmark
         var outDir = o.Get("out", "bench-output/peftbench");
         Directory.CreateDirectory(outDir);
         if (o.Args.TryGetValue("from", out var from))
-        {
-            var saved = JsonSerializer.Deserialize<BenchReport>(File.ReadAllText(from), BenchReport.JsonOptions)
-                ?? throw new ArgumentException($"--from {from}: not a peftbench results file");
-            return Finish(saved, outDir);
-        }
+            return Finish(BenchReport.Combine(from.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Load).ToList()), outDir);
         bool quick = o.Get("quick", "false") == "true";
         var sizes = o.Get("sizes", quick ? "1m,8m" : "1m,8m,30m,stories260k").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var tasks = o.Get("tasks", quick ? "classify" : "reversal,carry,recall").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
@@ -97,12 +93,12 @@ public sealed class PeftBenchmark : IBenchmark
         }
         finally { try { Directory.Delete(work, true); } catch (IOException) { } }
         report.WallSeconds = clock.Elapsed.TotalSeconds;
-        File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(report, BenchReport.JsonOptions));
         return Finish(report, outDir);
     }
 
     static BenchResult Finish(BenchReport report, string outDir)
     {
+        File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(report, BenchReport.JsonOptions));
         BenchReportWriter.Write(report, outDir);
         var result = new BenchResult { Columns = MethodRow.Columns };
         foreach (var row in report.Rows) result.Add(row.Cells());
@@ -115,6 +111,16 @@ public sealed class PeftBenchmark : IBenchmark
         }
         result.Notes.Add("trainable = parameters with gradients; changed = merged-model parameters that differ from the base ('-': no weight delta); rank = largest rank of ΔW; to 90% = training seconds until held-out accuracy first reached 90% of full fine-tuning's ('-': never, 'n/a': full fine-tuning scored 0).");
         return result;
+    }
+
+    static BenchReport Load(string path)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<BenchReport>(File.ReadAllText(path), BenchReport.JsonOptions)
+                ?? throw new ArgumentException($"--from {path}: not a peftbench results file");
+        }
+        catch (Exception e) when (e is IOException or JsonException) { throw new ArgumentException($"--from {path}: {e.Message}"); }
     }
 
     internal static string CpuInfo()
