@@ -47,7 +47,7 @@ public static class Program
         }
         if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name, machine), new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
         else result.Print(Console.Out);
-        return 0;
+        return result.ExitCode;
     }
 }
 
@@ -86,6 +86,8 @@ public sealed class BenchResult
     public required string[] Columns { get; init; }
     public List<object[]> Rows { get; } = new();
     public List<string> Notes { get; } = new();
+    /// <summary>The process's exit code: non-zero when a benchmark's own checks failed (a smoke run in CI reads it).</summary>
+    public int ExitCode { get; set; }
 
     public void Add(params object[] row) => Rows.Add(row);
 
