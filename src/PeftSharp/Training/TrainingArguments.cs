@@ -44,6 +44,8 @@ public sealed record TrainingArguments
     public double LoraPlusLrEmbedding { get; init; } = 1e-6;
     /// <summary>A checkpoint folder, or "true"/"last" for the newest checkpoint-N in <see cref="OutputDir"/>.</summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>Clear an output_dir that holds an earlier run's checkpoints instead of refusing it.</summary>
+    public bool OverwriteOutputDir { get; init; }
     /// <summary>Where log entries also go: "none", or "tensorboard" (event files in <see cref="LoggingDir"/>; "all" means the same).</summary>
     public IReadOnlyList<string> ReportTo { get; init; } = Array.Empty<string>();
     /// <summary>TensorBoard's run folder; null: output_dir/runs/DATE_HOST, as transformers.</summary>
