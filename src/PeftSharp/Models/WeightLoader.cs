@@ -19,7 +19,7 @@ public static class WeightLoader
             long done = 0, bytes = 0;
             foreach (var (name, target) in targets)
             {
-                progress.Report(done++, $"{bytes / 1048576.0:F0} MB");
+                progress.Report(done++, $"{bytes / 1048576.0:F1} MB");
                 var key = keyOf(name);
                 if (!checkpoint.Contains(key))
                 {
@@ -42,6 +42,7 @@ public static class WeightLoader
                 target.copy_(src);
                 bytes += src.NumberOfElements * src.ElementSize;
             }
+            progress.Report(done, $"{bytes / 1048576.0:F1} MB");
         }
         var expected = targets.Keys.Select(keyOf).ToHashSet();
         var ignored = new HashSet<string>(ignoreUnexpected ?? Array.Empty<string>());

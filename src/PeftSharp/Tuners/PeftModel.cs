@@ -312,8 +312,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         using var progress = Runtime.PeftProgress.Begin($"merging {string.Join(" + ", names)}", layers.Count, "modules");
         for (int i = 0; i < layers.Count; i++)
         {
-            progress.Report(i, layers[i].Name);
             layers[i].Layer.Merge(names);
+            progress.Report(i + 1, layers[i].Name);
         }
     }
 
