@@ -13,7 +13,10 @@ public static class Cli
     public static readonly Option<bool> JsonOption = new("--json") { Description = "Machine-readable JSON on stdout", Recursive = true };
     public static readonly Option<bool> VerboseOption = new("--verbose") { Description = "Show stack traces on errors", Recursive = true };
 
-    public static Option<string> ModelOption() => new("--model") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
+    public static Option<string> ModelOption() => new("--model") { Description = "Hugging Face model folder (config.json + safetensors), or a repo id (Org/Name[@revision]) in the local Hugging Face cache", Required = true };
+
+    /// <summary>The --model value as a local folder: the folder itself, or a repo id's snapshot in the Hugging Face cache.</summary>
+    public static string ModelDir(ParseResult pr, Option<string> model) => PeftSharp.IO.HfHubCache.ResolveFolder(pr.GetValue(model)!);
     public static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
     public static Option<string> DTypeOption() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
 
@@ -32,7 +35,7 @@ public static class Cli
 
     public static Option<string[]> AdapterOption() => new("--adapter")
     {
-        Description = "Adapter folder, or NAME=DIR; repeat to load several (the first is active)",
+        Description = "Adapter folder or cached repo id, or NAME=DIR; repeat to load several (the first is active)",
     };
 
     /// <summary>"DIR" or "NAME=DIR" values; a bare first folder is named "default" (as peft), later ones after their folder.</summary>
@@ -47,7 +50,7 @@ public static class Cli
             var name = named ? v[..eq] : list.Count == 0 ? "default" : Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
             if (dir.Length == 0) throw new ArgumentException($"--adapter '{v}': no folder given");
             if (list.Any(a => a.Name == name)) throw new ArgumentException($"--adapter: the name '{name}' is used twice (use NAME=DIR)");
-            list.Add((name, dir));
+            list.Add((name, PeftSharp.IO.HfHubCache.ResolveFolder(dir, "adapter")));
         }
         return list;
     }

@@ -20,11 +20,11 @@ public static class InspectAdapterCommand
         var cmd = new Command("inspect-adapter", "Describe a peft adapter folder: method, targets, ranks, parameter counts, size") { dir, model };
         cmd.SetHandler((pr, o) =>
         {
-            var adapterDir = pr.GetValue(dir)!;
+            var adapterDir = HfHubCache.ResolveFolder(pr.GetValue(dir)!, "adapter");
             var config = PeftMethods.LoadConfig(adapterDir);
             var hub = config as PeftSharp.Tuners.AdapterHub.AdapterHubConfig;
             var weightsPath = Path.Combine(adapterDir, hub is null ? AdapterFiles.WeightsFile : PeftSharp.Tuners.AdapterHub.AdapterHubMethod.WeightsFile);
-            long bytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
+            long bytes = FileSizes.OfFolder(adapterDir);
             long fileParams;
             int tensors;
             using (var f = SafetensorsFile.Open(weightsPath)) { tensors = f.Keys.Count(); fileParams = f.Entries.Values.Sum(e => e.NumElements); }
@@ -95,6 +95,7 @@ public static class InspectAdapterCommand
     {
         if (string.IsNullOrEmpty(name)) return null;
         if (Directory.Exists(name) && File.Exists(Path.Combine(name, "config.json"))) return name;
+        if (HfHubCache.LooksLikeRepoId(name) && HfHubCache.TryResolve(name, HfHubCache.CacheDir()) is { } cached) return cached;
         for (var d = new DirectoryInfo(Path.GetFullPath(adapterDir)); d is not null; d = d.Parent)
         {
             var candidate = Path.Combine(d.FullName, name);

@@ -27,7 +27,7 @@ public static class MergeCommand
         {
             var specs = pr.GetValue(adapters)!.Select((a, i) => ParseAdapter(a, i)).ToList();
             var w = ParseWeights(pr.GetValue(weights), specs.Count);
-            var modelDir = pr.GetValue(model)!;
+            var modelDir = Cli.ModelDir(pr, model);
             var outDir = pr.GetValue(output)!;
             var peft = PeftModel.LoadWithAdapters(AutoModel.FromPretrained(modelDir, Cli.ParseDevice(pr.GetValue(device)!)), specs);
             string merged = specs[0].Name;

@@ -25,7 +25,7 @@ public static class QuantizeCommand
             { model, output, quantType, doubleQuant, blocksize, computeDType, dtype };
         cmd.SetHandler((pr, o) =>
         {
-            var src = pr.GetValue(model)!;
+            var src = Cli.ModelDir(pr, model);
             var dst = pr.GetValue(output)!;
             if (Path.GetFullPath(src).TrimEnd('/') == Path.GetFullPath(dst).TrimEnd('/'))
                 throw new ArgumentException("--out must differ from --model");
@@ -49,7 +49,7 @@ public static class QuantizeCommand
             var layers = QuantizedModelLoader.QuantizedLayers(m).ToList();
             long quantParams = layers.Sum(l => l.Layer.QuantState.NumElements);
             long quantBytes = layers.Sum(l => l.Layer.PackedWeight.numel() + l.Layer.QuantState.StateDictEntries().Sum(e => e.Tensor.numel() * e.Tensor.element_size()));
-            long fileBytes = new FileInfo(Path.Combine(dst, Checkpoint.SingleFile)).Length;
+            long fileBytes = FileSizes.Of(Path.Combine(dst, Checkpoint.SingleFile));
             var info = new
             {
                 Out = dst,

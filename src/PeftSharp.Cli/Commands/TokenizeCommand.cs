@@ -15,7 +15,7 @@ public static class TokenizeCommand
         var cmd = new Command("tokenize", "Encode text into token ids with a model folder's tokenizer") { model, text, special, tokens };
         cmd.SetHandler((pr, o) =>
         {
-            var tok = HfTokenizer.FromFolder(pr.GetValue(model)!);
+            var tok = HfTokenizer.FromFolder(Cli.ModelDir(pr, model));
             var ids = tok.Encode(pr.GetValue(text)!, addSpecialTokens: pr.GetValue(special));
             var pieces = pr.GetValue(tokens) ? tok.ConvertIdsToTokens(ids) : null;
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, new { Ids = ids, Tokens = pieces });

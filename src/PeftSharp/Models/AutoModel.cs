@@ -27,6 +27,7 @@ public static class AutoModel
 
     public static ModelConfig LoadConfig(string dir)
     {
+        dir = HfHubCache.ResolveFolder(dir);
         var path = Path.Combine(dir, "config.json");
         if (!Directory.Exists(dir)) throw new PeftFormatException(dir, "model folder not found");
         if (!File.Exists(path)) throw new PeftFormatException(dir, "no config.json in the model folder");
@@ -74,6 +75,7 @@ public static class AutoModel
     public static PreTrainedModel FromPretrained(string dir, Device? device = null, ScalarType dtype = ScalarType.Float32, BitsAndBytesConfig? quantization = null)
     {
         TorchRuntime.EnsureInitialized();
+        dir = HfHubCache.ResolveFolder(dir);
         var config = LoadConfig(dir);
         var stored = QuantizedModelLoader.StoredConfig(config, Path.Combine(dir, "config.json"));
         var model = FromConfig(config, device, dtype);

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 
 namespace PeftSharp.Tokenization;
@@ -15,7 +16,7 @@ internal static class HfTokenizerLoader
 
     public static HfTokenizer Load(string dir)
     {
-        if (!System.IO.Directory.Exists(dir)) throw new PeftFormatException(dir, "tokenizer folder not found");
+        dir = HfHubCache.ResolveFolder(dir, "tokenizer");
         var file = Path.Combine(dir, HfTokenizer.TokenizerFile);
         if (!File.Exists(file))
             throw new PeftFormatException(file, "missing: PeftSharp reads tokenizers from tokenizer.json (save the tokenizer with transformers' fast tokenizer to create it)");

@@ -29,8 +29,9 @@ public sealed class TrainSetup : IDisposable
         try
         {
             if (c.Quantization is not null) kbit = Quantization.KbitTraining.Prepare(model, c.Training.GradientCheckpointing);
-            var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
-            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
+            var files = IO.HfHubCache.ResolveFolder(modelDir); // modelDir stays as given (a repo id) for base_model_name_or_path
+            var tokenizer = File.Exists(Path.Combine(files, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(files) : null;
+            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, files, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
                 : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PeftSharp.Tokenization.ChatTemplates.Jinja;
@@ -95,6 +96,7 @@ public sealed class ChatTemplate
     /// </summary>
     public static ChatTemplate? FromFolder(string dir, string? name = null)
     {
+        dir = HfHubCache.ResolveFolder(dir);
         var jinja = Path.Combine(dir, "chat_template.jinja");
         if (File.Exists(jinja)) return new ChatTemplate(File.ReadAllText(jinja));
         foreach (var file in new[] { "chat_template.json", "tokenizer_config.json" })
