@@ -3,7 +3,7 @@
 # Ends with one line "N passed, N failed[, N skipped]" (CI reads it).
 set -uo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh || exit 1
+scripts/setup.sh --mpi || exit 1   # --mpi: the data-parallel tests run under mpirun
 results=$(mktemp -d)
 dotnet test tests/PeftSharp.Tests/PeftSharp.Tests.csproj -c Release \
   --logger "trx;LogFileName=results.trx" --results-directory "$results" "$@"
