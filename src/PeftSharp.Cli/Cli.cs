@@ -58,8 +58,9 @@ public static class Cli
     /// <summary>Loads a model folder and, when adapters are given, wraps it in a PeftModel with them loaded (the first active).</summary>
     public static (PeftSharp.Models.PreTrainedModel Model, PeftSharp.Tuners.PeftModel? Peft) LoadModel(string dir, string[]? adapters, Device device, ScalarType dtype)
     {
-        var model = PeftSharp.Models.AutoModel.FromPretrained(dir, device, dtype);
         var list = ParseAdapters(adapters);
+        // The first adapter's task_type picks the head the base is built with, as peft's AutoPeftModel.
+        var model = list.Count == 0 ? PeftSharp.Models.AutoModel.FromPretrained(dir, device, dtype) : PeftSharp.Tuners.AutoPeftModel.LoadBase(dir, list[0].Dir, device, dtype);
         if (list.Count == 0) return (model, null);
         var peft = PeftSharp.Tuners.PeftModel.LoadWithAdapters(model, list);
         return (peft.Model, peft);

@@ -34,7 +34,7 @@ public static class InspectAdapterCommand
             IReadOnlyList<string>? targets = null;
             if (baseDir is not null)
             {
-                var peft = PeftModel.FromPretrained(AutoModel.FromPretrained(baseDir), adapterDir);
+                var peft = AutoPeftModel.FromPretrained(adapterDir, baseDir);
                 report = peft.ParameterReport();
                 targets = report.Modules.Select(m => m.Module).ToList();
             }

@@ -29,7 +29,7 @@ public static class MergeCommand
             var w = ParseWeights(pr.GetValue(weights), specs.Count);
             var modelDir = Cli.ModelDir(pr, model);
             var outDir = pr.GetValue(output)!;
-            var peft = PeftModel.LoadWithAdapters(AutoModel.FromPretrained(modelDir, Cli.ParseDevice(pr.GetValue(device)!)), specs);
+            var peft = PeftModel.LoadWithAdapters(AutoPeftModel.LoadBase(modelDir, specs[0].Dir, Cli.ParseDevice(pr.GetValue(device)!)), specs);
             string merged = specs[0].Name;
             if (specs.Count > 1 || w[0] != 1.0)
             {
@@ -40,6 +40,7 @@ public static class MergeCommand
             peft.SetAdapter(merged);
             var report = peft.ParameterReport(merged);
             peft.SaveMerged(outDir);
+            PeftSharp.IO.CompanionFiles.Copy(modelDir, outDir, tokenizerDir: PeftSharp.IO.HfHubCache.ResolveFolder(specs[0].Dir, "adapter"));
             if (pr.GetValue(Cli.JsonOption))
                 Cli.WriteJson(o, new { Out = outDir, Adapters = specs.Select(s => s.Dir), Weights = w, Combination = specs.Count > 1 ? pr.GetValue(combination) : null, report.MergedChangedParameters, report.TargetedWeightParameters });
             else

@@ -44,7 +44,7 @@ public static class QuantizeCommand
 
             using var m = AutoModel.FromPretrained(src, dtype: Cli.ParseDType(pr.GetValue(dtype)!), quantization: config);
             AutoModel.SavePretrained(m, dst);
-            CopyCompanionFiles(src, dst);
+            CompanionFiles.Copy(src, dst);
 
             var layers = QuantizedModelLoader.QuantizedLayers(m).ToList();
             long quantParams = layers.Sum(l => l.Layer.QuantState.NumElements);
@@ -70,16 +70,5 @@ public static class QuantizeCommand
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>Tokenizer, generation config and other non-weight files travel with the model.</summary>
-    static void CopyCompanionFiles(string src, string dst)
-    {
-        foreach (var f in Directory.EnumerateFiles(src))
-        {
-            var name = Path.GetFileName(f);
-            if (name is "config.json" or Checkpoint.IndexFile || name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".bin", StringComparison.Ordinal)) continue;
-            File.Copy(f, Path.Combine(dst, name), overwrite: true);
-        }
     }
 }

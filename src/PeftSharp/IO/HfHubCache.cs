@@ -43,16 +43,12 @@ public static class HfHubCache
         if (string.IsNullOrWhiteSpace(pathOrId)) throw new PeftConfigException($"no {what} folder or repo id given");
         if (Directory.Exists(pathOrId)) return pathOrId;
         if (File.Exists(pathOrId)) throw new PeftFormatException(pathOrId, $"is a file; expected a {what} folder");
+        if (!LooksLikeRepoId(pathOrId)) throw new PeftFormatException(pathOrId, $"{what} folder not found");
         var looked = new List<string> { $"{Path.GetFullPath(pathOrId)} (no such folder)" };
-        if (LooksLikeRepoId(pathOrId))
-        {
-            var snapshot = TryResolve(pathOrId, CacheDir(), looked);
-            if (snapshot is not null) return snapshot;
-        }
-        var hint = LooksLikeRepoId(pathOrId)
-            ? $"; download it on a connected machine (huggingface-cli download {Split(pathOrId).Id}) into that cache, or set HF_HUB_CACHE / HF_HOME"
-            : "";
-        throw new PeftFormatException(pathOrId, $"{what} not found; looked in: {string.Join("; ", looked)}{hint}");
+        var snapshot = TryResolve(pathOrId, CacheDir(), looked);
+        if (snapshot is not null) return snapshot;
+        throw new PeftFormatException(pathOrId, $"{what} folder not found, nor this repo id in the Hugging Face cache; looked in: {string.Join("; ", looked)}; " +
+            $"download it on a connected machine (huggingface-cli download {Split(pathOrId).Id}) into that cache, or set HF_HUB_CACHE / HF_HOME");
     }
 
     /// <summary>The snapshot folder of a repo id in <paramref name="cacheDir"/>, or null; each miss is added to <paramref name="looked"/>.</summary>

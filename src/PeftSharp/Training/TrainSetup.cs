@@ -33,6 +33,7 @@ public sealed class TrainSetup : IDisposable
             var tokenizer = File.Exists(Path.Combine(files, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(files) : null;
             var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, files, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
+            ClassificationData.RequireHead(model, files, c.ResolvePath(c.Dataset), train.Concat(eval));
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
                 : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
                 : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
@@ -88,18 +89,23 @@ public static class AdapterTargets
         R = c.LoraRank,
         LoraAlpha = c.LoraAlpha ?? 2.0 * c.LoraRank,
         LoraDropout = c.LoraDropout,
-        TargetModules = Targets(c),
+        TargetModules = Targets(c, model),
         UseDora = c.Variant.UseDora,
         UseRsLora = c.Variant.UseRsLora,
         TaskType = model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS",
         BaseModelNameOrPath = modelDir,
     };
 
-    /// <summary>lora_target: module names, or "all" (every linear layer but the output head).</summary>
-    public static StringOrList Targets(TrainConfig c)
+    /// <summary>
+    /// lora_target: module names, or "all" as LLaMA-Factory's find_all_linear_modules expands it: the short names of
+    /// every linear layer but the output head, which is what it hands peft and so what adapter_config.json holds.
+    /// </summary>
+    public static StringOrList Targets(TrainConfig c, PreTrainedModel model)
     {
         var names = c.LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names);
+        if (names is not ["all"]) return StringOrList.Of(names);
+        var linear = TargetMatcher.ExpandAllLinear(model, model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS");
+        return StringOrList.Of(linear.Select(n => n[(n.LastIndexOf('.') + 1)..]).Distinct().ToList());
     }
 
     /// <summary>
