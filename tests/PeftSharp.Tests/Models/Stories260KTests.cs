@@ -97,12 +97,25 @@ public class Stories260KTests
         var (code, trainOut, stderr) = CliRunner.Run("train", Path.Combine(dir, "run.yaml"), "--json");
         Assert.True(code == 0, stderr);
 
+        // lora_target: all is saved as LLaMA-Factory hands it to peft: the short names of the linear layers.
+        var targets = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "adapter_config.json")))!["target_modules"]!.AsArray().Select(n => n!.GetValue<string>()).Order();
+        Assert.Equal(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"], targets);
+
         double before = EvalLoss(heldOut, null), after = EvalLoss(heldOut, outDir);
         Assert.True(after < 0.6 * before, $"held-out loss {before:F3} -> {after:F3}");
 
         var merged = Path.Combine(dir, "merged");
         (code, trainOut, stderr) = CliRunner.Run("merge", "--model", ModelDir, "--adapter", outDir, "--out", merged);
         Assert.True(code == 0, stderr);
+        // The tokenizer and generation files travel with the weights; the run's logs, plots and state do not.
+        string[] modelFiles = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"];
+        Assert.Equal(modelFiles, Directory.GetFiles(merged).Select(Path.GetFileName).Order());
+        (code, _, stderr) = CliRunner.Run("generate", "--model", merged, "--prompt", "Who is Amy?", "--max-new-tokens", "4");
+        Assert.True(code == 0, stderr);
+        var quantized = Path.Combine(dir, "nf4");
+        (code, _, stderr) = CliRunner.Run("quantize", "--model", merged, "--out", quantized);
+        Assert.True(code == 0, stderr);
+        Assert.Equal(modelFiles, Directory.GetFiles(quantized).Select(Path.GetFileName).Order());
 
         using var scope = NewDisposeScope();
         var ids = tensor(Prompt.Concat(GreedyNew).Select(i => (long)i).ToArray()).unsqueeze(0);

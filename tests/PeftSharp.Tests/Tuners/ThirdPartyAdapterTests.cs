@@ -167,6 +167,28 @@ public class ThirdPartyAdapterTests
     }
 
     [Fact]
+    public void Class_labelled_data_on_an_encoder_without_a_head_is_a_clear_error()
+    {
+        var baseDir = SaveBertAs("BertModel");
+        var yaml = Path.Combine(baseDir, "cls.yaml");
+        File.WriteAllText(yaml, $"""
+            model_name_or_path: {baseDir}
+            finetuning_type: lora
+            lora_target: query,value
+            dataset: {TestPaths.RepoFile("samples/data/bert_cls_tokenized.jsonl")}
+            dataset_format: tokenized
+            max_steps: 1
+            output_dir: {Path.Combine(baseDir, "out")}
+            """);
+        var (code, _, stderr) = CliRunner.Run("train", yaml);
+        Assert.Equal(1, code);
+        Assert.Contains("rows have class labels ('label'), but", stderr);
+        Assert.Contains("is a BertModel without a classification head", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Directory.Delete(baseDir, recursive: true);
+    }
+
+    [Fact]
     public void Task_type_the_architecture_cannot_build_is_a_clear_error()
     {
         var e = Assert.Throws<PeftConfigException>(() => AutoModel.FromPretrained(TestPaths.Model("llama-tiny"), task: "SEQ_CLS"));
