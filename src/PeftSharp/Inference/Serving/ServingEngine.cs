@@ -131,16 +131,11 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     public void LoadAdapter(string name, string dir)
     {
-<<<<<<< HEAD
-        dir = HfHubCache.ResolveFolder(dir, "adapter");
-        lock (_modelLock) _adapters.Register(name, dir);
-=======
         AdapterRegistry.ValidateName(name);
         if (IsBase(name)) throw ServingException.BadRequest($"adapter name '{name}' is the base model's name; pick another", "lora_name");
         if (_adapters.Contains(name)) throw ServingException.BadRequest($"adapter '{name}' is already loaded; unload it first or pick another name", "lora_name");
-        using var prepared = AdapterRegistry.Prepare(dir);
+        using var prepared = AdapterRegistry.Prepare(HfHubCache.ResolveFolder(dir, "adapter"));
         lock (_modelLock) _adapters.Register(name, prepared);
->>>>>>> main
         Signal();
     }
 
