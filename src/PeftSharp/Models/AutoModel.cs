@@ -120,7 +120,7 @@ public static class AutoModel
         using (var checkpoint = Checkpoint.Open(dir))
         {
             if (stored is not null) QuantizedModelLoader.PrepareForCheckpoint(model, checkpoint, stored);
-            WeightLoader.Load(model, checkpoint);
+            WeightLoader.Load(model, checkpoint, newHead: task is not null);
         }
         if (stored is null && quantization is not null) QuantizedModelLoader.Quantize(model, quantization);
         TorchRuntime.TrimMemory();

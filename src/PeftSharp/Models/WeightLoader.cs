@@ -7,7 +7,9 @@ namespace PeftSharp.Models;
 /// <summary>Fills a model from a checkpoint by name: every parameter and buffer key must be found with the same shape.</summary>
 public static class WeightLoader
 {
-    public static void Load(PreTrainedModel model, Checkpoint checkpoint, IEnumerable<string>? ignoreUnexpected = null)
+    /// <param name="newHead">The caller asked for a head the checkpoint may not have (a task_type on a base folder): its
+    /// missing weights keep their fresh initialization with a warning, as transformers does. Otherwise they are an error.</param>
+    public static void Load(PreTrainedModel model, Checkpoint checkpoint, IEnumerable<string>? ignoreUnexpected = null, bool newHead = false)
     {
         var targets = model.state_dict();
         var (keyOf, baseFromTask) = CheckpointKeyMap(model.BaseModelPrefix, targets.Keys, checkpoint.Keys);
@@ -21,7 +23,7 @@ public static class WeightLoader
                 var key = keyOf(name);
                 if (!checkpoint.Contains(key))
                 {
-                    if (model.IsTaskHeadKey(name)) fresh.Add(name);
+                    if (newHead && model.IsTaskHeadKey(name)) fresh.Add(name);
                     else if (!model.TiedKeys.Contains(name)) missing.Add(key);
                     continue;
                 }
