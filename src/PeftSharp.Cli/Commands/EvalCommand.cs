@@ -22,7 +22,7 @@ public static class EvalCommand
         var cmd = new Command("eval", "Evaluate a model (+ adapter) on a dataset: loss, perplexity, accuracy") { model, adapter, dataset, format, template, cutoff, batch, device };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             using var m = AutoModel.FromPretrained(dir, Cli.ParseDevice(pr.GetValue(device)!));
             var tokenizer = File.Exists(Path.Combine(dir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(dir) : null;
             var options = new DataOptions

@@ -13,7 +13,7 @@ public static class InfoCommand
         var cmd = new Command("info", "Describe a model folder: architecture, parameters, dtype, memory") { model };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             var config = AutoModel.LoadConfig(dir);
             using var m = AutoModel.FromPretrained(dir);
             // 4-bit layers keep their weight as packed buffers: count their logical size and stored bytes.

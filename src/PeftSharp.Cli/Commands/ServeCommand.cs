@@ -29,7 +29,7 @@ public static class ServeCommand
         };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = pr.GetValue(model)!; // resolved by the engine, which serves a repo id under its own name
             var pairs = (pr.GetValue(adapters) ?? Array.Empty<string>()).Select(a =>
             {
                 int eq = a.IndexOf('=');

@@ -41,13 +41,15 @@ public sealed class SafetensorsFile : IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new PeftFormatException(path, "file not found");
-        long fileLen = new FileInfo(path).Length;
-        if (fileLen < 8) throw new PeftFormatException(path, $"not a safetensors file: {fileLen} bytes, shorter than the 8-byte header length");
 
         Span<byte> lenBytes = stackalloc byte[8];
         byte[] headerBytes;
+        long fileLen;
+        // The open stream's length is the target's: cache snapshots hold symlinks, whose FileInfo.Length is the link's.
         using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read))
         {
+            fileLen = fs.Length;
+            if (fileLen < 8) throw new PeftFormatException(path, $"not a safetensors file: {fileLen} bytes, shorter than the 8-byte header length");
             fs.ReadExactly(lenBytes);
             ulong headerLen = BitConverter.ToUInt64(lenBytes);
             if (headerLen > MaxHeaderBytes)

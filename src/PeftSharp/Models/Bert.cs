@@ -303,6 +303,10 @@ public sealed class BertForSequenceClassification : PreTrainedModel
     public BertConfig BertConfig => (BertConfig)Config;
     public override bool IsCausalLM => false;
     public override string BaseModelPrefix => "bert";
+    public override int? NumLabels => BertConfig.NumLabels;
+    // BertForMaskedLM checkpoints have no pooler; BertModel ones no classifier.
+    public override bool IsTaskHeadKey(string key) =>
+        key.StartsWith("classifier.", StringComparison.Ordinal) || key.StartsWith("bert.pooler.", StringComparison.Ordinal);
     public override Module<Tensor, Tensor> InputEmbeddings => bert.InputEmbeddings;
     public override (int KvHeads, int HeadDim) KvShape => bert.KvShape;
 

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 
 namespace PeftSharp.Tokenization;
@@ -15,6 +16,7 @@ internal static class HfTokenizerLoader
 
     public static HfTokenizer Load(string dir)
     {
+        dir = HfHubCache.ResolveFolder(dir, "tokenizer");
         var file = Path.Combine(dir, HfTokenizer.TokenizerFile);
         try { return LoadChecked(dir, file); }
         // The parsers check the fields they know; any other shape mismatch (a string where a list belongs) still names the file.

@@ -98,6 +98,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// <summary>PeftModel.from_pretrained: loads an adapter folder onto <paramref name="model"/>; frozen and in eval mode unless trainable.</summary>
     public static PeftModel FromPretrained(PreTrainedModel model, string adapterDir, string adapterName = "default", bool isTrainable = false)
     {
+        adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
         var peft = Create(model, config, adapterName);
         peft.LoadWeights(adapterDir, adapterName);
@@ -127,6 +128,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// <summary>load_adapter: adds an adapter from a folder under <paramref name="adapterName"/> (not activated).</summary>
     public void LoadAdapter(string adapterDir, string adapterName, bool isTrainable = false)
     {
+        adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
         AddAdapter(adapterName, config);
         LoadWeights(adapterDir, adapterName);

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
@@ -66,10 +67,14 @@ public sealed class ServingEngine : IDisposable
     /// <summary>Loads a model folder (its tokenizer when present, its generation_config.json) and the given adapters.</summary>
     public static ServingEngine FromFolder(string modelDir, ServingOptions? options = null, IEnumerable<(string Name, string Dir)>? adapters = null, Device? device = null, ScalarType dtype = ScalarType.Float32)
     {
+        var given = modelDir;
+        modelDir = HfHubCache.ResolveFolder(modelDir);
         var model = AutoModel.FromPretrained(modelDir, device, dtype);
         var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
         options ??= new ServingOptions();
-        options = options with { ModelName = options.ModelName ?? Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar)) };
+        // A repo id is served under its own name (as vLLM does), a folder under its folder name.
+        var defaultName = given != modelDir ? given : Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar));
+        options = options with { ModelName = options.ModelName ?? defaultName };
         var engine = new ServingEngine(model, options, tokenizer, new GenerationOptions().WithGenerationConfig(modelDir));
         try { foreach (var (name, dir) in adapters ?? Array.Empty<(string, string)>()) engine.LoadAdapter(name, dir); }
         catch { engine.Dispose(); throw; }
@@ -125,7 +130,7 @@ public sealed class ServingEngine : IDisposable
         AdapterRegistry.ValidateName(name);
         if (IsBase(name)) throw ServingException.BadRequest($"adapter name '{name}' is the base model's name; pick another", "lora_name");
         if (_adapters.Contains(name)) throw ServingException.BadRequest($"adapter '{name}' is already loaded; unload it first or pick another name", "lora_name");
-        using var prepared = AdapterRegistry.Prepare(dir);
+        using var prepared = AdapterRegistry.Prepare(HfHubCache.ResolveFolder(dir, "adapter"));
         lock (_modelLock) _adapters.Register(name, prepared);
         _scheduler.Signal();
     }

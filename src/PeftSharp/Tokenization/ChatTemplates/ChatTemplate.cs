@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PeftSharp.Tokenization.ChatTemplates.Jinja;
@@ -95,6 +96,7 @@ public sealed class ChatTemplate
     /// </summary>
     public static ChatTemplate? FromFolder(string dir, string? name = null)
     {
+        dir = HfHubCache.ResolveFolder(dir);
         // Parsed once per folder and file version (a server asks for every request); bounded, for long-lived hosts.
         var key = string.Join("|", new[] { Path.GetFullPath(dir), name ?? "" }.Concat(TemplateFiles.Select(f =>
         {
