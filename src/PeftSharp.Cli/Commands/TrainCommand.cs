@@ -19,17 +19,19 @@ public static class TrainCommand
             var outDir = cfg.Training.OutputDir;
             var resuming = cfg.Training.ResumeFromCheckpoint is { Length: > 0 } r && r != "false";
             var log = Path.Combine(outDir, "trainer_log.jsonl");
-            if (!resuming && File.Exists(log)) File.Delete(log);
+            bool main = Training.Distributed.DataParallel.IsMainProcess; // under mpirun only rank 0 writes and prints
+            if (!resuming && File.Exists(log) && main) File.Delete(log);
             var reporter = new TrainingReporter(o, json, $"{Path.GetFileName(setup.ModelDir.TrimEnd('/'))} · {cfg.FinetuningType}");
-            if (!json)
+            if (!json && main)
             {
                 var (trainable, all) = setup.Target.ParameterCounts();
                 o.WriteLine($"training {setup.ModelDir} ({cfg.FinetuningType}): {setup.Train.Count} rows" +
                     (setup.Eval.Count > 0 ? $", {setup.Eval.Count} held out" : "") + $", {trainable:N0} trainable parameters of {all:N0}");
             }
             using var trainer = new Trainer(setup.Target, cfg.Training, setup.Train, setup.Eval);
-            reporter.Attach(trainer);
+            if (main) reporter.Attach(trainer);
             var result = trainer.Train();
+            if (!main) return 0;
             var plot = reporter.SavePlot(outDir);
             EvalResult? eval = setup.Eval.Count > 0 ? trainer.Evaluate(setup.Eval) : null;
             var summary = reporter.Finish(result, setup.Target, outDir, plot, eval);
