@@ -5,14 +5,6 @@ using PeftSharp.Inference;
 using PeftSharp.Models;
 using PeftSharp.Training;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.AdaLora;
-using PeftSharp.Tuners.AdapterHub;
-using PeftSharp.Tuners.Bottleneck;
-using PeftSharp.Tuners.DeltaLora;
-using PeftSharp.Tuners.Lora;
-using PeftSharp.Tuners.LoraFa;
-using PeftSharp.Tuners.PromptLearning;
-using PeftSharp.Tuners.Vera;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -25,7 +17,7 @@ namespace PeftSharp.Bench.Benchmarks;
 /// final train/eval loss and the inference latency of greedy generation with the trained adapter against the base
 /// model. Three families: LoRA (and its variants), prompt (Prompt Tuning, P-Tuning, Prefix Tuning, LLaMA-Adapter) and
 /// adapters (AdapterHub bottlenecks, AdapterDrop, AdapterFusion, BitFit, MAM, UniPELT). A method adds a row by adding
-/// an entry to <see cref="Methods"/>. Every loss goes through the PeftModel's forward (virtual tokens, prefixes and
+/// a <see cref="BenchEntry"/> to its method's <see cref="IPeftMethod.Bench"/> (in its folder). Every loss goes through the PeftModel's forward (virtual tokens, prefixes and
 /// AdapterHub hooks apply) and counts only the real token positions.
 /// Options: --hidden 128 --layers 2 --seq 32 --rows 8 --steps 30 --threads 2 --new 16 --repeat 7
 /// --only NAME --family lora|prompt|adapter.
@@ -38,7 +30,7 @@ public sealed class MethodsBench : IBenchmark
     public static readonly IReadOnlyList<string> Families = new[] { "lora", "prompt", "adapter" };
 
     /// <summary>One optimizer-like stepper over a PeftModel.</summary>
-    public interface IStepper : IDisposable
+    interface IStepper : IDisposable
     {
         void Step();
         void ZeroGrad();
@@ -51,7 +43,7 @@ public sealed class MethodsBench : IBenchmark
         public void Dispose() { foreach (var o in opts) o.Dispose(); }
     }
 
-    sealed class LoraFaStepper(LoraFaOptimizer o) : IStepper
+    sealed class MethodStepper(IOptimizer o) : IStepper
     {
         public void Step() => o.Step();
         public void ZeroGrad() => o.ZeroGrad();
@@ -59,98 +51,44 @@ public sealed class MethodsBench : IBenchmark
     }
 
     /// <summary>
-    /// A row of the table: how to make the adapter, the optimizer, the per-step hook, the extra loss term and the
-    /// family it belongs to (--family). A name with " / " answers --only to each of its parts.
+    /// The rows: every registered method's <see cref="IPeftMethod.Bench"/> entries, grouped by family. A method adds a
+    /// row in its own folder; the row is built through its recipe like `peft train` and trained with the recipe's hooks.
     /// </summary>
-    public sealed record Method(
-        string Name,
-        Func<PreTrainedModel, int, PeftModel> Create,
-        double Lr,
-        Func<PeftModel, double, IStepper>? Optimizer = null,
-        Func<PeftModel, ITrainingCallback>? Hook = null,
-        Func<PeftModel, Tensor, Tensor>? Loss = null,
-        string Family = "lora")
+    public static IReadOnlyList<(BenchEntry Entry, IPeftMethod Method)> Methods =>
+        PeftMethods.All.SelectMany(m => m.Bench.Select(e => (e, m))).OrderBy(r => IndexOf(Families, r.e.Family)).ToList();
+
+    static int IndexOf(IReadOnlyList<string> list, string item) => list.Contains(item) ? list.ToList().IndexOf(item) : list.Count;
+
+    /// <summary>The generic recipe settings of every row (a row may change them): LoRA r=8, alpha=16 on attention q/k/v/o.</summary>
+    static readonly RecipeSettings BenchSettings = new() { LoraRank = 8, LoraAlpha = 16, LoraTarget = "q_proj,k_proj,v_proj,o_proj", Source = "methods bench" };
+
+    /// <summary>The row's adapter and its training hooks, as `peft train` builds them from the row's recipe.</summary>
+    static (PeftModel Peft, MethodHooks Hooks, RecipeSettings Settings) Build(BenchEntry entry, IPeftMethod method, PreTrainedModel model, int steps)
     {
-        public bool Answers(string only) =>
-            Name.Equals(only, StringComparison.OrdinalIgnoreCase) || Name.Split(" / ").Any(n => n.Equals(only, StringComparison.OrdinalIgnoreCase));
+        var settings = entry.Settings?.Invoke(BenchSettings) ?? BenchSettings;
+        var keys = new RecipeKeys(entry.Keys?.Invoke(steps, model.Config.NumHiddenLayers) ?? new(), "methods bench");
+        if (entry.Create is { } create) return (create(model), MethodHooks.None, settings);
+        var recipe = entry.Recipe is { } name ? PeftMethods.Recipe(name).Recipe : method.Recipes[0];
+        var peft = recipe.CreateModel(method, new RecipeContext { Model = model, Keys = keys, Settings = settings, TotalSteps = steps }, null);
+        return (peft, recipe.HooksFor(peft, keys, settings), settings);
     }
-
-    static readonly StringOrList Targets = StringOrList.Of("q_proj", "k_proj", "v_proj", "o_proj");
-
-    static LoraConfig Lora(int r = 8) => new() { R = r, LoraAlpha = 2 * r, TargetModules = Targets };
 
     static IStepper AdamW(PeftModel p, double lr) => new TorchStepper(optim.AdamW(p.parameters().Where(x => x.requires_grad), lr: lr));
 
-    // LoRA+ (ratio 16): B and 1-D tensors at lr·16 (two AdamW instances equal one optimizer with two groups).
-    static IStepper LoraPlus(PeftModel p, double lr)
+    // LoRA+ (loraplus_lr_ratio): B and 1-D tensors at lr·ratio (two AdamW instances equal one optimizer with two groups).
+    static IStepper LoraPlus(PeftModel p, double lr, double ratio)
     {
         var named = p.named_parameters().Where(x => x.parameter.requires_grad).ToList();
         bool IsB((string name, TorchSharp.Modules.Parameter parameter) x) => x.name.Contains("lora_B") || x.parameter.dim() == 1;
         return new TorchStepper(
             optim.AdamW(named.Where(x => !IsB(x)).Select(x => x.parameter), lr: lr),
-            optim.AdamW(named.Where(IsB).Select(x => x.parameter), lr: lr * 16));
+            optim.AdamW(named.Where(IsB).Select(x => x.parameter), lr: lr * ratio));
     }
 
-    /// <summary>A prompt-family row as `peft train` builds it (finetuning_type + the recipe's settings, their defaults otherwise).</summary>
-    static Method Prompt(string name, string finetuningType, double lr, PromptFamilySettings? settings = null) =>
-        new(name, (m, _) => PeftModel.Create(m, PromptFamily.Config(finetuningType, settings ?? new PromptFamilySettings(), "CAUSAL_LM", m.Config.NumHiddenLayers)), lr, Family: "prompt");
-
-    /// <summary>An adapter-family row as `peft train` builds it from its YAML keys (AdapterHub names; the model's layer count given).</summary>
-    static Method Adapter(string name, string finetuningType, double lr, Func<int, Dictionary<string, JsonNode?>>? keys = null) =>
-        new(name, (m, _) => PeftModel.Create(m, AdapterFamilyTypes.Create(finetuningType, keys?.Invoke(m.Config.NumHiddenLayers) ?? new(), "methods bench")), lr, Family: "adapter");
-
-    static Dictionary<string, JsonNode?> Bn(string preset) => new() { ["adapter_config"] = preset };
-
-    // AdapterFusion, one stage: two fresh seq_bn adapters under a dynamic fusion layer, trained jointly (AdapterHub's
-    // train_adapter_fusion with unfreeze_adapters), so the row costs one training run rather than three.
-    static readonly string[] Fused = { "default", "b" };
-
-    static PeftModel Fusion(PreTrainedModel m)
-    {
-        var peft = PeftModel.Create(m, AdapterFamilyTypes.Create("adapter", Bn("seq_bn"), "methods bench"));
-        peft.AddAdapter(Fused[1], AdapterFamilyTypes.Create("adapter", Bn("seq_bn"), "methods bench"));
-        HubAdapters.AddFusion(peft, Fused);
-        HubAdapters.TrainFusion(peft, Fused);
-        foreach (var (_, layer) in peft.AdapterLayers())
-            foreach (var a in layer.Adapters) layer.SetTrainable(a, true);
-        return peft;
-    }
-
-    public static readonly IReadOnlyList<Method> Methods = new Method[]
-    {
-        new("LoRA", (m, _) => PeftModel.Create(m, Lora()), 1e-2),
-        new("DoRA", (m, _) => PeftModel.Create(m, Lora() with { UseDora = true }), 1e-2),
-        new("rsLoRA", (m, _) => PeftModel.Create(m, Lora() with { UseRsLora = true }), 1e-2),
-        new("LoRA-FA", (m, _) => PeftModel.Create(m, Lora()), 1e-2, (p, lr) => new LoraFaStepper(new LoraFaOptimizer(p, lr: lr))),
-        new("LoRA+", (m, _) => PeftModel.Create(m, Lora()), 5e-3, LoraPlus),
-        new("Delta-LoRA", (m, steps) => PeftModel.Create(m, new DeltaLoraConfig { Lora = Lora(), StartSteps = steps / 4 }), 1e-2, Hook: p => new DeltaLoraUpdater(p)),
-        new("VeRA", (m, _) => PeftModel.Create(m, new VeraConfig { R = 128, TargetModules = Targets }), 5e-2),
-        new("AdaLoRA", (m, steps) => PeftModel.Create(m, new AdaLoraConfig { Lora = Lora() with { LoraAlpha = 16 }, InitR = 12, TargetR = 8, Tinit = steps / 10, Tfinal = steps / 5, TotalStep = steps }), 1e-2,
-            Hook: p => new RankAllocator(p), Loss: (p, l) => AdaLoraRegularizer.AddTo(l, p)),
-
-        Prompt("Prompt Tuning", "prompt_tuning", 3e-2),
-        Prompt("P-Tuning MLP", "p_tuning", 1e-2),
-        Prompt("P-Tuning LSTM", "p_tuning", 1e-2, new PromptFamilySettings { EncoderReparameterizationType = "LSTM" }),
-        Prompt("Prefix Tuning +proj", "prefix_tuning", 1e-2, new PromptFamilySettings { PrefixProjection = true }),
-        // peft has one type for both: prefix tuning without projection is P-Tuning v2's deep prompts.
-        Prompt("Prefix Tuning / P-Tuning v2", "p_tuning_v2", 1e-2),
-        Prompt("LLaMA-Adapter", "llama_adapter", 1e-2),
-
-        Adapter("seq_bn (Pfeiffer)", "adapter", 1e-2, _ => Bn("seq_bn")),
-        Adapter("double_seq_bn (Houlsby)", "adapter", 1e-2, _ => Bn("double_seq_bn")),
-        Adapter("par_bn", "adapter", 1e-2, _ => Bn("par_bn")),
-        Adapter("scaled_par_bn", "adapter", 1e-2, _ => Bn("scaled_par_bn")),
-        // AdapterDrop: no adapters in the first third of the layers (at least one).
-        Adapter("AdapterDrop (seq_bn)", "adapter", 1e-2, layers => new()
-        {
-            ["adapter_config"] = "seq_bn",
-            ["leave_out"] = new JsonArray(Enumerable.Range(0, Math.Max(1, layers / 3)).Select(i => (JsonNode?)i).ToArray()),
-        }),
-        new("AdapterFusion (2 x seq_bn)", (m, _) => Fusion(m), 1e-2, Loss: (p, l) => HubAdapters.FusionRegularization(p, Fused) is { } r ? l + r : l, Family: "adapter"),
-        Adapter("BitFit", "bitfit", 1e-2),
-        Adapter("MAM", "mam", 1e-2),
-        Adapter("UniPELT", "unipelt", 1e-2),
-    };
+    static IStepper Stepper(PeftModel peft, MethodHooks hooks, RecipeSettings settings, double lr) =>
+        hooks.CreateOptimizer is { } create ? new MethodStepper(create(new OptimizerArgs(lr, 0, 0.9, 0.999, 1e-8)))
+        : settings.LoraPlusLrRatio is { } ratio ? LoraPlus(peft, lr, ratio)
+        : AdamW(peft, lr);
 
     static Tensor Counting(int rows, int length, int vocab, int seed)
     {
@@ -251,9 +189,9 @@ public sealed class MethodsBench : IBenchmark
         var family = o.Get("family", "");
         if (family.Length > 0 && !Families.Contains(family))
             throw new ArgumentException($"--family: expected one of {string.Join(", ", Families)}; got '{family}'");
-        var selected = Methods.Where(m => (only.Length == 0 || m.Answers(only)) && (family.Length == 0 || m.Family == family)).ToList();
+        var selected = Methods.Where(m => (only.Length == 0 || m.Entry.Answers(only)) && (family.Length == 0 || m.Entry.Family == family)).ToList();
         if (selected.Count == 0)
-            throw new ArgumentException($"no method matches --only '{only}' --family '{family}' (methods: {string.Join(", ", Methods.Select(m => $"{m.Name} [{m.Family}]"))})");
+            throw new ArgumentException($"no method matches --only '{only}' --family '{family}' (methods: {string.Join(", ", Methods.Select(m => $"{m.Entry.Name} [{m.Entry.Family}]"))})");
         set_num_threads(threads);
         var config = AutoModel.ParseConfig(new JsonObject
         {
@@ -273,15 +211,14 @@ public sealed class MethodsBench : IBenchmark
         manual_seed(0);
         using var baseModel = AutoModel.FromConfig(config);
         baseModel.eval();
-        foreach (var method in selected)
+        foreach (var (method, peftMethod) in selected)
         {
             manual_seed(0);
             using var model = AutoModel.FromConfig(config);
             manual_seed(1);
-            var peft = method.Create(model, steps);
+            var (peft, hooks, settings) = Build(method, peftMethod, model, steps);
             peft.train();
-            using var stepper = (method.Optimizer ?? AdamW)(peft, method.Lr);
-            var hook = method.Hook?.Invoke(peft);
+            using var stepper = Stepper(peft, hooks, settings, method.Lr);
             GC.Collect();
             long rss0 = RssKb();
             ResetPeak();
@@ -290,17 +227,19 @@ public sealed class MethodsBench : IBenchmark
             for (int step = 0; step < steps; step++)
             {
                 using var scope = NewDisposeScope();
+                foreach (var callback in hooks.Callbacks) callback.OnStepBegin(step);
                 var loss = CausalLoss(peft, train);
                 trainLoss = loss.item<float>();
+                if (hooks.LossTerm is { } term) loss = term(loss);
                 if (method.Loss is { } extra) loss = extra(peft, loss);
                 loss.backward();
                 stepper.Step();
-                hook?.OnStepEnd(step);
+                foreach (var callback in hooks.Callbacks) callback.OnStepEnd(step);
                 stepper.ZeroGrad();
             }
             sw.Stop();
             long peak = RssPeakKb() - rss0;
-            (hook as IDisposable)?.Dispose();
+            foreach (var callback in hooks.Callbacks) (callback as IDisposable)?.Dispose();
             peft.eval();
             double evalLoss;
             using (no_grad()) using (var s = NewDisposeScope()) evalLoss = CausalLoss(peft, eval).item<float>();

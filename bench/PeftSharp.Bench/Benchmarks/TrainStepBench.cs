@@ -43,7 +43,7 @@ public sealed class TrainStepBench : IBenchmark
         {
             "full" => TrainingTarget.Full(model),
             // LoRA-FA with peft's projected optimizer: A frozen, so the adapted layers' inputs need not be kept for dA.
-            "lora_fa" => VariantTargets.WithMethodHooks(BenchLora.Target(model, rank: 16), "lora_fa", new LoraVariantSettings()),
+            "lora_fa" => AdapterTargets.WithMethodHooks(BenchLora.Target(model, rank: 16), "lora_fa"),
             _ => BenchLora.Target(model, rank: 16),
         };
         var rng = new Random(1);

@@ -2,7 +2,6 @@ using System.CommandLine;
 using PeftSharp.IO;
 using PeftSharp.Models;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 
 namespace PeftSharp.Cli.Commands;
 
@@ -22,8 +21,9 @@ public static class InspectAdapterCommand
         {
             var adapterDir = pr.GetValue(dir)!;
             var config = PeftMethods.LoadConfig(adapterDir);
-            var hub = config as PeftSharp.Tuners.AdapterHub.AdapterHubConfig;
-            var weightsPath = Path.Combine(adapterDir, hub is null ? AdapterFiles.WeightsFile : PeftSharp.Tuners.AdapterHub.AdapterHubMethod.WeightsFile);
+            var method = PeftMethods.For(config);
+            var description = method.Describe(config);
+            var weightsPath = Path.Combine(adapterDir, method.WeightsFile);
             long bytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
             long fileParams;
             int tensors;
@@ -38,20 +38,14 @@ public static class InspectAdapterCommand
                 report = peft.ParameterReport();
                 targets = report.Modules.Select(m => m.Module).ToList();
             }
-            var lora = config as LoraConfig;
             var info = new
             {
                 Adapter = adapterDir,
-                Method = (hub is null ? config.PeftType : $"AdapterHub {hub.Describe()}") + (lora?.UseDora == true ? " (DoRA)" : "") + (lora?.UseRsLora == true ? " (rsLoRA)" : ""),
+                Method = description.Method,
                 TaskType = config.TaskType,
                 BaseModel = config.BaseModelNameOrPath,
                 BaseModelResolved = baseDir,
-                TargetModules = lora?.TargetModules?.ToString(),
-                R = lora?.R,
-                LoraAlpha = lora?.LoraAlpha,
-                RankPattern = lora?.RankPattern.ToDictionary(kv => kv.Key, kv => kv.Value),
-                AlphaPattern = lora?.AlphaPattern.ToDictionary(kv => kv.Key, kv => kv.Value),
-                ModulesToSave = lora?.ModulesToSave,
+                Settings = description.Fields,
                 Tensors = tensors,
                 FileParameters = fileParams,
                 SizeOnDiskBytes = bytes,
@@ -65,13 +59,7 @@ public static class InspectAdapterCommand
             if (pr.GetValue(Cli.JsonOption)) { Cli.WriteJson(o, info); return 0; }
             o.WriteLine($"adapter       {adapterDir}");
             o.WriteLine($"method        {info.Method}{(config.TaskType is null ? "" : $", task {config.TaskType}")}");
-            if (lora is not null)
-            {
-                o.WriteLine($"targets       {info.TargetModules}{(lora.ModulesToSave is { Count: > 0 } m ? $"; modules_to_save {string.Join(", ", m)}" : "")}");
-                o.WriteLine($"rank          r={lora.R}, lora_alpha={lora.LoraAlpha}" +
-                    (lora.RankPattern.Count > 0 ? $", rank_pattern {string.Join(", ", lora.RankPattern.Select(kv => $"{kv.Key}={kv.Value}"))}" : "") +
-                    (lora.AlphaPattern.Count > 0 ? $", alpha_pattern {string.Join(", ", lora.AlphaPattern.Select(kv => $"{kv.Key}={kv.Value}"))}" : ""));
-            }
+            foreach (var (label, text) in description.Lines) o.WriteLine($"{label,-13} {text}");
             o.WriteLine($"file          {tensors} tensors, {fileParams:N0} values, {bytes / 1024.0:F1} KiB on disk");
             if (report is null)
             {

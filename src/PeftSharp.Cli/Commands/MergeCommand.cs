@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Globalization;
 using PeftSharp.Models;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 
 namespace PeftSharp.Cli.Commands;
 

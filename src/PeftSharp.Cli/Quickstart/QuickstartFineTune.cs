@@ -1,7 +1,6 @@
 using PeftSharp.Models;
 using PeftSharp.Training;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 
 namespace PeftSharp.Cli.Quickstart;
 
@@ -16,10 +15,9 @@ public static class QuickstartFineTune
     {
         if (method == "full") return (TrainingTarget.Full(model), null, "full fine-tuning", 2e-3, 400);
         if (method != "lora") throw new ArgumentException($"--method {method}: expected full or lora");
-        var config = new LoraConfig
-        {
-            R = 16, LoraAlpha = 32, TargetModules = StringOrList.Of(TargetMatcher.AllLinear), TaskType = "CAUSAL_LM", BaseModelNameOrPath = baseDir,
-        };
+        // The adapter `peft train` builds for finetuning_type lora with these keys.
+        var settings = new RecipeSettings { LoraRank = 16, LoraAlpha = 32, LoraTarget = "all" };
+        var config = PeftMethods.Recipe(method).Recipe.Config(new RecipeContext { Model = model, ModelDir = baseDir, Settings = settings });
         var peft = PeftModel.Create(model, config);
         return (AdapterTargets.Peft(peft), peft, "LoRA (r=16, alpha=32, all linear layers)", 5e-3, 1200);
     }

@@ -4,24 +4,12 @@ using static TorchSharp.torch;
 
 namespace PeftSharp.Training;
 
-/// <summary>One optimizer parameter group: named parameters sharing a learning rate and weight decay.</summary>
-public sealed class ParamGroup
-{
-    public required string Name { get; init; }
-    public required IReadOnlyList<(string Name, Tensor Param)> Params { get; init; }
-    /// <summary>The lr the schedule scales.</summary>
-    public required double BaseLr { get; init; }
-    public required double WeightDecay { get; init; }
-    /// <summary>The lr of the current step (BaseLr × schedule factor).</summary>
-    public double Lr { get; set; }
-}
-
 /// <summary>
 /// torch.optim.AdamW (single-tensor path) in float32: p *= 1 - lr·wd; m = lerp(m, g, 1-β1); v = β2·v + (1-β2)·g²;
 /// p -= lr/(1-β1ᵗ) · m / (√v/√(1-β2ᵗ) + eps). Its state is saved by parameter name in safetensors, so a resumed run
 /// continues bit for bit.
 /// </summary>
-public sealed class AdamW : Optimizers.IOptimizer
+public sealed class AdamW : IOptimizer
 {
     readonly double _beta1, _beta2, _eps;
     readonly Dictionary<string, (Tensor M, Tensor V)> _state = new();

@@ -1,7 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using PeftSharp.Models;
-using PeftSharp.Tuners.Lora;
+using PeftSharp.Tuners;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Training;
@@ -12,7 +12,7 @@ namespace PeftSharp.Training;
 /// attention and MLP interiors (RoPE, attention, SwiGLU) run in bfloat16 too, while the residual stream, the norms'
 /// arithmetic and the loss stay float32 (frozen embeddings hand float32 to it). Llama's RMSNorms hand their output on in
 /// bfloat16 (one cast shared by the projections that read it). LoRA's A/B run in bfloat16 from their float32 weights
-/// (<see cref="LoraLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
+/// (<see cref="IAutocastLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
 /// Linear the model's code can take another module for (full fine-tuning) computes in bfloat16 from its float32 weight
 /// (<see cref="AutocastLinear"/>); any other trainable Linear (adapter, head) casts its input to its weight's dtype.
 /// </summary>
@@ -46,8 +46,8 @@ public static class Bf16Base
                     e.register_forward_hook((_, x, y) => y.to(ScalarType.Float32));
                     n++;
                     break;
-                case LoraLayer lora:
-                    lora.AutocastDtype = ScalarType.BFloat16;
+                case IAutocastLayer adapter:
+                    adapter.AutocastDtype = ScalarType.BFloat16;
                     break;
                 case LlamaRMSNorm norm:
                     norm.OutputDtype = ScalarType.BFloat16;

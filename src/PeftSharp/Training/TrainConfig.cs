@@ -12,17 +12,13 @@ public sealed record TrainConfig
 {
     public required string ModelNameOrPath { get; init; }
     public string? AdapterNameOrPath { get; init; }
-    /// <summary>lora (lora_fa, delta_lora, vera, adalora), full, a prompt-family or an adapter-family type.</summary>
+    /// <summary>full, or a method's finetuning_type (lora, lora_fa, vera, prompt_tuning, adapter, ...: see <see cref="Tuners.PeftMethods.FinetuningTypes"/>).</summary>
     public string FinetuningType { get; init; } = "lora";
-    /// <summary>The LoRA variants' keys (use_dora, use_rslora, lora_fa_optimizer, delta_lora_*, vera_*, adalora_*).</summary>
-    public LoraVariantSettings Variant { get; init; } = new();
     public int LoraRank { get; init; } = 8;
     public double? LoraAlpha { get; init; }
     public double LoraDropout { get; init; }
     /// <summary>Module names (comma separated) or "all" (every linear layer but the output head).</summary>
     public string LoraTarget { get; init; } = "all";
-    /// <summary>Settings of the prompt-family finetuning types (num_virtual_tokens, prefix_projection, adapter_len, ...).</summary>
-    public Tuners.PromptLearning.PromptFamilySettings Prompt { get; init; } = new();
     public required string Dataset { get; init; }
     public DatasetFormat? DatasetFormat { get; init; }
     public string? Template { get; init; }
@@ -31,8 +27,12 @@ public sealed record TrainConfig
     public bool Packing { get; init; }
     public double ValSize { get; init; }
     public required TrainingArguments Training { get; init; }
-    /// <summary>The adapter-family keys (AdapterHub config names, adapter_fusion) as JSON values, for finetuning_type adapter | bitfit | mam | unipelt.</summary>
-    public IReadOnlyDictionary<string, System.Text.Json.Nodes.JsonNode?> AdapterKeys { get; init; } = new Dictionary<string, System.Text.Json.Nodes.JsonNode?>();
+    /// <summary>The method-specific keys the file sets (use_dora, vera_rank, num_virtual_tokens, reduction_factor, ...) as JSON values; the method reads its own.</summary>
+    public IReadOnlyDictionary<string, System.Text.Json.Nodes.JsonNode?> MethodKeys { get; init; } = new Dictionary<string, System.Text.Json.Nodes.JsonNode?>();
+    /// <summary>Every key the file sets (generic or the method's).</summary>
+    public IReadOnlySet<string> KeysSet { get; init; } = new HashSet<string>();
+    /// <summary>The YAML file, for messages.</summary>
+    public string Source { get; init; } = "config.yaml";
     /// <summary>From quantization_bit (4) / quantization_type / double_quantization: load the base 4-bit (QLoRA).</summary>
     public PeftSharp.Quantization.BitsAndBytesConfig? Quantization { get; init; }
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
@@ -47,18 +47,15 @@ public sealed record TrainConfig
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
         "stage", "do_train", "plot_loss", "overwrite_output_dir",
-        "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text", "encoder_reparameterization_type",
-        "encoder_hidden_size", "prefix_projection", "adapter_len", "adapter_layers",
         "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
-        // LoRA variants (see LoraVariantSettings)
-        .. LoraVariantSettings.Keys.Select(k => k.Key),
-        // adapter family (AdapterHub names; see Tuners/AdapterHub/AdapterFamilyTypes)
-        "adapter_config", "reduction_factor", "non_linearity", "leave_out", "original_ln_before", "original_ln_after", "residual_before_ln",
-        "adapter_residual_before_ln", "ln_before", "ln_after", "mh_adapter", "output_adapter", "is_parallel", "scaling", "use_gating",
-        "init_weights", "dropout", "prefix_length", "bottleneck_size", "target_modules", "adapter_fusion", "robust_adapter_drop",
+        // each method's own keys (use_dora, vera_rank, num_virtual_tokens, reduction_factor, ...), declared by its recipes
+        .. Tuners.PeftMethods.RecipeKeyNames,
     ];
 
-    static readonly string[] FamilyKeys = Keys[Array.IndexOf(Keys, "adapter_config")..];
+    static readonly HashSet<string> MethodKeyNames = Tuners.PeftMethods.RecipeKeyNames.ToHashSet();
+
+    /// <summary>finetuning_type values that are not a method's (no adapter).</summary>
+    static readonly string[] GenericTypes = ["full"];
 
     // A YAML scalar or list as the JSON value an adapter config expects (bool, number, string, list).
     static System.Text.Json.Nodes.JsonNode? ToJson(YamlNode node) => node switch
@@ -124,17 +121,10 @@ public sealed record TrainConfig
             throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
         if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
         var finetuning = Str("finetuning_type") ?? "lora";
-        bool prompt = Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(finetuning);
-        bool family = Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(finetuning);
-        bool variant = LoraVariantSettings.FinetuningTypes.Contains(finetuning);
-        if (finetuning != "full" && !variant && !prompt && !family)
-            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: lora, full, {string.Join(", ", Tuners.PromptLearning.PromptFamily.FinetuningTypes)}, {string.Join(", ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, {string.Join(", ", LoraVariantSettings.FinetuningTypes.Skip(1))})");
-        foreach (var (key, types) in LoraVariantSettings.Keys)
-            if (values.ContainsKey(key) && !types.Contains(finetuning))
-                throw new PeftConfigException($"{source}: '{key}' applies to finetuning_type {string.Join(" | ", types)}, not '{finetuning}'");
-        var familyKeys = FamilyKeys.Where(values.ContainsKey).ToDictionary(k => k, k => ToJson(values[k]));
-        if (familyKeys.Count > 0 && !family)
-            throw new PeftConfigException($"{source}: {string.Join(", ", familyKeys.Keys)} apply to finetuning_type {string.Join(" | ", Tuners.AdapterHub.AdapterFamilyTypes.Names)}, not '{finetuning}'");
+        var recipe = Tuners.PeftMethods.FindRecipe(finetuning)?.Recipe;
+        if (recipe is null && !GenericTypes.Contains(finetuning))
+            throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: {string.Join(", ", [.. Tuners.PeftMethods.FinetuningTypes, .. GenericTypes])})");
+        var methodKeys = values.Keys.Where(MethodKeyNames.Contains).ToDictionary(k => k, k => ToJson(values[k]));
         var training = new TrainingArguments
         {
             OutputDir = Str("output_dir") ?? "output",
@@ -173,29 +163,7 @@ public sealed record TrainConfig
             Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
         if (quantization is not null && finetuning == "full")
             throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
-        var variantSettings = new LoraVariantSettings
-        {
-            UseDora = Bool("use_dora", false),
-            UseRsLora = Bool("use_rslora", false),
-            LoraFaOptimizer = Bool("lora_fa_optimizer", true),
-            DeltaLoraUpdateRatio = Dbl("delta_lora_update_ratio", 2),
-            DeltaLoraStartSteps = Int("delta_lora_start_steps", 500),
-            VeraRank = Int("vera_rank", 256),
-            VeraDInitial = Dbl("vera_d_initial", 0.1),
-            VeraProjectionPrngKey = Int("vera_projection_prng_key", 0),
-            VeraSaveProjection = Bool("vera_save_projection", true),
-            AdaLoraInitR = Int("adalora_init_r", 12),
-            AdaLoraTargetR = Int("adalora_target_r", 8),
-            AdaLoraTinit = Int("adalora_tinit", 0),
-            AdaLoraTfinal = Int("adalora_tfinal", 0),
-            AdaLoraDeltaT = Int("adalora_delta_t", 1),
-            AdaLoraBeta1 = Dbl("adalora_beta1", 0.85),
-            AdaLoraBeta2 = Dbl("adalora_beta2", 0.85),
-            AdaLoraOrthRegWeight = Dbl("adalora_orth_reg_weight", 0.5),
-            AdaLoraTotalStep = Str("adalora_total_step") is null ? null : Int("adalora_total_step", 0),
-        };
-        if (variant) variantSettings.Validate(finetuning, values.ContainsKey, Dbl("lora_dropout", 0), training, quantization is not null, source);
-        return new TrainConfig
+        var config = new TrainConfig
         {
             Quantization = quantization,
             ModelNameOrPath = Required("model_name_or_path"),
@@ -205,17 +173,6 @@ public sealed record TrainConfig
             LoraAlpha = OptDbl("lora_alpha"),
             LoraDropout = Dbl("lora_dropout", 0),
             LoraTarget = Str("lora_target") ?? "all",
-            Prompt = new Tuners.PromptLearning.PromptFamilySettings
-            {
-                NumVirtualTokens = Int("num_virtual_tokens", 20),
-                PromptTuningInit = Str("prompt_tuning_init") ?? "RANDOM",
-                PromptTuningInitText = Str("prompt_tuning_init_text"),
-                EncoderReparameterizationType = Str("encoder_reparameterization_type") ?? "MLP",
-                EncoderHiddenSize = Str("encoder_hidden_size") is null ? null : Int("encoder_hidden_size", 0),
-                PrefixProjection = Bool("prefix_projection", false),
-                AdapterLen = Int("adapter_len", 10),
-                AdapterLayers = Str("adapter_layers") is null ? null : Int("adapter_layers", 0),
-            },
             Dataset = Required("dataset"),
             DatasetFormat = format is null ? null : DatasetFormats.Parse(format),
             Template = Str("template"),
@@ -224,10 +181,31 @@ public sealed record TrainConfig
             Packing = Bool("packing", false),
             ValSize = Dbl("val_size", 0),
             Training = training,
-            AdapterKeys = familyKeys,
-            Variant = variantSettings,
+            MethodKeys = methodKeys,
+            KeysSet = values.Keys.ToHashSet(),
+            Source = source,
             BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
         };
+        config.CheckMethodKeys(recipe);
+        return config;
+    }
+
+    /// <summary>The method's keys as its recipe reads them.</summary>
+    public Tuners.RecipeKeys RecipeKeys => new(MethodKeys, Source);
+
+    /// <summary>The generic settings a method's recipe may read (LoRA arguments, precision, optimizer, seed).</summary>
+    public Tuners.RecipeSettings RecipeSettings => new()
+    {
+        LoraRank = LoraRank, LoraAlpha = LoraAlpha, LoraDropout = LoraDropout, LoraTarget = LoraTarget,
+        Bf16 = Training.Bf16, Optim = Training.Optim, LoraPlusLrRatio = Training.LoraPlusLrRatio, Quantized = Quantization is not null,
+        Seed = Training.Seed, Sets = KeysSet.Contains, Source = Source,
+    };
+
+    // The method checks its keys and what it cannot train with; without a method no method key applies.
+    void CheckMethodKeys(Tuners.Recipe? recipe)
+    {
+        if (recipe is not null) recipe.Check(RecipeKeys, RecipeSettings);
+        else Tuners.Recipe.RefuseKeys(MethodKeys.Keys, [], FinetuningType, Source);
     }
 
     /// <summary>A path from the config: as given when it exists from the working folder, else relative to the YAML file.</summary>

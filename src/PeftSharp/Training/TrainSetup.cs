@@ -3,7 +3,6 @@ using PeftSharp.Models;
 using PeftSharp.Tokenization;
 using PeftSharp.Training.Data;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Training;
@@ -33,9 +32,7 @@ public sealed class TrainSetup : IDisposable
             var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
-                : Tuners.PromptLearning.PromptFamily.FinetuningTypes.Contains(c.FinetuningType) ? AdapterTargets.PromptFamily(model, c, modelDir)
-                : Tuners.AdapterHub.AdapterFamilyTypes.IsFamily(c.FinetuningType) ? AdapterTargets.Family(model, c, modelDir)
-                : VariantTargets.Create(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);
+                : AdapterTargets.Method(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };
             return new TrainSetup { Model = model, Tokenizer = tokenizer, Target = target, Train = train, Eval = eval, ModelDir = modelDir, Kbit = kbit };
@@ -69,74 +66,45 @@ public static class AdapterTargets
     };
 
     /// <summary>
-    /// LLaMA-Factory's LoRA setup: a new adapter (lora_rank, lora_alpha = 2 × rank by default, lora_dropout, lora_target
-    /// "all" = every linear layer but the output head) or, with adapter_name_or_path, an existing one made trainable.
+    /// The method the recipe's finetuning_type names, applied: a new adapter from its keys (or adapter_name_or_path made
+    /// trainable) with the method's training hooks. <paramref name="totalSteps"/> is the run's length.
     /// </summary>
-    public static TrainingTarget Lora(PreTrainedModel model, TrainConfig c, string modelDir)
+    public static TrainingTarget Method(PreTrainedModel model, TrainConfig c, string modelDir, int totalSteps)
     {
-        if (c.AdapterNameOrPath is { } adapter)
-            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
-        var config = LoraSettings(model, c, modelDir);
-        config.Validate("lora settings");
-        return Peft(PeftModel.Create(model, config));
+        var (recipe, method) = PeftMethods.Recipe(c.FinetuningType);
+        var peft = recipe.CreateModel(method, Context(model, c, modelDir, totalSteps), c.AdapterNameOrPath is { } dir ? c.ResolvePath(dir) : null);
+        return WithHooks(Peft(peft), recipe.HooksFor(peft, c.RecipeKeys, c.RecipeSettings));
     }
 
-    /// <summary>The LoraConfig a YAML names (lora_rank, lora_alpha = 2 × rank by default, lora_dropout, lora_target, use_dora, use_rslora).</summary>
-    public static LoraConfig LoraSettings(PreTrainedModel model, TrainConfig c, string modelDir) => new()
+    /// <summary>The adapter config the recipe describes for its finetuning_type (validated).</summary>
+    public static PeftConfig Config(PreTrainedModel model, TrainConfig c, string modelDir, int totalSteps) =>
+        PeftMethods.Recipe(c.FinetuningType).Recipe.Config(Context(model, c, modelDir, totalSteps));
+
+    static RecipeContext Context(PreTrainedModel model, TrainConfig c, string modelDir, int totalSteps) => new()
     {
-        R = c.LoraRank,
-        LoraAlpha = c.LoraAlpha ?? 2.0 * c.LoraRank,
-        LoraDropout = c.LoraDropout,
-        TargetModules = Targets(c),
-        UseDora = c.Variant.UseDora,
-        UseRsLora = c.Variant.UseRsLora,
-        TaskType = model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS",
-        BaseModelNameOrPath = modelDir,
+        Model = model, ModelDir = modelDir, Keys = c.RecipeKeys, Settings = c.RecipeSettings, TotalSteps = totalSteps, ResolvePath = c.ResolvePath,
     };
 
-    /// <summary>lora_target: module names, or "all" (every linear layer but the output head).</summary>
-    public static StringOrList Targets(TrainConfig c)
+    /// <summary>
+    /// <paramref name="target"/> with the hooks of finetuning_type <paramref name="finetuningType"/> (its keys' defaults)
+    /// over the target's PeftModel: a hand-made adapter trained as `peft train` would.
+    /// </summary>
+    public static TrainingTarget WithMethodHooks(TrainingTarget target, string finetuningType)
     {
-        var names = c.LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names);
+        var peft = (PeftModel)target.Root;
+        return WithHooks(target, PeftMethods.Recipe(finetuningType).Recipe.HooksFor(peft, RecipeKeys.Empty, new RecipeSettings()));
     }
 
-    /// <summary>
-    /// Prompt Tuning, P-Tuning, Prefix Tuning, P-Tuning v2 or LLaMA-Adapter (see <see cref="Tuners.PromptLearning.PromptFamily"/>):
-    /// a new adapter from the YAML's settings, or with adapter_name_or_path an existing one made trainable.
-    /// TEXT init reads the model folder's tokenizer.
-    /// </summary>
-    public static TrainingTarget PromptFamily(PreTrainedModel model, TrainConfig c, string modelDir)
+    /// <summary>Adds a method's optimizer, step callbacks, loss term and saving to a target.</summary>
+    public static TrainingTarget WithHooks(TrainingTarget target, MethodHooks hooks) => target with
     {
-        if (c.AdapterNameOrPath is { } adapter)
-            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
-        var settings = c.Prompt.PromptTuningInit == "TEXT" ? c.Prompt with { TokenizerNameOrPath = c.Prompt.TokenizerNameOrPath ?? modelDir } : c.Prompt;
-        var config = Tuners.PromptLearning.PromptFamily.Config(c.FinetuningType, settings, model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS", model.Config.NumHiddenLayers, modelDir);
-        return Peft(PeftModel.Create(model, config));
-    }
-
-    /// <summary>
-    /// The adapter family (finetuning_type adapter | bitfit | mam | unipelt): a new adapter from the YAML keys, an
-    /// existing one (adapter_name_or_path) made trainable, or with adapter_fusion the fusion stage over trained
-    /// AdapterHub folders (saves the fusion folder).
-    /// </summary>
-    public static TrainingTarget Family(PreTrainedModel model, TrainConfig c, string modelDir)
-    {
-        if (c.AdapterNameOrPath is { } adapter)
-            return Peft(PeftModel.FromPretrained(model, c.ResolvePath(adapter), isTrainable: true));
-        if (c.AdapterKeys.TryGetValue("adapter_fusion", out var fusion) && fusion is not null)
-        {
-            var dirs = (fusion as System.Text.Json.Nodes.JsonArray ?? throw new PeftConfigException("adapter_fusion must be a list of adapter folders"))
-                .Select(d => c.ResolvePath(d!.GetValue<string>())).ToList();
-            var fused = Tuners.AdapterHub.AdapterFamilyTypes.FusionStage(model, dirs);
-            var names = fused.Adapters.ToList();
-            return Peft(fused) with { Save = dir => Tuners.AdapterHub.HubAdapters.SaveFusion(fused, dir, names) };
-        }
-        var config = Tuners.AdapterHub.AdapterFamilyTypes.Create(c.FinetuningType, c.AdapterKeys, "train config");
-        config = config with { BaseModelNameOrPath = modelDir, TaskType = config.TaskType ?? (model.IsCausalLM ? null : "SEQ_CLS") };
-        var peft = PeftModel.Create(model, config);
-        return Peft(peft) with { Callbacks = Tuners.AdapterHub.AdapterFamilyTypes.TrainingCallbacks(peft, c.FinetuningType, c.AdapterKeys, c.Training.Seed) };
-    }
+        CreateOptimizer = hooks.CreateOptimizer is { } create
+            ? a => create(new OptimizerArgs(a.LearningRate, a.WeightDecay, a.AdamBeta1, a.AdamBeta2, a.AdamEpsilon))
+            : target.CreateOptimizer,
+        Callbacks = [.. target.Callbacks, .. hooks.Callbacks],
+        LossTerm = hooks.LossTerm ?? target.LossTerm,
+        Save = hooks.Save ?? target.Save,
+    };
 
     /// <summary>The model (with the adapter applied when given) for evaluation.</summary>
     public static TrainingTarget ForEval(PreTrainedModel model, string? adapterDir, HfTokenizer? tokenizer)

@@ -33,7 +33,7 @@ public sealed class Trainer : IDisposable
     readonly TrainingArguments _args;
     readonly IReadOnlyList<TrainExample> _train;
     readonly IReadOnlyList<TrainExample>? _eval;
-    readonly Optimizers.IOptimizer _optimizer;
+    readonly IOptimizer _optimizer;
     readonly List<JsonObject> _logHistory = new();
     readonly int _batchesPerEpoch;
     readonly IGradientSync? _sync;

@@ -20,7 +20,7 @@ public sealed record TrainingTarget
     public TrainingTask Task { get; init; } = TrainingTask.CausalLM;
     public int PadTokenId { get; init; }
     /// <summary>The method's own optimizer (LoRA-FA's projected-gradient one), built from the run's arguments; null: AdamW (or optim) over the trainable parameters.</summary>
-    public Func<TrainingArguments, Optimizers.IOptimizer>? CreateOptimizer { get; init; }
+    public Func<TrainingArguments, IOptimizer>? CreateOptimizer { get; init; }
     /// <summary>Method hooks the trainer calls after every optimizer step (AdaLoRA's rank allocator, Delta-LoRA's W update, robust AdapterDrop); disposed with the setup that made them.</summary>
     public IReadOnlyList<ITrainingCallback> Callbacks { get; init; } = Array.Empty<ITrainingCallback>();
     /// <summary>Applied to each training forward's loss, as the method's forward does in peft (AdaLoRA adds its orthogonality term).</summary>

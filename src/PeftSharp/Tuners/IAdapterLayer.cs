@@ -54,6 +54,16 @@ public interface IAdapterLayer
 }
 
 /// <summary>
+/// An adapter layer that computes its adapter in a lower precision than its float32 trainable weights when asked (the
+/// trainer's bf16 mode, torch.autocast's role); the weights, their gradients and optimizer state stay float32.
+/// </summary>
+public interface IAutocastLayer
+{
+    /// <summary>The dtype the adapter's matmuls run in; null: the weights' own.</summary>
+    ScalarType? AutocastDtype { get; set; }
+}
+
+/// <summary>
 /// Which adapter each row of a batch uses (peft's adapter_names): a name or <see cref="Base"/>. The row index
 /// tensors are built once per forward and shared by every layer. A caller that keeps one instance across
 /// forwards with the same rows (a decode loop) also keeps what layers derived from their adapters for these

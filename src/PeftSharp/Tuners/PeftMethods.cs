@@ -22,6 +22,74 @@ public interface IPeftMethod
 
     /// <summary>Adds adapter <paramref name="adapterName"/> to the model's modules. Returns the wrapped module names.</summary>
     IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName);
+
+    // ---- what the rest of the product asks a method (training, serving, inspect, bf16, bench); defaults in brackets ----
+
+    /// <summary>The <c>finetuning_type</c> values of <c>peft train</c> that build this method's adapters [none].</summary>
+    IReadOnlyList<Recipe> Recipes => Array.Empty<Recipe>();
+
+    /// <summary>What its adapters support [merge, KV-cache generation; no mixed batches].</summary>
+    MethodCapabilities Capabilities => MethodCapabilities.Default;
+
+    /// <summary>How <c>inspect-adapter</c> describes one of its adapters [the peft_type].</summary>
+    AdapterDescription Describe(PeftConfig config) => new(config.PeftType);
+
+    /// <summary>The weight file of its adapter folders [adapter_model.safetensors].</summary>
+    string WeightsFile => AdapterFiles.WeightsFile;
+
+    /// <summary>Its rows of the methods benchmark [none].</summary>
+    IReadOnlyList<BenchEntry> Bench => Array.Empty<BenchEntry>();
+}
+
+/// <summary>What a method's adapters support, asked by serving, merge and generation instead of checking config types.</summary>
+public sealed record MethodCapabilities
+{
+    public static readonly MethodCapabilities Default = new();
+
+    /// <summary>Rows of one batch may each use a different adapter of this method in one forward (peft's adapter_names): serving batches them together.</summary>
+    public bool MixedBatch { get; init; }
+    /// <summary>Its adapters fold into the base weights (merge, merge_and_unload, <c>peft merge</c>).</summary>
+    public bool Merge { get; init; } = true;
+    /// <summary>Decoding may feed only the new tokens with a KV cache (a forward hook can still refuse per adapter, see <see cref="IForwardHook.SupportsKVCache"/>).</summary>
+    public bool KvCacheGeneration { get; init; } = true;
+}
+
+/// <summary>A method that combines adapters into a new one (peft's add_weighted_adapter).</summary>
+public interface IWeightedCombination
+{
+    /// <summary>The combination_type values it accepts.</summary>
+    IReadOnlyList<string> CombinationTypes { get; }
+
+    void AddWeighted(PeftModel peft, IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType, int? svdRank);
+}
+
+/// <summary>What <c>inspect-adapter</c> prints for an adapter's method: a name (with variant) and labelled lines; <see cref="Fields"/> for --json.</summary>
+public sealed record AdapterDescription(string Method)
+{
+    public IReadOnlyList<(string Label, string Text)> Lines { get; init; } = Array.Empty<(string, string)>();
+    /// <summary>The method's settings for --json (snake_case keys).</summary>
+    public JsonObject Fields { get; init; } = new();
+}
+
+/// <summary>
+/// One row of the methods benchmark (<c>bench methods</c>): built through the method's recipe like <c>peft train</c>
+/// (its keys and settings given), trained with the recipe's hooks. <see cref="Create"/> and <see cref="Loss"/> are for
+/// rows no single recipe builds (AdapterFusion's joint stage).
+/// </summary>
+public sealed record BenchEntry(string Name, string Family, double Lr)
+{
+    /// <summary>The finetuning_type; null: the method's first recipe.</summary>
+    public string? Recipe { get; init; }
+    /// <summary>The recipe's keys from (steps, layers).</summary>
+    public Func<int, int, Dictionary<string, JsonNode?>>? Keys { get; init; }
+    /// <summary>Changes to the benchmark's generic settings (LoRA r=8, alpha=16 on q/k/v/o).</summary>
+    public Func<RecipeSettings, RecipeSettings>? Settings { get; init; }
+    public Func<PreTrainedModel, PeftModel>? Create { get; init; }
+    public Func<PeftModel, TorchSharp.torch.Tensor, TorchSharp.torch.Tensor>? Loss { get; init; }
+
+    /// <summary>A name with " / " answers --only to each of its parts.</summary>
+    public bool Answers(string only) =>
+        Name.Equals(only, StringComparison.OrdinalIgnoreCase) || Name.Split(" / ").Any(n => n.Equals(only, StringComparison.OrdinalIgnoreCase));
 }
 
 /// <summary>A method that runs the model's forward itself (AdapterHub prefix tuning feeds it a seeded KV cache).</summary>
@@ -46,21 +114,40 @@ public static class PeftMethods
     static readonly Dictionary<string, IPeftMethod> Registry = new(StringComparer.Ordinal)
     {
         ["LORA"] = new Lora.LoraMethod(),
+        ["DELTA_LORA"] = new DeltaLora.DeltaLoraMethod(),
+        ["VERA"] = new Vera.VeraMethod(),
+        ["ADALORA"] = new AdaLora.AdaLoraMethod(),
         ["PROMPT_TUNING"] = new PromptTuning.PromptTuningMethod(),
         ["P_TUNING"] = new PTuning.PTuningMethod(),
         ["PREFIX_TUNING"] = new PrefixTuning.PrefixTuningMethod(),
         ["ADAPTION_PROMPT"] = new AdaptionPrompt.AdaptionPromptMethod(),
         [AdapterHub.AdapterHubConfig.Type] = new AdapterHub.AdapterHubMethod(),
         [BitFit.BitFitConfig.Type] = new BitFit.BitFitMethod(),
-        ["VERA"] = new Vera.VeraMethod(),
-        ["ADALORA"] = new AdaLora.AdaLoraMethod(),
-        ["DELTA_LORA"] = new DeltaLora.DeltaLoraMethod(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>
     public static Action<string> Warn { get; set; } = m => Console.Error.WriteLine($"warning: {m}");
 
     public static IReadOnlyCollection<string> Supported => Registry.Keys;
+
+    /// <summary>Every registered method, in registration order.</summary>
+    public static IEnumerable<IPeftMethod> All => Registry.Values;
+
+    /// <summary>Every finetuning_type with its method.</summary>
+    public static IEnumerable<(Recipe Recipe, IPeftMethod Method)> Recipes => Registry.Values.SelectMany(m => m.Recipes.Select(r => (r, m)));
+
+    /// <summary>The finetuning_type values the methods offer.</summary>
+    public static IEnumerable<string> FinetuningTypes => Recipes.Select(r => r.Recipe.Name);
+
+    /// <summary>Every method-specific recipe key.</summary>
+    public static IEnumerable<string> RecipeKeyNames => Recipes.SelectMany(r => r.Recipe.Keys).Distinct();
+
+    /// <summary>The finetuning_type <paramref name="name"/> and its method, or null.</summary>
+    public static (Recipe Recipe, IPeftMethod Method)? FindRecipe(string name) =>
+        Recipes.Where(r => r.Recipe.Name == name).Select(r => ((Recipe, IPeftMethod)?)r).FirstOrDefault();
+
+    public static (Recipe Recipe, IPeftMethod Method) Recipe(string name) => FindRecipe(name)
+        ?? throw new PeftConfigException($"finetuning_type '{name}' is not a method's (supported: {string.Join(", ", FinetuningTypes)})");
 
     public static IPeftMethod Get(string peftType) =>
         Registry.TryGetValue(peftType, out var m) ? m

@@ -74,7 +74,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
 
     /// <inheritdoc cref="ILanguageModel.SupportsKVCache"/>
     public bool SupportsKVCache => ActivePromptLearner is not null
-        || !_configs.TryGetValue(ActiveAdapter, out var c) || PeftMethods.For(c) is not IForwardHook hook || hook.SupportsKVCache(this);
+        || !_configs.TryGetValue(ActiveAdapter, out var c)
+        || PeftMethods.For(c) is var m && m.Capabilities.KvCacheGeneration && (m is not IForwardHook hook || hook.SupportsKVCache(this));
 
     /// <summary>Every adapter wrapper with its module path relative to <see cref="Model"/>.</summary>
     public IEnumerable<(string Name, IAdapterLayer Layer)> AdapterLayers() =>
@@ -305,8 +306,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     {
         var names = (adapterNames ?? new[] { ActiveAdapter }).ToList();
         foreach (var n in names) RequireAdapter(n);
-        foreach (var n in names.Where(prompt_encoder.Contains))
-            throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: prompt-learning adapters change the inputs, not the weights, and cannot be merged (peft neither)");
+        foreach (var n in names.Where(n => !PeftMethods.For(_configs[n]).Capabilities.Merge))
+            throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: its adapters change the inputs or attention, not the weights, and cannot be merged (peft neither)");
         foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
     }
 
@@ -570,9 +571,15 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     // ---- combining ----
 
     /// <summary>
-    /// add_weighted_adapter: a new adapter <paramref name="newName"/> from a weighted combination of LoRA adapters
-    /// (cat, linear, svd; semantics of peft 0.20 including its quirks, see <see cref="Lora.LoraWeighted"/>).
+    /// add_weighted_adapter: a new adapter <paramref name="newName"/> from a weighted combination of adapters of one
+    /// method, as that method defines it (LoRA: cat, linear, svd with peft 0.20's quirks, see <see cref="Lora.LoraWeighted"/>).
     /// </summary>
-    public void AddWeightedAdapter(IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType = "svd", int? svdRank = null) =>
-        Lora.LoraWeighted.Add(this, adapters, weights, newName, combinationType, svdRank);
+    public void AddWeightedAdapter(IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType = "svd", int? svdRank = null)
+    {
+        if (adapters.Count == 0) throw new PeftSharpException("add_weighted_adapter needs at least one adapter");
+        var config = _configs.TryGetValue(adapters[0], out var c) ? c : throw new PeftSharpException($"Adapter {adapters[0]} does not exist");
+        if (PeftMethods.For(config) is not IWeightedCombination method)
+            throw new PeftSharpException($"adapter '{adapters[0]}' is {config.PeftType}: add_weighted_adapter supports {string.Join(", ", PeftMethods.All.Where(m => m is IWeightedCombination).Select(m => m.PeftType))} adapters");
+        method.AddWeighted(this, adapters, weights, newName, combinationType, svdRank);
+    }
 }

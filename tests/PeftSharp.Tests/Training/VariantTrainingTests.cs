@@ -26,15 +26,17 @@ public class VariantTrainingTests
     {
         var c = Parse("finetuning_type: adalora", "adalora_init_r: 6", "adalora_target_r: 2", "adalora_tinit: 3", "adalora_tfinal: 4",
             "adalora_delta_t: 2", "adalora_beta1: 0.8", "adalora_beta2: 0.9", "adalora_orth_reg_weight: 0.1", "adalora_total_step: 20");
-        var v = c.Variant;
-        Assert.Equal((6, 2, 3, 4, 2, 0.8, 0.9, 0.1, 20), (v.AdaLoraInitR, v.AdaLoraTargetR, v.AdaLoraTinit, v.AdaLoraTfinal, v.AdaLoraDeltaT, v.AdaLoraBeta1, v.AdaLoraBeta2, v.AdaLoraOrthRegWeight, v.AdaLoraTotalStep!.Value));
-        var d = Parse("finetuning_type: delta_lora", "delta_lora_update_ratio: 1.5", "delta_lora_start_steps: 7", "use_rslora: true").Variant;
-        Assert.Equal((1.5, 7, true), (d.DeltaLoraUpdateRatio, d.DeltaLoraStartSteps, d.UseRsLora));
-        var ve = Parse("finetuning_type: vera", "vera_rank: 32", "vera_d_initial: 0.5", "vera_projection_prng_key: 9").Variant;
-        Assert.Equal((32, 0.5, 9L), (ve.VeraRank, ve.VeraDInitial, ve.VeraProjectionPrngKey));
-        Assert.False(Parse("finetuning_type: lora_fa", "lora_fa_optimizer: false").Variant.LoraFaOptimizer);
-        Assert.True(Parse("finetuning_type: lora_fa").Variant.LoraFaOptimizer);
-        var l = Parse("use_dora: true", "use_rslora: true").Variant;
+        using var model = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
+        PeftConfig Built(TrainConfig config) => AdapterTargets.Config(model, config, "m", 100);
+        var v = Assert.IsType<AdaLoraConfig>(Built(c));
+        Assert.Equal((6, 2, 3, 4, 2, 0.8, 0.9, 0.1, 20), (v.InitR, v.TargetR, v.Tinit, v.Tfinal, v.DeltaT, v.Beta1, v.Beta2, v.OrthRegWeight, v.TotalStep!.Value));
+        var d = Assert.IsType<DeltaLoraConfig>(Built(Parse("finetuning_type: delta_lora", "delta_lora_update_ratio: 1.5", "delta_lora_start_steps: 7", "use_rslora: true")));
+        Assert.Equal((1.5, 7, true), (d.UpdateRatio, d.StartSteps, d.Lora.UseRsLora));
+        var ve = Assert.IsType<PeftSharp.Tuners.Vera.VeraConfig>(Built(Parse("finetuning_type: vera", "vera_rank: 32", "vera_d_initial: 0.5", "vera_projection_prng_key: 9")));
+        Assert.Equal((32, 0.5, 9L), (ve.R, ve.DInitial, ve.ProjectionPrngKey));
+        Assert.False(Parse("finetuning_type: lora_fa", "lora_fa_optimizer: false").RecipeKeys.Bool("lora_fa_optimizer", true));
+        Assert.True(Parse("finetuning_type: lora_fa").RecipeKeys.Bool("lora_fa_optimizer", true));
+        var l = Assert.IsType<PeftSharp.Tuners.Lora.LoraConfig>(Built(Parse("use_dora: true", "use_rslora: true")));
         Assert.True(l.UseDora && l.UseRsLora);
         Assert.Contains("adalora_orth_reg_weight", Assert.Throws<PeftConfigException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\nadalora_orth_reg_weigth: 1\n", "x.yaml")).Message);
     }
@@ -155,7 +157,7 @@ public class VariantTrainingTests
         double[] fp32Losses = { 6.171204566955566, 6.171204566955566, 6.148591995239258, 6.103455543518066, 6.06602144241333, 6.036229610443115, 6.013978004455566, 5.999185562133789 };
         using var model = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
         var peft = PeftModel.FromPretrained(model, TestPaths.Data("training", "llama-tiny-lora", "initial"), isTrainable: true);
-        var target = VariantTargets.WithMethodHooks(AdapterTargets.Peft(peft), "lora_fa", new LoraVariantSettings());
+        var target = AdapterTargets.WithMethodHooks(AdapterTargets.Peft(peft), "lora_fa");
         Assert.All(peft.named_parameters().Where(p => p.name.Contains("lora_A")), p => Assert.False(p.parameter.requires_grad));
         var args = new TrainingArguments
         {

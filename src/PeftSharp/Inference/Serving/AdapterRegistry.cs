@@ -7,16 +7,18 @@ namespace PeftSharp.Inference.Serving;
 /// <summary>
 /// The adapters a server knows (name → folder) and which of them are loaded into the model: at most
 /// <see cref="ServingOptions.MaxLoras"/>, evicting the least recently used one that no running sequence
-/// uses. LoRA adapters live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one
-/// pass. Every other method (prompt family, AdapterHub, bottleneck, ...) gets a PeftModel of its own over the
-/// same base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base
-/// output in the LoRA batches. Not thread-safe: the engine calls it under its model lock.
+/// uses. Adapters of a method whose rows can mix in one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA)
+/// live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one pass. Every other adapter
+/// (prompt family, AdapterHub, bottleneck, a second mixable method, ...) gets a PeftModel of its own over the same
+/// base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in the
+/// mixed batches. Not thread-safe: the engine calls it under its model lock.
 /// </summary>
 internal sealed class AdapterRegistry
 {
-    sealed class Entry(string dir, bool batched)
+    sealed class Entry(string dir, string peftType, bool batched)
     {
         public string Dir { get; } = dir;
+        public string PeftType { get; } = peftType;
         public bool Batched { get; } = batched;
         /// <summary>The PeftModel of a loaded adapter that is not batched with the LoRA ones.</summary>
         public PeftModel? Solo;
@@ -77,6 +79,12 @@ internal sealed class AdapterRegistry
         foreach (var layer in _model.modules().OfType<IAdapterLayer>()) layer.SetActiveAdapters(names);
     }
 
+    // The mixed batch holds adapters of one method whose rows can mix (the first such method registered, LoRA in practice):
+    // their layers apply each row's adapter in one pass. Others get a PeftModel of their own.
+    bool SharesBatch(PeftConfig config) =>
+        PeftMethods.For(config).Capabilities.MixedBatch
+        && (_known.Values.FirstOrDefault(e => e.Batched)?.PeftType ?? config.PeftType) == config.PeftType;
+
     public static void ValidateName(string name)
     {
         if (name == RowAdapters.Base || !NamePattern.IsMatch(name))
@@ -88,7 +96,8 @@ internal sealed class AdapterRegistry
     {
         ValidateName(name);
         if (_known.ContainsKey(name)) throw new ServingException(400, $"adapter '{name}' is already loaded", "lora_name");
-        _known[name] = new Entry(dir, PeftMethods.LoadConfig(dir) is Tuners.Lora.LoraConfig);
+        var config = PeftMethods.LoadConfig(dir);
+        _known[name] = new Entry(dir, config.PeftType, SharesBatch(config));
         try { TryLoad(name); }
         catch { _known.Remove(name); throw; }
     }

@@ -14,6 +14,20 @@ public sealed class AdaLoraMethod : IPeftMethod
 {
     public string PeftType => "ADALORA";
 
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { AdaLoraRecipe.Recipe };
+    public MethodCapabilities Capabilities { get; } = new() { MixedBatch = true };
+    public IReadOnlyList<BenchEntry> Bench { get; } = new[] { AdaLoraRecipe.Bench };
+
+    public AdapterDescription Describe(PeftConfig config)
+    {
+        var c = Cast(config);
+        return new(PeftType)
+        {
+            Lines = new[] { ("targets", $"{c.Lora.TargetModules}"), ("rank", $"init_r={c.InitR}, target_r={c.TargetR}, lora_alpha={c.Lora.LoraAlpha}") },
+            Fields = new JsonObject { ["target_modules"] = c.Lora.TargetModules?.ToString(), ["init_r"] = c.InitR, ["target_r"] = c.TargetR, ["lora_alpha"] = c.Lora.LoraAlpha },
+        };
+    }
+
     public PeftConfig ParseConfig(JsonObject json, string source) => AdaLoraConfig.FromJson(json, source);
 
     static AdaLoraConfig Cast(PeftConfig c) => c as AdaLoraConfig ?? throw new PeftConfigException($"AdaLoRA expects an AdaLoraConfig; got {c.GetType().Name}");

@@ -1,4 +1,3 @@
-using PeftSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 

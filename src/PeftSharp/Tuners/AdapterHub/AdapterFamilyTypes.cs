@@ -74,9 +74,9 @@ public static class AdapterFamilyTypes
     /// Per-step training hooks from the YAML: <c>robust_adapter_drop</c> (finetuning_type adapter) = true (up to
     /// num_layers - 1 blocks dropped per step, as AdapterHub's AdapterDrop example) or the most blocks to drop.
     /// </summary>
-    public static IReadOnlyList<Training.ITrainingCallback> TrainingCallbacks(PeftModel peft, string finetuningType, IReadOnlyDictionary<string, JsonNode?> keys, int seed)
+    public static IReadOnlyList<ITrainingCallback> TrainingCallbacks(PeftModel peft, string finetuningType, IReadOnlyDictionary<string, JsonNode?> keys, int seed)
     {
-        if (!keys.TryGetValue("robust_adapter_drop", out var v) || v is null) return Array.Empty<Training.ITrainingCallback>();
+        if (!keys.TryGetValue("robust_adapter_drop", out var v) || v is null) return Array.Empty<ITrainingCallback>();
         if (finetuningType != "adapter") throw new PeftConfigException($"robust_adapter_drop applies to finetuning_type adapter (bottleneck adapters), not '{finetuningType}'");
         int layers = peft.Model.Config.NumHiddenLayers;
         var text = v.ToJsonString();
@@ -87,8 +87,103 @@ public static class AdapterFamilyTypes
             System.Text.Json.JsonValueKind.Number when int.TryParse(text, out var n) => n,
             _ => throw new PeftConfigException($"robust_adapter_drop must be true/false or the most layers to drop; got {text}"),
         };
-        return max is int m ? new[] { new RobustAdapterDrop(peft, m, seed) } : Array.Empty<Training.ITrainingCallback>();
+        return max is int m ? new[] { new RobustAdapterDrop(peft, m, seed) } : Array.Empty<ITrainingCallback>();
     }
+
+    static readonly string[] PrefixKeys = { "prefix_length", "bottleneck_size" };
+
+    /// <summary>The keys each type reads (AdapterHub's config names).</summary>
+    static string[] KeysOf(string finetuningType) => finetuningType switch
+    {
+        "adapter" => ["adapter_config", .. BnKeys, "adapter_fusion", "robust_adapter_drop"],
+        "mam" or "unipelt" => [.. PrefixKeys, .. BnKeys],
+        "bitfit" => ["target_modules"],
+        _ => throw new ArgumentException(finetuningType),
+    };
+
+    /// <summary>
+    /// The finetuning_type <paramref name="name"/>: a new adapter from its keys (UniPELT's LoRA part from lora_rank /
+    /// lora_alpha), or for <c>adapter</c> with adapter_fusion the fusion stage over trained folders (saving the fusion).
+    /// </summary>
+    public static Recipe Recipe(string name) => new(name)
+    {
+        Keys = KeysOf(name),
+        Validate = (k, s) => Create(name, k.Values, s.Source),
+        Config = ctx => Config(name, ctx),
+        Create = name == "adapter" ? FusionFromRecipe : null,
+        Hooks = (peft, k, s) => new MethodHooks
+        {
+            Callbacks = TrainingCallbacks(peft, name, k.Values, s.Seed),
+            Save = k.Has("adapter_fusion") ? SaveFusion(peft) : null,
+        },
+    };
+
+    static PeftConfig Config(string name, RecipeContext ctx)
+    {
+        var keys = ctx.Keys.Values;
+        if (name == "unipelt")
+            keys = new Dictionary<string, JsonNode?>(keys) { ["lora_rank"] = ctx.Settings.LoraRank, ["lora_alpha"] = ctx.Settings.LoraAlpha ?? 2 };
+        var config = Create(name, keys, ctx.Keys.Source);
+        return config with { BaseModelNameOrPath = ctx.ModelDir, TaskType = config.TaskType ?? (ctx.Model.IsCausalLM ? null : "SEQ_CLS") };
+    }
+
+    static PeftModel? FusionFromRecipe(RecipeContext ctx)
+    {
+        if (ctx.Keys["adapter_fusion"] is not { } fusion) return null;
+        var dirs = (fusion as JsonArray ?? throw new PeftConfigException($"{ctx.Keys.Source}: adapter_fusion must be a list of adapter folders"))
+            .Select(d => ctx.ResolvePath(d!.GetValue<string>())).ToList();
+        return FusionStage(ctx.Model, dirs);
+    }
+
+    static Action<string> SaveFusion(PeftModel fused)
+    {
+        var names = fused.Adapters.ToList();
+        return dir => HubAdapters.SaveFusion(fused, dir, names);
+    }
+
+    /// <summary>
+    /// AdapterFusion as one methods-benchmark row: two fresh seq_bn adapters under a dynamic fusion layer, trained jointly
+    /// (AdapterHub's train_adapter_fusion with unfreeze_adapters), so the row costs one training run rather than three.
+    /// </summary>
+    static readonly string[] BenchFused = { "default", "b" };
+
+    static PeftModel JointFusion(PreTrainedModel m)
+    {
+        var bn = new Dictionary<string, JsonNode?> { ["adapter_config"] = "seq_bn" };
+        var peft = PeftModel.Create(m, Create("adapter", bn, "methods bench"));
+        peft.AddAdapter(BenchFused[1], Create("adapter", bn, "methods bench"));
+        HubAdapters.AddFusion(peft, BenchFused);
+        HubAdapters.TrainFusion(peft, BenchFused);
+        foreach (var (_, layer) in peft.AdapterLayers())
+            foreach (var a in layer.Adapters) layer.SetTrainable(a, true);
+        return peft;
+    }
+
+    static BenchEntry Row(string name, string finetuningType, Func<int, Dictionary<string, JsonNode?>>? keys = null) =>
+        new(name, "adapter", 1e-2) { Recipe = finetuningType, Keys = keys is null ? null : (_, layers) => keys(layers) };
+
+    /// <summary>The adapter family's rows of the methods benchmark (AdapterHub presets; AdapterDrop leaves out the first third of the layers).</summary>
+    public static readonly IReadOnlyList<BenchEntry> HubBench = new[]
+    {
+        Row("seq_bn (Pfeiffer)", "adapter", _ => new() { ["adapter_config"] = "seq_bn" }),
+        Row("double_seq_bn (Houlsby)", "adapter", _ => new() { ["adapter_config"] = "double_seq_bn" }),
+        Row("par_bn", "adapter", _ => new() { ["adapter_config"] = "par_bn" }),
+        Row("scaled_par_bn", "adapter", _ => new() { ["adapter_config"] = "scaled_par_bn" }),
+        Row("AdapterDrop (seq_bn)", "adapter", layers => new()
+        {
+            ["adapter_config"] = "seq_bn",
+            ["leave_out"] = new JsonArray(Enumerable.Range(0, Math.Max(1, layers / 3)).Select(i => (JsonNode?)i).ToArray()),
+        }),
+        new BenchEntry("AdapterFusion (2 x seq_bn)", "adapter", 1e-2)
+        {
+            Create = JointFusion,
+            Loss = (p, l) => HubAdapters.FusionRegularization(p, BenchFused) is { } r ? l + r : l,
+        },
+        Row("MAM", "mam"),
+        Row("UniPELT", "unipelt"),
+    };
+
+    public static readonly BenchEntry BitFitBench = Row("BitFit", "bitfit");
 
     /// <summary>
     /// The AdapterFusion stage (<c>adapter_fusion: [dir, dir, ...]</c>): loads the trained AdapterHub adapters under

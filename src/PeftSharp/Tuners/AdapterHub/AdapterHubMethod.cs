@@ -20,6 +20,11 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
 
     public string PeftType => AdapterHubConfig.Type;
 
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { AdapterFamilyTypes.Recipe("adapter"), AdapterFamilyTypes.Recipe("mam"), AdapterFamilyTypes.Recipe("unipelt") };
+    public IReadOnlyList<BenchEntry> Bench => AdapterFamilyTypes.HubBench;
+    string IPeftMethod.WeightsFile => WeightsFile;
+    public AdapterDescription Describe(PeftConfig config) => new($"AdapterHub {Cast(config).Describe()}");
+
     public PeftConfig ParseConfig(JsonObject json, string source) => AdapterHubConfig.FromJson(json, source);
 
     static AdapterHubConfig Cast(PeftConfig c) => c as AdapterHubConfig ?? throw new PeftConfigException($"AdapterHub expects an AdapterHubConfig; got {c.GetType().Name}");

@@ -160,7 +160,7 @@ public static class HubAdapters
 /// nothing is skipped, so evaluation and the saved adapter see every layer. n is a function of (seed, step), so a
 /// resumed run drops the same layers.
 /// </summary>
-public sealed class RobustAdapterDrop : Training.ITrainingCallback
+public sealed class RobustAdapterDrop : ITrainingCallback
 {
     readonly PeftModel _peft;
     readonly int _seed;

@@ -12,6 +12,11 @@ public sealed class AdaptionPromptMethod : IPeftMethod
 {
     public string PeftType => "ADAPTION_PROMPT";
 
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { PromptLearning.PromptFamily.Recipe("llama_adapter") };
+    /// <summary>Its gated prompts feed attention, not the weights: no merge, no mixed batches.</summary>
+    public MethodCapabilities Capabilities { get; } = new() { Merge = false };
+    public IReadOnlyList<BenchEntry> Bench { get; } = new[] { PromptLearning.PromptFamily.Bench("LLaMA-Adapter", "llama_adapter", 1e-2) };
+
     /// <summary>peft's supported model types and their attention module names (peft also has gpt2, not ported here).</summary>
     static readonly Dictionary<string, string> DefaultTargets = new() { ["llama"] = "self_attn", ["mistral"] = "self_attn" };
 

@@ -147,6 +147,9 @@ public sealed class BitFitMethod : IPeftMethod
 {
     public string PeftType => BitFitConfig.Type;
 
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { AdapterHub.AdapterFamilyTypes.Recipe("bitfit") };
+    public IReadOnlyList<BenchEntry> Bench { get; } = new[] { AdapterHub.AdapterFamilyTypes.BitFitBench };
+
     public PeftConfig ParseConfig(JsonObject json, string source) => BitFitConfig.FromJson(json, source);
 
     static BitFitConfig Cast(PeftConfig c) => c as BitFitConfig ?? throw new PeftConfigException($"BitFit expects a BitFitConfig; got {c.GetType().Name}");

@@ -1,6 +1,5 @@
 using System.Text.Json.Nodes;
 using PeftSharp.Models;
-using PeftSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -10,6 +9,11 @@ namespace PeftSharp.Tuners.DeltaLora;
 public sealed class DeltaLoraMethod : IPeftMethod
 {
     public string PeftType => "DELTA_LORA";
+
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { DeltaLoraRecipe.Recipe };
+    public MethodCapabilities Capabilities { get; } = new() { MixedBatch = true };
+    public AdapterDescription Describe(PeftConfig config) => Lora.LoraRecipes.Describe(PeftType, Cast(config).Lora);
+    public IReadOnlyList<BenchEntry> Bench { get; } = new[] { DeltaLoraRecipe.Bench };
 
     public PeftConfig ParseConfig(JsonObject json, string source)
     {

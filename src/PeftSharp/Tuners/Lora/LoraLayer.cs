@@ -16,7 +16,7 @@ public sealed record LoraAdapterSettings(int R, double Alpha, double Dropout, bo
 /// Bookkeeping shared by the LoRA wrappers (peft's LoraLayer): the base layer, named adapters, the active set,
 /// the disable switch and the merge stack. The math lives in <see cref="LoraLinear"/> and <see cref="LoraEmbedding"/>.
 /// </summary>
-public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
+public abstract class LoraLayer : nn.Module<Tensor, Tensor>, IAdapterLayer, IAutocastLayer
 {
     // Not readonly: merging into a 4-bit base swaps it (through ModuleSurgery) for its dequantized Linear.
     protected Module<Tensor, Tensor> base_layer;

@@ -8,9 +8,19 @@ using static TorchSharp.torch;
 namespace PeftSharp.Tuners.Lora;
 
 /// <summary>LoRA's injection rule: which modules get which wrapper, with which rank, alpha and init.</summary>
-public sealed class LoraMethod : IPeftMethod
+public sealed class LoraMethod : IPeftMethod, IWeightedCombination
 {
     public string PeftType => "LORA";
+
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { LoraRecipes.Lora, LoraFa.LoraFaRecipe.Recipe };
+    public MethodCapabilities Capabilities { get; } = new() { MixedBatch = true };
+    public AdapterDescription Describe(PeftConfig config) => LoraRecipes.Describe(PeftType, Cast(config));
+    public IReadOnlyList<BenchEntry> Bench { get; } = [.. LoraRecipes.Bench.Take(3), LoraFa.LoraFaRecipe.Bench, .. LoraRecipes.Bench.Skip(3)];
+
+    public IReadOnlyList<string> CombinationTypes => LoraWeighted.CombinationTypes;
+
+    public void AddWeighted(PeftModel peft, IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, string combinationType, int? svdRank) =>
+        LoraWeighted.Add(peft, adapters, weights, newName, combinationType, svdRank);
 
     public PeftConfig ParseConfig(JsonObject json, string source) => LoraConfig.FromJson(json, source);
 

@@ -1,5 +1,3 @@
-using PeftSharp.Training;
-using PeftSharp.Training.Optimizers;
 using PeftSharp.Tuners.Lora;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -9,6 +9,13 @@ public sealed class PTuningMethod : PromptLearningMethod<PromptEncoderConfig>
 {
     public override string PeftType => "P_TUNING";
 
+    public override IReadOnlyList<Recipe> Recipes { get; } = new[] { PromptFamily.Recipe("p_tuning") };
+    public override IReadOnlyList<BenchEntry> Bench { get; } = new[]
+    {
+        PromptFamily.Bench("P-Tuning MLP", "p_tuning", 1e-2),
+        PromptFamily.Bench("P-Tuning LSTM", "p_tuning", 1e-2, new() { ["encoder_reparameterization_type"] = "LSTM" }),
+    };
+
     public override PeftConfig ParseConfig(JsonObject json, string source) => PromptEncoderConfig.FromJson(json, source);
 
     protected override PromptEncoderConfig Complete(PreTrainedModel model, PromptEncoderConfig config)

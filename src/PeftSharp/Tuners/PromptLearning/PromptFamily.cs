@@ -50,4 +50,45 @@ public static class PromptFamily
         };
         return c with { TaskType = taskType, BaseModelNameOrPath = baseModelPath };
     }
+
+    /// <summary>The recipe keys each type reads (peft's field names).</summary>
+    static string[] KeysOf(string finetuningType) => finetuningType switch
+    {
+        "prompt_tuning" => new[] { "num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text" },
+        "p_tuning" => new[] { "num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size" },
+        "prefix_tuning" => new[] { "num_virtual_tokens", "prefix_projection", "encoder_hidden_size" },
+        "p_tuning_v2" => new[] { "num_virtual_tokens" },
+        "llama_adapter" => new[] { "adapter_len", "adapter_layers" },
+        _ => throw new ArgumentException(finetuningType),
+    };
+
+    /// <summary>The settings a recipe's keys give (TEXT init reads the model folder's tokenizer).</summary>
+    public static PromptFamilySettings Settings(RecipeKeys k, string? modelDir)
+    {
+        var init = k.String("prompt_tuning_init") ?? "RANDOM";
+        return new PromptFamilySettings
+        {
+            NumVirtualTokens = k.Int("num_virtual_tokens", 20),
+            PromptTuningInit = init,
+            PromptTuningInitText = k.String("prompt_tuning_init_text"),
+            TokenizerNameOrPath = init == "TEXT" ? modelDir : null,
+            EncoderReparameterizationType = k.String("encoder_reparameterization_type") ?? "MLP",
+            EncoderHiddenSize = k.OptInt("encoder_hidden_size"),
+            PrefixProjection = k.Bool("prefix_projection", false),
+            AdapterLen = k.Int("adapter_len", 10),
+            AdapterLayers = k.OptInt("adapter_layers"),
+        };
+    }
+
+    /// <summary>The finetuning_type <paramref name="name"/> of the prompt family, declared by the method that builds it.</summary>
+    public static Recipe Recipe(string name) => new(name)
+    {
+        Keys = KeysOf(name),
+        Validate = (k, _) => Settings(k, null),
+        Config = ctx => Config(name, Settings(ctx.Keys, ctx.ModelDir), ctx.TaskType, ctx.Model.Config.NumHiddenLayers, ctx.ModelDir),
+    };
+
+    /// <summary>A methods-benchmark row as `peft train` builds it (the recipe's keys, their defaults otherwise).</summary>
+    public static BenchEntry Bench(string name, string finetuningType, double lr, Dictionary<string, System.Text.Json.Nodes.JsonNode?>? keys = null) =>
+        new(name, "prompt", lr) { Recipe = finetuningType, Keys = keys is null ? null : (_, _) => keys };
 }

@@ -17,6 +17,11 @@ public interface IPromptLearningMethod : IPeftMethod
 public abstract class PromptLearningMethod<TConfig> : IPromptLearningMethod where TConfig : PromptLearningConfig
 {
     public abstract string PeftType { get; }
+
+    public virtual IReadOnlyList<Recipe> Recipes => Array.Empty<Recipe>();
+    public virtual IReadOnlyList<BenchEntry> Bench => Array.Empty<BenchEntry>();
+    /// <summary>Prompt-learning adapters change the inputs, not the weights: no merge, no mixed batches.</summary>
+    public MethodCapabilities Capabilities { get; } = new() { Merge = false };
     public abstract PeftConfig ParseConfig(JsonObject json, string source);
 
     /// <summary>Builds the learner for a prepared config.</summary>

@@ -9,6 +9,9 @@ public sealed class PromptTuningMethod : PromptLearningMethod<PromptTuningConfig
 {
     public override string PeftType => "PROMPT_TUNING";
 
+    public override IReadOnlyList<Recipe> Recipes { get; } = new[] { PromptFamily.Recipe("prompt_tuning") };
+    public override IReadOnlyList<BenchEntry> Bench { get; } = new[] { PromptFamily.Bench("Prompt Tuning", "prompt_tuning", 3e-2) };
+
     public override PeftConfig ParseConfig(JsonObject json, string source) => PromptTuningConfig.FromJson(json, source);
 
     protected override PromptTuningConfig Complete(PreTrainedModel model, PromptTuningConfig config)

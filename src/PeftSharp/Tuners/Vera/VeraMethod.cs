@@ -14,6 +14,20 @@ public sealed class VeraMethod : IPeftMethod, IModelLevelState
 {
     public string PeftType => "VERA";
 
+    public IReadOnlyList<Recipe> Recipes { get; } = new[] { VeraRecipe.Recipe };
+    public MethodCapabilities Capabilities { get; } = new() { MixedBatch = true };
+    public IReadOnlyList<BenchEntry> Bench { get; } = new[] { VeraRecipe.Bench };
+
+    public AdapterDescription Describe(PeftConfig config)
+    {
+        var c = Cast(config);
+        return new(PeftType)
+        {
+            Lines = new[] { ("targets", $"{c.TargetModules}"), ("rank", $"r={c.R} (shared projections), d_initial={c.DInitial}") },
+            Fields = new JsonObject { ["target_modules"] = c.TargetModules?.ToString(), ["r"] = c.R },
+        };
+    }
+
     public PeftConfig ParseConfig(JsonObject json, string source) => VeraConfig.FromJson(json, source);
 
     static VeraConfig Cast(PeftConfig c) => c as VeraConfig ?? throw new PeftConfigException($"VeRA expects a VeraConfig; got {c.GetType().Name}");

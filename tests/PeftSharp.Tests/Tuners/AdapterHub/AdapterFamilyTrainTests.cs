@@ -39,7 +39,7 @@ public class AdapterFamilyTrainTests
         var ex = Assert.Throws<PeftConfigException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\nreduction_factor: 8\n", "x.yaml"));
         Assert.Contains("reduction_factor", ex.Message);
         var c = TrainConfig.Parse("model_name_or_path: m\ndataset: d\nfinetuning_type: mam\nprefix_length: 7\n", "x.yaml");
-        var mam = Assert.IsType<AdapterHubConfig>(AdapterFamilyTypes.Create(c.FinetuningType, c.AdapterKeys));
+        var mam = Assert.IsType<AdapterHubConfig>(AdapterFamilyTypes.Create(c.FinetuningType, c.MethodKeys));
         Assert.Equal(7, Assert.IsType<HubPrefixConfig>(mam.Parts[0]).PrefixLength);
     }
 }

@@ -51,7 +51,7 @@ public class PromptTrainerTests
             .Replace("num_train_epochs: 20", "max_steps: 15")
             .Replace("output_dir: samples-output/p_tuning_v2_bert_classification", $"output_dir: {TestPaths.TempDir()}");
         var config = TrainConfig.Parse(yaml, "p_tuning_v2_bert_classification.yaml");
-        Assert.Equal(8, config.Prompt.NumVirtualTokens);
+        Assert.Equal(8, config.RecipeKeys.Int("num_virtual_tokens", 20));
         using var setup = TrainSetup.FromConfig(config);
         var peft = (PeftModel)setup.Target.Root;
         Assert.Equal(new[] { "classifier", "score", "classifier", "score" }, ((PeftSharp.Tuners.PrefixTuning.PrefixTuningConfig)peft.ActiveConfig).ModulesToSave);
@@ -67,7 +67,7 @@ public class PromptTrainerTests
             var c = TrainConfig.Load(RepoFile($"samples/{name}.yaml"));
             Assert.Contains(c.FinetuningType, PromptFamily.FinetuningTypes);
         }
-        Assert.Contains("supported: lora, full, prompt_tuning", Assert.Throws<PeftConfigException>(() =>
+        Assert.Contains("prompt_tuning, p_tuning, prefix_tuning", Assert.Throws<PeftConfigException>(() =>
             TrainConfig.Parse("model_name_or_path: x\ndataset: y\nfinetuning_type: ia3\n")).Message);
     }
 }

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace PeftSharp.Training;
+namespace PeftSharp.Hooks;
 
 /// <summary>
 /// A hook a training loop calls once per optimizer step (and, optionally, before it), after <c>optimizer.step()</c> and before the gradients are
