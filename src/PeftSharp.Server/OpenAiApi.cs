@@ -13,6 +13,8 @@ internal sealed class OpenAiApi(ServingEngine engine)
 {
     /// <summary>OpenAI's default max_tokens for /v1/completions.</summary>
     const int CompletionsDefaultMaxTokens = 16;
+    /// <summary>Smallest temperature (and repetition penalty) that keeps the scaled logits finite.</summary>
+    const double MinTemperature = 0.01;
 
     public Task Completions(HttpContext ctx) => Guarded(ctx, async body =>
     {
@@ -242,13 +244,15 @@ internal sealed class OpenAiApi(ServingEngine engine)
     {
         if (Int(body, "n") is int n && n != 1) throw ServingException.BadRequest("only n = 1 is supported", "n");
         var temperature = Num(body, "temperature") ?? 1.0;
-        if (temperature < 0 || temperature > 2 || double.IsNaN(temperature)) throw ServingException.BadRequest($"temperature must be in [0, 2] (found {temperature})", "temperature");
+        // Below 0.01 the scaled logits overflow float32 (softmax gives NaN); 0 is the way to ask for greedy.
+        if (!(temperature == 0 || temperature >= MinTemperature && temperature <= 2))
+            throw ServingException.BadRequest($"temperature must be 0 (greedy) or in [{MinTemperature}, 2] (found {temperature})", "temperature");
         var topP = Num(body, "top_p") ?? 1.0;
         if (!(topP > 0 && topP <= 1)) throw ServingException.BadRequest($"top_p must be in (0, 1] (found {topP})", "top_p");
         var topK = Int(body, "top_k") ?? -1;
         if (topK < -1) throw ServingException.BadRequest($"top_k must be -1 (off) or a positive integer (found {topK})", "top_k");
         var repetition = Num(body, "repetition_penalty") ?? 1.0;
-        if (!(repetition > 0 && repetition <= 10)) throw ServingException.BadRequest($"repetition_penalty must be in (0, 10] (found {repetition})", "repetition_penalty");
+        if (!(repetition >= MinTemperature && repetition <= 10)) throw ServingException.BadRequest($"repetition_penalty must be in [{MinTemperature}, 10] (found {repetition})", "repetition_penalty");
         var maxTokens = Int(body, "max_tokens") ?? defaultMaxTokens;
         ulong? seed = body["seed"] is null ? null : body["seed"] is JsonValue sv && sv.TryGetValue<long>(out var s) ? unchecked((ulong)s) : throw ServingException.BadRequest("seed must be an integer", "seed");
         var stop = body["stop"] switch
@@ -292,8 +296,8 @@ internal sealed class OpenAiApi(ServingEngine engine)
     static double? Num(JsonObject o, string key) => o[key] switch
     {
         null => null,
-        JsonValue v when v.GetValueKind() == JsonValueKind.Number => v.GetValue<double>(),
-        _ => throw ServingException.BadRequest($"{key} must be a number", key),
+        JsonValue v when v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<double>(out var d) && double.IsFinite(d) => d,
+        _ => throw ServingException.BadRequest($"{key} must be a finite number", key),
     };
 
     static bool Bool(JsonObject o, string key) => o[key] switch
@@ -314,20 +318,53 @@ internal sealed class OpenAiApi(ServingEngine engine)
     {
         try
         {
-            JsonObject body;
-            try
-            {
-                body = await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted) as JsonObject
-                    ?? throw ServingException.BadRequest("the request body must be a JSON object");
-            }
-            catch (JsonException e) { throw ServingException.BadRequest($"the request body is not valid JSON: {e.Message}"); }
-            catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) { throw new ServingException(e.StatusCode, e.Message); }
-            await handler(body);
+            await handler(await ReadBody(ctx));
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { }
         catch (ServingException e) when (!ctx.Response.HasStarted) { await Json(ctx, e.Status, ErrorBody(e)); }
         catch (PeftSharpException e) when (!ctx.Response.HasStarted) { await Json(ctx, 400, ErrorBody(ServingException.BadRequest(e.Message))); }
         catch (Exception e) when (!ctx.Response.HasStarted) { await Json(ctx, 500, ErrorBody(new ServingException(500, $"internal error: {e.Message}"))); }
+    }
+
+    /// <summary>
+    /// The body as one JSON object, checked whole before any field is read: UTF-8 (System.Text.Json would fail
+    /// only when a bad string is first read), no duplicate keys (JSON leaves them undefined), bounded depth.
+    /// Kestrel's MaxRequestBodySize bounds its size (413).
+    /// </summary>
+    static async Task<JsonObject> ReadBody(HttpContext ctx)
+    {
+        byte[] bytes;
+        try
+        {
+            // Refused from the header alone, before a byte is read (a client that sent Expect: 100-continue never uploads it).
+            var limit = ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize;
+            if (ctx.Request.ContentLength is long length && length > limit)
+                throw new ServingException(413, $"the request body has {length} bytes; this server accepts at most {limit} (raise --max-prompt-bytes)");
+            using var buffer = new MemoryStream(ctx.Request.ContentLength is long n ? (int)Math.Min(n, 64 << 20) : 0);
+            await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted);
+            bytes = buffer.Length == buffer.Capacity ? buffer.GetBuffer() : buffer.ToArray();
+        }
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) { throw new ServingException(e.StatusCode, $"the request body was refused: {e.Message}"); }
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw ServingException.BadRequest("the request body is not valid UTF-8");
+        try
+        {
+            return JsonNode.Parse(bytes, null, new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
+                ?? throw ServingException.BadRequest("the request body must be a JSON object");
+        }
+        catch (JsonException e) { throw ServingException.BadRequest($"the request body is not valid JSON: {e.Message}"); }
+    }
+
+    /// <summary>OpenAI's error body for a status the router or Kestrel set without one (unknown route 404, wrong method 405, ...).</summary>
+    public static Task StatusBody(HttpContext ctx)
+    {
+        var (status, path, method) = (ctx.Response.StatusCode, ctx.Request.Path.Value, ctx.Request.Method);
+        var message = status switch
+        {
+            404 => $"unknown route {method} {path} (see /v1/models, /v1/completions, /v1/chat/completions)",
+            405 => $"method {method} is not allowed on {path}",
+            _ => $"request failed with HTTP {status}",
+        };
+        return Json(ctx, status, ErrorBody(new ServingException(status, message)));
     }
 
     static JsonObject ErrorBody(ServingException e) => new()

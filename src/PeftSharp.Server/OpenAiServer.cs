@@ -43,13 +43,16 @@ public sealed class OpenAiServer : IAsyncDisposable
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdown + TimeSpan.FromSeconds(5));
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Limits.MaxRequestBodySize = 4 * 1024 * 1024;
+            // Room for a prompt of MaxPromptBytes with JSON escapes; bigger bodies get 413 before they are read.
+            k.Limits.MaxRequestBodySize = 2L * engine.Options.MaxPromptBytes + (1L << 20);
             var address = host is "localhost" ? IPAddress.Loopback : IPAddress.Parse(host);
             k.Listen(address, port);
         });
         var app = builder.Build();
         var server = new OpenAiServer(app, engine, shutdown);
         var api = new OpenAiApi(engine);
+        // Unknown routes (404), wrong methods (405) and Kestrel's refusals get OpenAI's error body too.
+        app.UseStatusCodePages(context => OpenAiApi.StatusBody(context.HttpContext));
         app.MapPost("/v1/completions", api.Completions);
         app.MapPost("/v1/chat/completions", api.ChatCompletions);
         app.MapGet("/v1/models", api.Models);

@@ -16,6 +16,7 @@ public static class ServeCommand
         var maxBatch = new Option<int>("--max-batch") { Description = "Sequences decoded together", DefaultValueFactory = _ => 32 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests waiting for a slot before 429", DefaultValueFactory = _ => 256 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens a request may ask for", DefaultValueFactory = _ => 4096 };
+        var maxPromptBytes = new Option<int>("--max-prompt-bytes") { Description = "Largest prompt in UTF-8 bytes, refused before tokenizing", DefaultValueFactory = _ => 1 << 20 };
         var port = new Option<int>("--port") { Description = "TCP port (0: any free port)", DefaultValueFactory = _ => 8000 };
         var host = new Option<string>("--host") { Description = "Address to bind (loopback by default)", DefaultValueFactory = _ => "127.0.0.1" };
         var name = new Option<string?>("--served-model-name") { Description = "The base model's name in requests (default: the folder name)" };
@@ -24,7 +25,7 @@ public static class ServeCommand
         var dtype = Cli.DTypeOption();
         var cmd = new Command("serve", "Serve a base model and many LoRA adapters over an OpenAI-compatible HTTP API (continuous batching)")
         {
-            model, adapters, root, maxLoras, maxBatch, maxQueue, maxTokens, port, host, name, template, device, dtype,
+            model, adapters, root, maxLoras, maxBatch, maxQueue, maxTokens, maxPromptBytes, port, host, name, template, device, dtype,
         };
         cmd.SetHandler((pr, o) =>
         {
@@ -38,7 +39,7 @@ public static class ServeCommand
             var options = new ServingOptions
             {
                 MaxLoras = pr.GetValue(maxLoras), MaxBatchSize = pr.GetValue(maxBatch), MaxQueue = pr.GetValue(maxQueue),
-                MaxTokensLimit = pr.GetValue(maxTokens), AdapterRoot = pr.GetValue(root),
+                MaxTokensLimit = pr.GetValue(maxTokens), MaxPromptBytes = pr.GetValue(maxPromptBytes), AdapterRoot = pr.GetValue(root),
                 ModelName = pr.GetValue(name), ChatTemplate = pr.GetValue(template),
             };
             if (options.AdapterRoot is { } r && !Directory.Exists(r)) throw new ArgumentException($"--adapter-root '{r}' is not a folder");

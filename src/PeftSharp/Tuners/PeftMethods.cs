@@ -123,6 +123,7 @@ public static class PeftMethods
         ["ADAPTION_PROMPT"] = new AdaptionPrompt.AdaptionPromptMethod(),
         [AdapterHub.AdapterHubConfig.Type] = new AdapterHub.AdapterHubMethod(),
         [BitFit.BitFitConfig.Type] = new BitFit.BitFitMethod(),
+        [IA3.IA3Config.Type] = new IA3.IA3Method(),
     };
 
     /// <summary>Where warnings go (unknown config keys, ...). Replace to route them to a logger.</summary>

@@ -1,6 +1,9 @@
 using System.Text.RegularExpressions;
+using PeftSharp.IO;
 using PeftSharp.Models;
 using PeftSharp.Tuners;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace PeftSharp.Inference.Serving;
 
@@ -11,7 +14,8 @@ namespace PeftSharp.Inference.Serving;
 /// live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one pass. Every other adapter
 /// (prompt family, AdapterHub, bottleneck, a second mixable method, ...) gets a PeftModel of its own over the same
 /// base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in the
-/// mixed batches. Not thread-safe: the engine calls it under its model lock.
+/// mixed batches. Name queries are thread-safe; loading, evicting and forwards run under the engine's model lock,
+/// and files are read before it is taken (<see cref="Prepare"/>).
 /// </summary>
 internal sealed class AdapterRegistry
 {
@@ -28,11 +32,23 @@ internal sealed class AdapterRegistry
         public int ActiveRows;
     }
 
+    /// <summary>An adapter folder read from disk, ready to inject without touching the disk again (<see cref="Prepare"/>).</summary>
+    public sealed class Prepared(string dir, PeftConfig config, Dictionary<string, Tensor>? weights) : IDisposable
+    {
+        public string Dir { get; } = dir;
+        public PeftConfig Config { get; } = config;
+        /// <summary>The safetensors weights; null for methods with a folder format of their own, read at injection.</summary>
+        public Dictionary<string, Tensor>? Weights { get; } = weights;
+        public void Dispose() { foreach (var t in Weights?.Values ?? Enumerable.Empty<Tensor>()) t.Dispose(); }
+    }
+
     static readonly Regex NamePattern = new("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", RegexOptions.CultureInvariant);
 
     readonly PreTrainedModel _model;
     readonly int _maxLoras;
     readonly Dictionary<string, Entry> _known = new(StringComparer.Ordinal);
+    /// <summary>Guards <see cref="_known"/> so that name queries never wait for a forward (which holds the engine's model lock).</summary>
+    readonly object _sync = new();
     long _clock;
     bool _soloActive;
 
@@ -46,21 +62,27 @@ internal sealed class AdapterRegistry
     /// <summary>The model with adapter wrappers, once the first adapter was loaded.</summary>
     public PeftModel? Peft { get; private set; }
 
-    public IEnumerable<string> Names => _known.Keys;
-    public bool Contains(string name) => _known.ContainsKey(name);
-    public int LoadedCount => _known.Values.Count(e => e.Loaded);
-    public long LoadedBytes => _known.Values.Where(e => e.Loaded).Sum(e => e.Bytes);
-    public bool IsLoaded(string name) => _known.TryGetValue(name, out var e) && e.Loaded;
+    public IReadOnlyList<string> Names { get { lock (_sync) return _known.Keys.ToList(); } }
+    public bool Contains(string name) { lock (_sync) return _known.ContainsKey(name); }
+    public int LoadedCount { get { lock (_sync) return _known.Values.Count(e => e.Loaded); } }
+    public long LoadedBytes { get { lock (_sync) return _known.Values.Where(e => e.Loaded).Sum(e => e.Bytes); } }
+    public bool IsLoaded(string name) { lock (_sync) return _known.TryGetValue(name, out var e) && e.Loaded; }
     /// <summary>True for adapters that share the mixed batch (LoRA); false for those served one adapter per batch.</summary>
-    public bool IsBatched(string name) => _known[name].Batched;
+    public bool IsBatched(string name) { lock (_sync) return _known[name].Batched; }
+    /// <summary>Whether one more adapter can be made resident now (a free slot, or an idle one to evict).</summary>
+    public bool HasRoom { get { lock (_sync) return _known.Values.Count(e => e.Loaded) < _maxLoras || _known.Values.Any(e => e.Loaded && e.ActiveRows == 0); } }
+    /// <summary>The folder of a known adapter that is not resident (it must be <see cref="Prepare"/>d before <see cref="TryLoad"/>), else null.</summary>
+    public string? NeedsLoad(string name) { lock (_sync) return _known.TryGetValue(name, out var e) && !e.Loaded ? e.Dir : null; }
 
     /// <summary>
     /// The loaded PeftModel of a non-batched adapter, made the only active adapter in every adapter layer of the
-    /// model (the LoRA layers then compute their base output), ready for a forward.
+    /// model (the LoRA layers then compute their base output), ready for a forward. Call under the model lock.
     /// </summary>
     public PeftModel Solo(string name)
     {
-        var peft = _known[name].Solo ?? throw new PeftSharpException($"adapter '{name}' is not loaded");
+        PeftModel? peft;
+        lock (_sync) peft = _known[name].Solo;
+        if (peft is null) throw new PeftSharpException($"adapter '{name}' is not loaded");
         SetActiveEverywhere(new[] { name });
         _soloActive = true;
         return peft;
@@ -91,48 +113,89 @@ internal sealed class AdapterRegistry
             throw ServingException.BadRequest($"adapter name '{name}' must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit) and not {RowAdapters.Base}", "lora_name");
     }
 
-    /// <summary>Registers and loads an adapter folder (loading checks it now, not at the first request).</summary>
-    public void Register(string name, string dir)
+    /// <summary>
+    /// Reads an adapter folder (config and weights) without any lock held: every entry must be a regular file,
+    /// so a FIFO or device named like an adapter file is refused instead of blocking the reader.
+    /// </summary>
+    public static Prepared Prepare(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new PeftFormatException(dir, "adapter folder not found");
+        FileKinds.RequireRegularFiles(dir);
+        var config = PeftMethods.LoadConfig(dir) with { InferenceMode = true };
+        if (PeftMethods.For(config) is IAdapterFolderFormat) return new Prepared(dir, config, null);
+        var path = Path.Combine(dir, AdapterFiles.WeightsFile);
+        if (!File.Exists(path)) throw new PeftFormatException(dir, $"no {AdapterFiles.WeightsFile} in the adapter folder");
+        using var file = SafetensorsFile.Open(path);
+        var weights = new Dictionary<string, Tensor>();
+        try { foreach (var key in file.Keys) weights[key] = file.Load(key); }
+        catch { foreach (var t in weights.Values) t.Dispose(); throw; }
+        return new Prepared(dir, config, weights);
+    }
+
+    /// <summary>Registers and loads a prepared adapter folder (loading checks it now, not at the first request).</summary>
+    public void Register(string name, Prepared prepared)
     {
         ValidateName(name);
-        if (_known.ContainsKey(name)) throw new ServingException(400, $"adapter '{name}' is already loaded", "lora_name");
-        var config = PeftMethods.LoadConfig(dir);
-        _known[name] = new Entry(dir, config.PeftType, SharesBatch(config));
-        try { TryLoad(name); }
-        catch { _known.Remove(name); throw; }
+        lock (_sync)
+        {
+            if (_known.ContainsKey(name)) throw new ServingException(400, $"adapter '{name}' is already loaded; unload it first or pick another name", "lora_name");
+            _known[name] = new Entry(prepared.Dir, prepared.Config.PeftType, SharesBatch(prepared.Config));
+            try { TryLoad(name, prepared); }
+            catch { _known.Remove(name); throw; }
+        }
     }
 
     /// <summary>Forgets an adapter; refused while sequences use it.</summary>
     public void Unregister(string name)
     {
-        if (!_known.TryGetValue(name, out var e)) throw new ServingException(404, $"adapter '{name}' is not loaded", "lora_name");
-        if (e.ActiveRows > 0) throw new ServingException(409, $"adapter '{name}' is serving {e.ActiveRows} request(s); unload it when they finish", "lora_name");
-        if (e.Loaded) Evict(name, e);
-        _known.Remove(name);
+        lock (_sync)
+        {
+            if (!_known.TryGetValue(name, out var e)) throw new ServingException(404, $"adapter '{name}' is not loaded", "lora_name");
+            if (e.ActiveRows > 0) throw new ServingException(409, $"adapter '{name}' is serving {e.ActiveRows} request(s); unload it when they finish", "lora_name");
+            if (e.Loaded) Evict(name, e);
+            _known.Remove(name);
+        }
     }
 
     /// <summary>
-    /// Makes <paramref name="name"/> resident, unloading the least recently used idle adapter when the cap
-    /// is reached. False when every resident adapter is in use (the request waits).
+    /// Makes <paramref name="name"/> resident from <paramref name="prepared"/> (needed unless it is resident already),
+    /// unloading the least recently used idle adapter when the cap is reached. False when every resident adapter
+    /// is in use (the request waits). Call under the model lock; it reads no file (but for folder formats).
     /// </summary>
-    public bool TryLoad(string name)
+    public bool TryLoad(string name, Prepared? prepared)
     {
-        var e = _known[name];
-        e.LastUsed = ++_clock;
-        if (e.Loaded) return true;
-        if (LoadedCount >= _maxLoras)
+        lock (_sync)
         {
-            var victim = _known.Where(p => p.Value.Loaded && p.Value.ActiveRows == 0).OrderBy(p => p.Value.LastUsed).FirstOrDefault();
-            if (victim.Value is null) return false;
-            Evict(victim.Key, victim.Value);
+            var e = _known[name];
+            e.LastUsed = ++_clock;
+            if (e.Loaded) return true;
+            if (prepared is null) throw new InvalidOperationException($"adapter '{name}' must be prepared before it is loaded");
+            if (LoadedCount >= _maxLoras)
+            {
+                var victim = _known.Where(p => p.Value.Loaded && p.Value.ActiveRows == 0).OrderBy(p => p.Value.LastUsed).FirstOrDefault();
+                if (victim.Value is null) return false;
+                Evict(victim.Key, victim.Value);
+            }
+            PeftModel peft;
+            if (!e.Batched) peft = e.Solo = PeftModel.Create(_model, prepared.Config, name);
+            else if (Peft is null) peft = Peft = PeftModel.Create(_model, prepared.Config, name);
+            else (peft = Peft).AddAdapter(name, prepared.Config);
+            try
+            {
+                if (prepared.Weights is null) peft.LoadWeights(prepared.Dir, name);
+                else peft.LoadState(prepared.Weights.ToDictionary(kv => kv.Key, kv => (Func<Tensor>)(() => kv.Value.alias())), name, Path.Combine(prepared.Dir, AdapterFiles.WeightsFile));
+            }
+            catch
+            {
+                peft.DeleteAdapter(name);
+                if (!e.Batched) e.Solo = null;
+                throw;
+            }
+            peft.eval();
+            e.Loaded = true;
+            e.Bytes = peft.AdapterStateDict(name).Values.Sum(t => t.numel() * t.ElementSize);
+            return true;
         }
-        PeftModel peft;
-        if (!e.Batched) peft = e.Solo = PeftModel.FromPretrained(_model, e.Dir, name);
-        else if (Peft is null) peft = Peft = PeftModel.FromPretrained(_model, e.Dir, name);
-        else (peft = Peft).LoadAdapter(e.Dir, name);
-        e.Loaded = true;
-        e.Bytes = peft.AdapterStateDict(name).Values.Sum(t => t.numel() * t.ElementSize);
-        return true;
     }
 
     void Evict(string name, Entry e)
@@ -143,8 +206,8 @@ internal sealed class AdapterRegistry
         e.Bytes = 0;
     }
 
-    public void AddUse(string name) { if (_known.TryGetValue(name, out var e)) e.ActiveRows++; }
-    public void RemoveUse(string name) { if (_known.TryGetValue(name, out var e)) e.ActiveRows--; }
+    public void AddUse(string name) { lock (_sync) if (_known.TryGetValue(name, out var e)) e.ActiveRows++; }
+    public void RemoveUse(string name) { lock (_sync) if (_known.TryGetValue(name, out var e)) e.ActiveRows--; }
 
     /// <summary>
     /// Resolves a runtime-loaded adapter path inside <paramref name="root"/>: relative only, no "..", and after

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
 using PeftSharp.Models;
@@ -60,15 +61,16 @@ public sealed class ServingEngine : IDisposable
     {
         if (!model.IsCausalLM) throw new PeftSharpException($"{model.GetType().Name} is not a causal language model; serving needs one");
         Options = options ?? new ServingOptions();
-        if (Options.MaxBatchSize < 1 || Options.MaxQueue < 0 || Options.MaxTokensLimit < 1)
-            throw new PeftConfigException($"serving limits must be positive (max batch {Options.MaxBatchSize}, queue {Options.MaxQueue}, max tokens {Options.MaxTokensLimit})");
+        if (Options.MaxBatchSize < 1 || Options.MaxQueue < 0 || Options.MaxTokensLimit < 1 || Options.MaxPromptBytes < 1)
+            throw new PeftConfigException($"serving limits must be positive (max batch {Options.MaxBatchSize}, queue {Options.MaxQueue}, max tokens {Options.MaxTokensLimit}, max prompt bytes {Options.MaxPromptBytes})");
         _model = model;
         _model.eval();
         _adapters = new AdapterRegistry(model, Options.MaxLoras);
         Tokenizer = tokenizer;
         _eos = generationDefaults?.EosTokenIds ?? model.Config.EosTokenIds;
         _pad = generationDefaults?.PadTokenId ?? model.Config.PadTokenId;
-        if (tokenizer is not null) _decode = ids => { lock (_tokenizerLock) return tokenizer.Decode(ids, skipSpecialTokens: true); };
+        // Decoding reads only immutable tables, so the worker never waits for a request being tokenized.
+        if (tokenizer is not null) _decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true);
         ContextLength = ContextLengthOf(model.Config);
         _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "peft-serving" };
         _worker.Start();
@@ -106,23 +108,29 @@ public sealed class ServingEngine : IDisposable
     // ---- adapters ----
 
     /// <summary>Adapter names the engine serves (loaded now or loadable on demand).</summary>
-    public IReadOnlyList<string> AdapterNames { get { lock (_modelLock) return _adapters.Names.ToList(); } }
+    public IReadOnlyList<string> AdapterNames => _adapters.Names;
 
-    public bool IsLoaded(string adapter) { lock (_modelLock) return _adapters.IsLoaded(adapter); }
+    public bool IsLoaded(string adapter) => _adapters.IsLoaded(adapter);
 
     /// <summary>True for the base model's names and for known adapters.</summary>
     public bool Serves(string model)
     {
-        if (IsBase(model)) return true;
-        lock (_modelLock) return _adapters.Contains(model);
+        return IsBase(model) || _adapters.Contains(model);
     }
 
     public bool IsBase(string model) => model == ModelName || model == RowAdapters.Base;
 
-    /// <summary>Adds an adapter folder (trusted path, e.g. from the command line) and loads it, subject to the cap.</summary>
+    /// <summary>
+    /// Adds an adapter folder (trusted path, e.g. from the command line) and loads it, subject to the cap. The
+    /// folder is read before the model lock is taken, so a slow or hostile file never stalls the running batch.
+    /// </summary>
     public void LoadAdapter(string name, string dir)
     {
-        lock (_modelLock) _adapters.Register(name, dir);
+        AdapterRegistry.ValidateName(name);
+        if (IsBase(name)) throw ServingException.BadRequest($"adapter name '{name}' is the base model's name; pick another", "lora_name");
+        if (_adapters.Contains(name)) throw ServingException.BadRequest($"adapter '{name}' is already loaded; unload it first or pick another name", "lora_name");
+        using var prepared = AdapterRegistry.Prepare(dir);
+        lock (_modelLock) _adapters.Register(name, prepared);
         Signal();
     }
 
@@ -130,6 +138,7 @@ public sealed class ServingEngine : IDisposable
     public void LoadAdapterFromRoot(string name, string path)
     {
         AdapterRegistry.ValidateName(name);
+        if (IsBase(name)) throw ServingException.BadRequest($"adapter name '{name}' is the base model's name; pick another", "lora_name");
         LoadAdapter(name, AdapterRegistry.ConfinedPath(Options.AdapterRoot, path));
     }
 
@@ -144,6 +153,10 @@ public sealed class ServingEngine : IDisposable
     public IReadOnlyList<int> EncodeChat(JsonArray messages, string? template = null)
     {
         var tokenizer = RequireTokenizer("messages");
+        long bytes = 0;
+        foreach (var m in messages)
+            if (m is JsonObject o && o["content"] is JsonValue c && c.TryGetValue<string>(out var text)) bytes += Encoding.UTF8.GetByteCount(text);
+        CheckPromptBytes(bytes, "messages");
         lock (_tokenizerLock) return ChatPrompt.Encode(tokenizer, messages, addGenerationPrompt: true, template: template ?? Options.ChatTemplate);
     }
 
@@ -151,7 +164,15 @@ public sealed class ServingEngine : IDisposable
     public IReadOnlyList<int> Encode(string text)
     {
         var tokenizer = RequireTokenizer("prompt");
+        CheckPromptBytes(Encoding.UTF8.GetByteCount(text), "prompt");
         lock (_tokenizerLock) return tokenizer.Encode(text);
+    }
+
+    /// <summary>Refuses text over <see cref="ServingOptions.MaxPromptBytes"/> before any tokenizer work.</summary>
+    void CheckPromptBytes(long bytes, string field)
+    {
+        if (bytes > Options.MaxPromptBytes)
+            throw ServingException.BadRequest($"the {field} has {bytes} bytes of text; this server accepts at most {Options.MaxPromptBytes} (--max-prompt-bytes)", field);
     }
 
     public string Decode(IReadOnlyList<int> ids) => _decode?.Invoke(ids) ?? throw new ServingException(400, "this model folder has no tokenizer.json");
@@ -245,8 +266,7 @@ public sealed class ServingEngine : IDisposable
             long span = _recent.Count == 0 ? 0 : Math.Max(1000, _clock.ElapsedMilliseconds - _recent.Peek().Ms);
             tps = span == 0 ? 0 : _recent.Sum(r => r.Tokens) * 1000.0 / span;
         }
-        int loaded; long bytes;
-        lock (_modelLock) { loaded = _adapters.LoadedCount; bytes = _adapters.LoadedBytes; }
+        int loaded = _adapters.LoadedCount; long bytes = _adapters.LoadedBytes;
         return new ServingMetrics(Interlocked.Read(ref _requests), Interlocked.Read(ref _finished), Interlocked.Read(ref _cancelled), Interlocked.Read(ref _rejected),
             QueueLength, Volatile.Read(ref _batchSize), Interlocked.Read(ref _promptTokens), Interlocked.Read(ref _generated), tps, loaded, bytes, Interlocked.Read(ref _steps));
     }
@@ -355,29 +375,33 @@ public sealed class ServingEngine : IDisposable
 
     void UpdateBatchSize() => Volatile.Write(ref _batchSize, _rows.Count + _solo.Sum(g => g.Rows.Count));
 
+    /// <summary>Takes the queued requests that fit; the queue lock is held only to copy and trim the queue (loading an adapter reads files meanwhile).</summary>
     List<Row> Admit()
     {
         var joiners = new List<Row>();
+        List<Pending> waiting;
         lock (_queueLock)
         {
-            for (var node = _queue.First; node is not null;)
-            {
-                var next = node.Next;
-                var p = node.Value;
-                if (p.Token.IsCancellationRequested)
-                {
-                    _queue.Remove(node);
-                    Complete(p, p.Request.PromptIds.ToArray(), Array.Empty<int>(), null, FinishReason.Length, cancelled: true);
-                }
-                else if (_rows.Count + _solo.Sum(g => g.Rows.Count) + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter, out var solo))
-                {
-                    _queue.Remove(node);
-                    joiners.Add(new Row(p, adapter, solo, _model.Device));
-                }
-                else if (p.Done.Task.IsCompleted) _queue.Remove(node);
-                node = next;
-            }
+            if (_queue.Count == 0) return joiners;
+            waiting = _queue.ToList();
         }
+        var leaving = new List<Pending>();
+        foreach (var p in waiting)
+        {
+            if (p.Token.IsCancellationRequested)
+            {
+                leaving.Add(p);
+                Complete(p, p.Request.PromptIds.ToArray(), Array.Empty<int>(), null, FinishReason.Length, cancelled: true);
+            }
+            else if (_rows.Count + _solo.Sum(g => g.Rows.Count) + joiners.Count < Options.MaxBatchSize && Reserve(p, out var adapter, out var solo))
+            {
+                leaving.Add(p);
+                joiners.Add(new Row(p, adapter, solo, _model.Device));
+            }
+            else if (p.Done.Task.IsCompleted) leaving.Add(p);
+        }
+        if (leaving.Count > 0)
+            lock (_queueLock) foreach (var p in leaving) _queue.Remove(p);
         return joiners;
     }
 
@@ -386,26 +410,32 @@ public sealed class ServingEngine : IDisposable
         adapter = IsBase(p.Adapter) ? RowAdapters.Base : p.Adapter;
         solo = false;
         if (adapter == RowAdapters.Base) return true;
-        lock (_modelLock)
+        if (!_adapters.Contains(adapter))
         {
-            if (!_adapters.Contains(adapter))
-            {
-                Fail(p, new ServingException(404, $"the adapter '{adapter}' was unloaded before the request ran", "model", "model_not_found"));
-                return false;
-            }
-            try
-            {
-                if (!_adapters.TryLoad(adapter)) return false;
-            }
-            catch (Exception e)
-            {
-                Fail(p, e);
-                return false;
-            }
-            _adapters.AddUse(adapter);
-            solo = !_adapters.IsBatched(adapter);
-            return true;
+            Fail(p, new ServingException(404, $"the adapter '{adapter}' was unloaded before the request ran", "model", "model_not_found"));
+            return false;
         }
+        AdapterRegistry.Prepared? prepared = null;
+        try
+        {
+            // An evicted adapter is read back from its folder before the model lock is taken, and only when it can be made resident.
+            if (_adapters.NeedsLoad(adapter) is { } dir)
+            {
+                if (!_adapters.HasRoom) return false;
+                prepared = AdapterRegistry.Prepare(dir);
+            }
+            lock (_modelLock)
+                if (!_adapters.TryLoad(adapter, prepared)) return false;
+        }
+        catch (Exception e)
+        {
+            Fail(p, e);
+            return false;
+        }
+        finally { prepared?.Dispose(); }
+        _adapters.AddUse(adapter);
+        solo = !_adapters.IsBatched(adapter);
+        return true;
     }
 
     void Prefill(List<Row> joiners)
@@ -651,7 +681,7 @@ public sealed class ServingEngine : IDisposable
     void Release(Row r)
     {
         r.Dispose();
-        if (r.Adapter != RowAdapters.Base) lock (_modelLock) _adapters.RemoveUse(r.Adapter);
+        if (r.Adapter != RowAdapters.Base) _adapters.RemoveUse(r.Adapter);
     }
 
     void Complete(Pending p, int[] prompt, int[] tokens, Func<IReadOnlyList<int>, string>? decode, FinishReason reason, bool cancelled)

@@ -12,6 +12,11 @@ public sealed record ServingOptions
     public int MaxQueue { get; init; } = 256;
     /// <summary>Adapters held in the model at once (vLLM's --max-loras); the least recently used idle one is unloaded for a new one.</summary>
     public int MaxLoras { get; init; } = 8;
+    /// <summary>
+    /// Largest prompt (or sum of chat message contents) in UTF-8 bytes; checked before tokenizing, so an oversized
+    /// prompt costs neither tokenizer time nor memory (HTTP 400). The HTTP body limit is derived from it.
+    /// </summary>
+    public int MaxPromptBytes { get; init; } = 1 << 20;
     /// <summary>Largest max_tokens a request may ask for.</summary>
     public int MaxTokensLimit { get; init; } = 4096;
     /// <summary>Folder that runtime-loaded adapters must lie in (null: loading at run time is off).</summary>

@@ -68,6 +68,6 @@ public class PromptTrainerTests
             Assert.Contains(c.FinetuningType, PromptFamily.FinetuningTypes);
         }
         Assert.Contains("prompt_tuning, p_tuning, prefix_tuning", Assert.Throws<PeftConfigException>(() =>
-            TrainConfig.Parse("model_name_or_path: x\ndataset: y\nfinetuning_type: ia3\n")).Message);
+            TrainConfig.Parse("model_name_or_path: x\ndataset: y\nfinetuning_type: oft\n")).Message);
     }
 }
