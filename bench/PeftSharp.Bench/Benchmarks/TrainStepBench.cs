@@ -48,9 +48,10 @@ public sealed class TrainStepBench : IBenchmark
         };
         var rng = new Random(1);
         var rows = Enumerable.Range(0, batch).Select(_ => new TrainExample { InputIds = Enumerable.Range(0, seq).Select(_ => rng.Next(3, 8192)).ToArray() }).ToList();
+        // One output folder per job (ranks of an mpirun job share PMIX_NAMESPACE): data-parallel ranks must run the same config.
         var args = new TrainingArguments
         {
-            OutputDir = Path.Combine(Path.GetTempPath(), $"peftsharp-bench-{Guid.NewGuid():N}"), MaxSteps = warmup + steps,
+            OutputDir = Path.Combine(Path.GetTempPath(), $"peftsharp-bench-{Environment.GetEnvironmentVariable("PMIX_NAMESPACE")?.Replace('/', '-') ?? Guid.NewGuid().ToString("N")}"), MaxSteps = warmup + steps,
             PerDeviceTrainBatchSize = batch / Math.Max(1, Training.Distributed.DataParallel.WorldSize), LearningRate = 1e-4, LoggingSteps = 1000, Bf16 = precision == "bf16", Shuffle = false,
         };
         var times = new List<double>();
@@ -65,7 +66,7 @@ public sealed class TrainStepBench : IBenchmark
             clock.Start();
             trainer.Train();
         }
-        if (Directory.Exists(args.OutputDir)) Directory.Delete(args.OutputDir, true);
+        if (Directory.Exists(args.OutputDir) && Training.Distributed.DataParallel.IsMainProcess) Directory.Delete(args.OutputDir, true);
         times.Sort();
         double median = times[times.Count / 2];
         var (trainable, all) = target.ParameterCounts();
