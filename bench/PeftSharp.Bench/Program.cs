@@ -27,6 +27,9 @@ public static class Program
         }
         var options = BenchOptions.Parse(args.Skip(1).ToArray());
         BenchResult result;
+        var stdout = Console.Out;
+        using (PeftSharp.Cli.ConsoleProgress.Install(options.Json, ref stdout, Console.Error))
+        using (PeftSharp.Runtime.PeftProgress.Begin($"bench {bench.Name}", 0, "runs"))
         try { result = bench.Run(options); }
         catch (ArgumentException e)
         {

@@ -70,7 +70,7 @@ public static class Cli
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
     };
 
-    /// <summary>Runs a command body; PeftSharp and argument errors become one line on stderr and exit code 1.</summary>
+    /// <summary>Runs a command body; any exception becomes one line on stderr through <see cref="ErrorReporter"/>.</summary>
     public static void SetHandler(this Command command, Func<ParseResult, TextWriter, int> body)
     {
         command.SetAction(pr =>
@@ -81,11 +81,9 @@ public static class Cli
             {
                 return body(pr, stdout);
             }
-            catch (Exception e) when (e is PeftSharpException or ArgumentException or FormatException or IOException or UnauthorizedAccessException)
+            catch (Exception e)
             {
-                stderr.WriteLine($"error: {e.Message}");
-                if (pr.GetValue(VerboseOption)) stderr.WriteLine(e);
-                return 1;
+                return ErrorReporter.Report(e, stderr, pr.GetValue(VerboseOption));
             }
         });
     }

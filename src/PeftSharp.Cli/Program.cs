@@ -10,12 +10,26 @@ public static class Program
     /// <summary>Entry point tests call in process; output goes to the given writers.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
+        try
+        {
+            return Dispatch(args, stdout, stderr);
+        }
+        catch (Exception e)
+        {
+            // Safety net for anything thrown outside a command's action (option parsing, command construction).
+            return ErrorReporter.Report(e, stderr, args.Contains("--verbose"));
+        }
+    }
+
+    static int Dispatch(string[] args, TextWriter stdout, TextWriter stderr)
+    {
         var root = new RootCommand("PeftSharp: parameter-efficient fine-tuning of Hugging Face LLMs for .NET");
         root.Options.Add(Cli.JsonOption);
         root.Options.Add(Cli.VerboseOption);
         // One line per command.
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(ChatCommand.Create());
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(DetokenizeCommand.Create());
         root.Subcommands.Add(ChatTemplateCommand.Create());
@@ -28,13 +42,13 @@ public static class Program
         root.Subcommands.Add(QuickstartCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(RouteCommand.Create());
-        var config = new InvocationConfiguration { Output = stdout, Error = stderr };
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
             stderr.WriteLine($"error: {string.Join("; ", parsed.Errors.Select(e => e.Message))} (see 'peft --help')");
             return 2;
         }
-        return parsed.Invoke(config);
+        using var progress = ConsoleProgress.Install(parsed.GetValue(Cli.JsonOption), ref stdout, stderr);
+        return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
     }
 }

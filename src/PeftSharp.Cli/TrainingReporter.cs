@@ -5,9 +5,8 @@ using PeftSharp.Training;
 namespace PeftSharp.Cli;
 
 /// <summary>
-/// The console side of a training run: a live progress line (step, loss, lr, tokens/s, ETA) redrawn with a carriage
-/// return on terminals and printed at each log step otherwise, the log entries, loss.png and the closing summary.
-/// With --json it prints nothing while training.
+/// The console side of a training run: on a terminal a progress bar (steps, rate, ETA, loss, lr, tokens/s), otherwise
+/// a line per log step; the log entries, loss.png and the closing summary. With --json it prints nothing while training.
 /// </summary>
 public sealed class TrainingReporter
 {
@@ -16,12 +15,12 @@ public sealed class TrainingReporter
     readonly string _title;
     readonly List<(double, double)> _train = new(), _eval = new();
     long _tokens;
-    int _lastWidth;
+    IProgressStage? _bar;
 
     public TrainingReporter(TextWriter output, bool json, string title)
     {
         _out = output; _quiet = json; _title = title;
-        _live = !json && ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
+        _live = !json && ConsoleProgress.Live;
     }
 
     public void Attach(Trainer trainer)
@@ -35,12 +34,8 @@ public sealed class TrainingReporter
         _tokens += s.Tokens;
         if (!_live) return;
         double secs = Math.Max(1e-9, s.Elapsed.TotalSeconds);
-        var eta = TimeSpan.FromSeconds(secs / s.Step * (s.TotalSteps - s.Step));
-        int filled = (int)Math.Round(20.0 * s.Step / s.TotalSteps);
-        var line = $"\r[{new string('#', filled)}{new string('-', 20 - filled)}] step {s.Step}/{s.TotalSteps}  loss {s.Loss:F4}  lr {s.LearningRate:0.00e+0}  {_tokens / secs:F0} tok/s  ETA {eta:m\\:ss}";
-        _out.Write(line.PadRight(_lastWidth));
-        _lastWidth = line.Length;
-        _out.Flush();
+        _bar ??= PeftProgress.Begin("training", s.TotalSteps, "steps");
+        _bar.Report(s.Step, $"loss {s.Loss:F4}  lr {s.LearningRate:0.00e+0}  {_tokens / secs:F0} tok/s");
     }
 
     void OnLog(JsonObject e)
@@ -50,18 +45,17 @@ public sealed class TrainingReporter
         if (e["eval_loss"] is { } el) _eval.Add((step, el.GetValue<double>()));
         if (_quiet) return;
         if (_live && e["loss"] is not null) return; // the live line shows it
-        ClearLine();
         _out.WriteLine(e["loss"] is not null
             ? $"step {step}/{e["total_steps"]}  loss {e["loss"]!.GetValue<double>():F4}  lr {e["learning_rate"]!.GetValue<double>():0.00e+0}  grad_norm {e["grad_norm"]!.GetValue<double>():F3}"
             : $"eval at step {step}: loss {e["eval_loss"]!.GetValue<double>():F4}  " +
               (e["eval_accuracy"] is { } acc ? $"accuracy {acc.GetValue<double>():P1}" : $"perplexity {e["eval_perplexity"]!.GetValue<double>():F3}"));
     }
 
-    void ClearLine()
+    /// <summary>Closes the progress bar (training ended, or stopped).</summary>
+    public void EndBar()
     {
-        if (!_live || _lastWidth == 0) return;
-        _out.Write("\r" + new string(' ', _lastWidth) + "\r");
-        _lastWidth = 0;
+        _bar?.Dispose();
+        _bar = null;
     }
 
     /// <summary>Writes loss.png into <paramref name="dir"/>; returns its path, or null when nothing was logged or drawing failed.</summary>
@@ -82,7 +76,7 @@ public sealed class TrainingReporter
 
     public Summary Finish(TrainResult r, TrainingTarget target, string outputDir, string? plot, EvalResult? eval)
     {
-        ClearLine();
+        EndBar();
         var (trainable, all) = target.ParameterCounts();
         long size = Directory.Exists(outputDir)
             ? Directory.EnumerateFiles(outputDir).Where(f => f.EndsWith(".safetensors")).Sum(f => new FileInfo(f).Length) : 0;

@@ -31,6 +31,7 @@ public static class EvalCommand
                 Template = PromptTemplate.Resolve(pr.GetValue(template), dir, tokenizer),
                 CutoffLen = pr.GetValue(cutoff),
                 LabelMap = TrainSetup.LabelMap(m),
+                VocabSize = m.Config.VocabSize,
             };
             var (rows, _) = DatasetBuilder.Load(pr.GetValue(dataset)!, tokenizer, options);
             var target = AdapterTargets.ForEval(m, pr.GetValue(adapter), tokenizer);

@@ -21,9 +21,11 @@ public static class ForwardCommand
         var output = new Option<string>("--output") { Description = "safetensors file to write (logits, input_ids, attention_mask[, token_type_ids])", Required = true };
         var adapter = Cli.AdapterOption();
         var perRow = new Option<string?>("--adapter-per-row") { Description = "Adapter name per row, e.g. a,b,__base__ (a mixed-adapter batch in one pass)" };
+        var compose = CompositionOptions.ComposeOption();
+        var fusion = CompositionOptions.FusionOption();
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
-        var cmd = new Command("forward", "Run one forward pass and write the logits to a safetensors file") { model, ids, mask, types, output, adapter, perRow, device, dtype };
+        var cmd = new Command("forward", "Run one forward pass and write the logits to a safetensors file") { model, ids, mask, types, output, adapter, perRow, compose, fusion, device, dtype };
         cmd.SetHandler((pr, o) =>
         {
             var dev = Cli.ParseDevice(pr.GetValue(device)!);
@@ -47,6 +49,7 @@ public static class ForwardCommand
             var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), dev, dt);
             if (rowNames is not null && peft is null) throw new ArgumentException("--adapter-per-row needs --adapter");
             using var _ = m;
+            CompositionOptions.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
             using var scope = NewDisposeScope();
             var inputIds = Rows(idRows);
             var attentionMask = maskRows is null ? ones_like(inputIds) : Rows(maskRows);

@@ -29,11 +29,13 @@ public static class GenerateCommand
         var eosIds = new Option<int[]>("--eos-id") { Description = "Token ids that end a row (default: generation_config.json, else config.json)", AllowMultipleArgumentsPerToken = true };
         var padId = new Option<int?>("--pad-id") { Description = "Pad id for left padding and finished rows (default: the model's)" };
         var adapter = Cli.AdapterOption();
+        var compose = CompositionOptions.ComposeOption();
+        var fusion = CompositionOptions.FusionOption();
         var device = Cli.DeviceOption();
         var dtype = Cli.DTypeOption();
         var cmd = new Command("generate", "Generate tokens with a causal LM (greedy or sampled, KV-cached)")
         {
-            model, prompt, chat, system, extra, template, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, adapter, device, dtype,
+            model, prompt, chat, system, extra, template, inputIds, maxNew, doSample, temperature, topK, topP, repetition, seed, stop, eosIds, padId, adapter, compose, fusion, device, dtype,
         };
         cmd.SetHandler((pr, o) =>
         {
@@ -73,6 +75,7 @@ public static class GenerateCommand
 
             var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
             using var __ = m;
+            CompositionOptions.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
             bool json = pr.GetValue(Cli.JsonOption);
             Action<GeneratedToken>? stream = json ? null
                 : rows.Length == 1 && tokenizer is not null ? t => { o.Write(t.TextDelta); o.Flush(); }

@@ -43,9 +43,8 @@ public static class MergeCommand
                 Cli.WriteJson(o, new { Out = outDir, Adapters = specs.Select(s => s.Dir), Weights = w, Combination = specs.Count > 1 ? pr.GetValue(combination) : null, report.MergedChangedParameters, report.TargetedWeightParameters });
             else
             {
-                o.WriteLine($"merged {string.Join(" + ", specs.Select((s, i) => specs.Count > 1 ? $"{w[i].ToString(CultureInfo.InvariantCulture)}*{s.Dir}" : s.Dir))} into {modelDir}");
-                o.WriteLine($"changed {report.MergedChangedParameters:N0} of {report.TargetedWeightParameters:N0} parameters in {report.Modules.Count} modules");
-                o.WriteLine($"wrote {outDir}");
+                o.WriteLine($"wrote {outDir}: the weights of {modelDir} with {string.Join(" + ", specs.Select((s, i) => specs.Count > 1 ? $"{w[i].ToString(CultureInfo.InvariantCulture)}*{s.Dir}" : s.Dir))} merged in ({modelDir} itself is unchanged)");
+                o.WriteLine($"the merge changed {report.MergedChangedParameters:N0} of {report.TargetedWeightParameters:N0} parameters in {report.Modules.Count} modules");
             }
             return 0;
         });

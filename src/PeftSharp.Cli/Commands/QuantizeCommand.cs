@@ -43,8 +43,7 @@ public static class QuantizeCommand
                 throw new PeftConfigException($"{src}: the model is already quantized (config.json has quantization_config)");
 
             using var m = AutoModel.FromPretrained(src, dtype: Cli.ParseDType(pr.GetValue(dtype)!), quantization: config);
-            AutoModel.SavePretrained(m, dst);
-            CopyCompanionFiles(src, dst);
+            AutoModel.SavePretrained(m, dst, tmp => CopyCompanionFiles(src, tmp));
 
             var layers = QuantizedModelLoader.QuantizedLayers(m).ToList();
             long quantParams = layers.Sum(l => l.Layer.QuantState.NumElements);

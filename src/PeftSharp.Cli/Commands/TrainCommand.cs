@@ -30,7 +30,19 @@ public static class TrainCommand
             }
             using var trainer = new Trainer(setup.Target, cfg.Training, setup.Train, setup.Eval);
             if (main) reporter.Attach(trainer);
-            var result = trainer.Train();
+            using var ctrlC = new CtrlC(pr.InvocationConfiguration.Error, "stopping after this step and saving a checkpoint");
+            TrainResult result;
+            try { result = trainer.Train(ctrlC.Token); }
+            catch (TrainingStoppedException stop)
+            {
+                if (!main) return 130;
+                reporter.EndBar();
+                reporter.SavePlot(outDir);
+                if (json) Cli.WriteJson(o, new { Stopped = true, stop.Step, trainer.TotalSteps, stop.Checkpoint });
+                else o.WriteLine($"stopped at step {stop.Step}/{trainer.TotalSteps}" +
+                    (stop.Checkpoint is null ? "" : $"; saved {stop.Checkpoint} (continue with resume_from_checkpoint: last)"));
+                return 130;
+            }
             if (!main) return 0;
             var plot = reporter.SavePlot(outDir);
             EvalResult? eval = setup.Eval.Count > 0 ? trainer.Evaluate(setup.Eval) : null;

@@ -11,7 +11,7 @@ namespace PeftSharp.Inference;
 /// mask grows by one column per step and position ids are cumsum(mask) - 1. Rows that finish (eos id or
 /// stop string) are filled with the pad id until every row has finished or max_new_tokens is reached.
 /// </summary>
-public sealed class TextGenerator
+public sealed partial class TextGenerator
 {
     readonly ILanguageModel _model;
 

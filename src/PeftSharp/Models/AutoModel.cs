@@ -38,19 +38,62 @@ public static class AutoModel
 
     public static ModelConfig ParseConfig(JsonObject raw, string source = "config.json")
     {
-        var type = raw["model_type"]?.GetValue<string>()
-            ?? throw new PeftConfigException($"{source}: missing 'model_type' (supported: {string.Join(", ", Registry.Keys)})");
+        var typeNode = raw["model_type"];
+        if (typeNode is not JsonValue tv || tv.GetValueKind() != JsonValueKind.String)
+            throw new PeftConfigException(typeNode is null
+                ? $"{source}: missing 'model_type' (supported: {string.Join(", ", Registry.Keys)})"
+                : $"{source}: 'model_type' must be a string such as \"llama\" (found {typeNode.ToJsonString()})");
+        var type = tv.GetValue<string>();
         if (!Registry.TryGetValue(type, out var arch))
             throw new PeftConfigException($"{source}: model_type '{type}' is not supported (supported: {string.Join(", ", Registry.Keys)})");
         ModelConfig config;
         try { config = (ModelConfig)raw.Deserialize(arch.ConfigType, ModelConfig.Json)!; }
+        catch (JsonException e) when (e.Path is { Length: > 2 } jsonPath && jsonPath.StartsWith("$.", StringComparison.Ordinal))
+        {
+            // Name the key and show what was found instead of the serializer's CLR type names.
+            var key = jsonPath[2..];
+            var found = raw[key.Split('.', '[')[0]]?.ToJsonString() ?? "null";
+            throw new PeftConfigException($"{source}: '{key}' has the wrong type or is out of range (found {found}; {ExpectedKind(arch.ConfigType, key)})", e);
+        }
         catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
         {
-            throw new PeftConfigException($"{source}: {e.Message}");
+            throw new PeftConfigException($"{source}: {e.Message}", e);
         }
         config = config with { Raw = (JsonObject)raw.DeepClone() };
         config.Validate(source);
         return config;
+    }
+
+    static string ExpectedKind(Type configType, string key)
+    {
+        var prop = configType.GetProperties().FirstOrDefault(p =>
+            p.GetCustomAttributes(typeof(System.Text.Json.Serialization.JsonPropertyNameAttribute), true)
+             .Cast<System.Text.Json.Serialization.JsonPropertyNameAttribute>().Any(a => a.Name == key));
+        var t = prop is null ? null : Nullable.GetUnderlyingType(prop.PropertyType) ?? prop.PropertyType;
+        return t switch
+        {
+            null => "see the model's documentation",
+            _ when t == typeof(int) || t == typeof(long) => "expected an integer in 32-bit range",
+            _ when t == typeof(double) || t == typeof(float) => "expected a number",
+            _ when t == typeof(bool) => "expected true or false",
+            _ when t == typeof(string) => "expected a string",
+            _ when t.IsArray => "expected a list",
+            _ => $"expected {t.Name}",
+        };
+    }
+
+    /// <summary>
+    /// Refuses a config that describes far more parameters than the checkpoint holds (e.g. num_hidden_layers: 1000000000)
+    /// before anything is allocated from it. 4-bit checkpoints pack two values per stored byte, hence the factor 2.
+    /// </summary>
+    public static void CheckAgainstCheckpoint(ModelConfig config, Checkpoint checkpoint, string source)
+    {
+        long stored = 0;
+        foreach (var key in checkpoint.Keys) stored += checkpoint.Entry(key).NumElements;
+        long needed = config.MinParameterCount(source);
+        if (needed / 2 > stored)
+            throw new PeftConfigException($"{source}: the config describes at least {needed:N0} parameters (num_hidden_layers {config.NumHiddenLayers}, " +
+                $"hidden_size {config.HiddenSize}, vocab_size {config.VocabSize}) but the checkpoint in {checkpoint.Directory} holds only {stored:N0} values");
     }
 
     /// <summary>Builds a randomly initialized model from a config (tests, pretraining).</summary>
@@ -76,9 +119,11 @@ public static class AutoModel
         TorchRuntime.EnsureInitialized();
         var config = LoadConfig(dir);
         var stored = QuantizedModelLoader.StoredConfig(config, Path.Combine(dir, "config.json"));
-        var model = FromConfig(config, device, dtype);
+        PreTrainedModel model;
         using (var checkpoint = Checkpoint.Open(dir))
         {
+            CheckAgainstCheckpoint(config, checkpoint, Path.Combine(dir, "config.json"));
+            model = FromConfig(config, device, dtype);
             if (stored is not null) QuantizedModelLoader.PrepareForCheckpoint(model, checkpoint, stored);
             WeightLoader.Load(model, checkpoint);
         }
@@ -87,12 +132,16 @@ public static class AutoModel
         return model;
     }
 
-    /// <summary>Writes a HF model folder (config.json + model.safetensors) that <see cref="FromPretrained"/> and transformers read.</summary>
-    public static void SavePretrained(PreTrainedModel model, string dir)
+    /// <summary>
+    /// Writes a HF model folder (config.json + model.safetensors) that <see cref="FromPretrained"/> and transformers read.
+    /// The folder is replaced as a whole (<see cref="AtomicFolder"/>); <paramref name="alsoWrite"/> adds files (tokenizer, ...)
+    /// to the new folder before it is swapped in.
+    /// </summary>
+    public static void SavePretrained(PreTrainedModel model, string dir, Action<string>? alsoWrite = null) => AtomicFolder.Write(dir, tmp =>
     {
-        Directory.CreateDirectory(dir);
         var tensors = model.state_dict().Where(kv => !model.TiedKeys.Contains(kv.Key));
-        SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
-    }
+        SafetensorsWriter.Save(Path.Combine(tmp, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.Raw.ToJsonString(ModelConfig.Json));
+        alsoWrite?.Invoke(tmp);
+    });
 }

@@ -14,9 +14,12 @@ public static class WeightLoader
         var missing = new List<string>();
         var mismatched = new List<string>();
         using (no_grad())
+        using (var progress = Runtime.PeftProgress.Begin($"loading {Path.GetFileName(checkpoint.Directory.TrimEnd('/', '\\'))}", targets.Count, "tensors"))
         {
+            long done = 0, bytes = 0;
             foreach (var (name, target) in targets)
             {
+                progress.Report(done++, $"{bytes / 1048576.0:F0} MB");
                 var key = keyOf(name);
                 if (!checkpoint.Contains(key))
                 {
@@ -29,8 +32,15 @@ public static class WeightLoader
                     mismatched.Add($"{key}: checkpoint [{string.Join(", ", entry.Shape)}], model [{string.Join(", ", target.shape)}]");
                     continue;
                 }
+                // Integer data cast into float weights (or back) is never a real checkpoint: refuse rather than convert.
+                if (IsFloat(target.dtype) != IsFloat(entry.ScalarType))
+                {
+                    mismatched.Add($"{key}: checkpoint dtype {entry.DType}, model {target.dtype} (integer and floating-point data do not mix)");
+                    continue;
+                }
                 using var src = checkpoint.Load(key);
                 target.copy_(src);
+                bytes += src.NumberOfElements * src.ElementSize;
             }
         }
         var expected = targets.Keys.Select(keyOf).ToHashSet();
@@ -44,7 +54,7 @@ public static class WeightLoader
         var parts = new List<string>();
         if (missing.Count > 0) parts.Add($"missing keys: {string.Join(", ", missing)}");
         if (unexpected.Count > 0) parts.Add($"unexpected keys: {string.Join(", ", unexpected)}");
-        if (mismatched.Count > 0) parts.Add($"shape mismatches: {string.Join("; ", mismatched)}");
+        if (mismatched.Count > 0) parts.Add($"shape/dtype mismatches: {string.Join("; ", mismatched)}");
         throw new PeftFormatException(checkpoint.Directory, $"checkpoint does not fit {model.GetType().Name}: {string.Join(" | ", parts)}");
     }
 
@@ -63,6 +73,8 @@ public static class WeightLoader
         if (!modelHas && checkpointHas) return (k => prefix + k, prefix);
         return (k => k, null);
     }
+
+    static bool IsFloat(ScalarType t) => t is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16;
 
     // Non-persistent buffers some transformers versions saved (rotary tables, causal masks, position ids).
     static bool IsAlwaysIgnored(string key) =>

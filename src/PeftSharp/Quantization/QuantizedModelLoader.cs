@@ -30,8 +30,11 @@ public static class QuantizedModelLoader
     {
         config.Validate();
         var names = new List<string>();
-        foreach (var (name, linear) in Targets(model, config))
+        var targets = Targets(model, config).ToList();
+        using var progress = PeftProgress.Begin($"quantizing to {config.Bnb4bitQuantType}", targets.Count, "layers");
+        foreach (var (name, linear) in targets)
         {
+            progress.Report(names.Count, name);
             Linear4bit q;
             using (no_grad())
                 q = Linear4bit.Quantize(linear.weight!, linear.bias, config.QuantType, config.Bnb4bitUseDoubleQuant, config.Blocksize, config.ComputeDType);

@@ -15,6 +15,7 @@ public static class Evaluation
         bool wasTraining = target.Root.training;
         target.Root.eval();
         double weighted = 0; long correct = 0; int rows = 0;
+        using var progress = Runtime.PeftProgress.Begin("evaluating", data.Count, "rows");
         try
         {
             using var _ = no_grad();
@@ -30,6 +31,7 @@ public static class Evaluation
                 if (double.IsFinite(v) || !lm) weighted += v * chunk.Count;
                 if (!lm) correct += logits.argmax(-1).eq(batch.Labels).sum().item<long>();
                 rows += chunk.Count;
+                progress.Report(rows, $"loss {weighted / rows:F4}");
                 collector.Tick();
             }
         }

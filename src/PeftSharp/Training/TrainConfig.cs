@@ -46,7 +46,7 @@ public sealed record TrainConfig
         "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "logging_steps", "save_steps",
         "eval_steps", "save_total_limit", "output_dir", "seed", "bf16", "gradient_checkpointing", "loraplus_lr_ratio",
         "resume_from_checkpoint", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-        "stage", "do_train", "plot_loss", "overwrite_output_dir",
+        "stage", "do_train", "plot_loss", "overwrite_output_dir", "report_to", "logging_dir",
         "optim", "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
         // each method's own keys (use_dora, vera_rank, num_virtual_tokens, reduction_factor, ...), declared by its recipes
         .. Tuners.PeftMethods.RecipeKeyNames,
@@ -80,15 +80,13 @@ public sealed record TrainConfig
 
     public static TrainConfig Parse(string yaml, string source = "config.yaml")
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PeftFormatException(source, $"not valid YAML (line {e.Start.Line}: {e.Message})"); }
+        var stream = PeftSharp.IO.YamlGuard.Load(yaml, source);
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new PeftFormatException(source, "expected a mapping of key: value");
         var values = new Dictionary<string, YamlNode>();
         foreach (var (k, v) in root.Children)
         {
-            var key = ((YamlScalarNode)k).Value ?? "";
+            var key = PeftSharp.IO.YamlGuard.Scalar(k, source, "a key") ?? "";
             if (!Keys.Contains(key))
                 throw new PeftConfigException($"{source}: unknown key '{key}' (line {k.Start.Line}). Valid keys: {string.Join(", ", Keys)}");
             values[key] = v;
@@ -100,7 +98,7 @@ public sealed record TrainConfig
             return node switch
             {
                 YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
-                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => ((YamlScalarNode)c).Value)),
+                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => PeftSharp.IO.YamlGuard.Scalar(c, source, $"each item of '{key}'"))),
                 _ => throw new PeftConfigException($"{source}: '{key}' must be a value or a list"),
             };
         }
@@ -108,7 +106,7 @@ public sealed record TrainConfig
         {
             var s = Str(key);
             if (s is null) return fallback;
-            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s}'; expected {expected}");
+            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s.ReplaceLineEndings("\\n")}'; expected {expected}");
         }
         int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
         double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
@@ -147,12 +145,15 @@ public sealed record TrainConfig
             GradientCheckpointing = Bool("gradient_checkpointing", false),
             LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
             ResumeFromCheckpoint = Str("resume_from_checkpoint"),
+            OverwriteOutputDir = Bool("overwrite_output_dir", false),
             WeightDecay = Dbl("weight_decay", 0),
             AdamBeta1 = Dbl("adam_beta1", 0.9),
             AdamBeta2 = Dbl("adam_beta2", 0.999),
             AdamEpsilon = Dbl("adam_epsilon", 1e-8),
             MaxGradNorm = Dbl("max_grad_norm", 1.0),
             Optim = Str("optim") ?? "adamw_torch",
+            ReportTo = (Str("report_to") ?? "none").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+            LoggingDir = Str("logging_dir"),
         };
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }

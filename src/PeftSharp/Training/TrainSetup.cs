@@ -29,7 +29,7 @@ public sealed class TrainSetup : IDisposable
         {
             if (c.Quantization is not null) kbit = Quantization.KbitTraining.Prepare(model, c.Training.GradientCheckpointing);
             var tokenizer = File.Exists(Path.Combine(modelDir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(modelDir) : null;
-            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer) };
+            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, modelDir, tokenizer), VocabSize = model.Config.VocabSize };
             var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
                 : AdapterTargets.Method(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);

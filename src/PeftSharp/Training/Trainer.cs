@@ -141,10 +141,11 @@ public sealed class Trainer : IDisposable
         int resumedFrom = 0;
         try
         {
+            if (IsMainProcess) RunGuard.PrepareOutputDir(_args);
             if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
                 resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
             var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
-            _sync?.Start(RunFingerprint.Of(_args, _target.Root, _train), trainable);
+            _sync?.Start(Distributed.RunFingerprint.Of(_args, _target.Root, _train), trainable);
             var result = TrainLoop(clock, resumedFrom, trainable, cancel);
             _sync?.Barrier();
             return result;
@@ -158,9 +159,10 @@ public sealed class Trainer : IDisposable
         long tokens = 0;
         double lastLoss = double.NaN;
         var collector = new PeriodicCollector();
+        using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
-            cancel.ThrowIfCancellationRequested();
+            if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
             int step = GlobalStep;
             double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
@@ -197,7 +199,7 @@ public sealed class Trainer : IDisposable
         }
         if (_eval is not null && IsMainProcess) EmitEval();
         if (_args.SaveSteps > 0) SaveCheckpoint();
-        if (IsMainProcess) _target.Save(_args.OutputDir);
+        if (IsMainProcess) AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
         TorchRuntime.TrimMemory();
         return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
     }
@@ -304,9 +306,14 @@ public sealed class Trainer : IDisposable
     {
         var final = Path.Combine(_args.OutputDir, $"checkpoint-{GlobalStep}");
         if (!IsMainProcess) return final;
-        var tmp = Path.Combine(_args.OutputDir, $".checkpoint-{GlobalStep}.tmp");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
+        AtomicFolder.Write(final, tmp => WriteCheckpoint(tmp));
+        Prune();
+        CheckpointSaved?.Invoke(final);
+        return final;
+    }
+
+    void WriteCheckpoint(string tmp)
+    {
         _target.Save(tmp);
         SafetensorsWriter.Save(Path.Combine(tmp, TrainableFile),
             _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter)));
@@ -325,13 +332,9 @@ public sealed class Trainer : IDisposable
             ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count, ["world_size"] = WorldSize,
             ["pending_loss"] = _pendingLoss, ["pending_steps"] = _pendingSteps,
             ["log_history"] = new JsonArray(_logHistory.Select(e => (JsonNode)e.DeepClone()).ToArray()),
+            ["run"] = RunFingerprint(),
         };
         AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        if (Directory.Exists(final)) Directory.Delete(final, true);
-        Directory.Move(tmp, final);
-        Prune();
-        CheckpointSaved?.Invoke(final);
-        return final;
     }
 
     static IEnumerable<(int Step, string Dir)> Checkpoints(string outputDir) =>
@@ -358,12 +361,15 @@ public sealed class Trainer : IDisposable
         return resume;
     }
 
+    JsonObject RunFingerprint() => RunGuard.Fingerprint(
+        _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter.shape)), _target.Model.Config);
+
     /// <summary>Restores weights, optimizer, RNG, step and log state from a checkpoint folder; returns its step.</summary>
     public int LoadCheckpoint(string dir)
     {
         var statePath = Path.Combine(dir, StateFile);
-        if (!File.Exists(statePath)) throw new PeftFormatException(dir, $"not a trainer checkpoint (no {StateFile})");
-        var state = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
+        var state = RunGuard.ReadState(dir, TotalSteps);
+        RunGuard.CheckSameRun(statePath, state, RunFingerprint());
         void Same(string key, long now)
         {
             long then = state[key]!.GetValue<long>();

@@ -44,6 +44,12 @@ public sealed record TrainingArguments
     public double LoraPlusLrEmbedding { get; init; } = 1e-6;
     /// <summary>A checkpoint folder, or "true"/"last" for the newest checkpoint-N in <see cref="OutputDir"/>.</summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>Clear an output_dir that holds an earlier run's checkpoints instead of refusing it.</summary>
+    public bool OverwriteOutputDir { get; init; }
+    /// <summary>Where log entries also go: "none", or "tensorboard" (event files in <see cref="LoggingDir"/>; "all" means the same).</summary>
+    public IReadOnlyList<string> ReportTo { get; init; } = Array.Empty<string>();
+    /// <summary>TensorBoard's run folder; null: output_dir/runs/DATE_HOST, as transformers.</summary>
+    public string? LoggingDir { get; init; }
     /// <summary>Call malloc_trim every N steps (glibc keeps freed tensor memory otherwise).</summary>
     public int TrimMemorySteps { get; init; } = 50;
 
@@ -69,6 +75,7 @@ public sealed record TrainingArguments
         Check(EvalSteps >= 0, "eval_steps", EvalSteps, ">= 0");
         Check(SaveTotalLimit >= 0, "save_total_limit", SaveTotalLimit, ">= 0");
         Check(LoraPlusLrRatio is null or > 0, "loraplus_lr_ratio", LoraPlusLrRatio!, "> 0");
+        foreach (var r in ReportTo) Check(r is "none" or "tensorboard" or "all", "report_to", r, "none or tensorboard (the integration PeftSharp writes)");
         LrSchedule.Validate(LrSchedulerType);
         Optimizers.BnbAdamWOptions.FromOptimName(Optim);
     }

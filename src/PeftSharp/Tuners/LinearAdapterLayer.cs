@@ -22,42 +22,28 @@ public interface IDeltaWeightLayer
 }
 
 /// <summary>
-/// Bookkeeping shared by the LoRA-variant wrappers of a <c>Linear</c> or GPT-2 <c>Conv1D</c>: the base layer, named
-/// adapters, active set, disable switch, merge stack (merge adds ΔW, unmerge subtracts it) and mixed-adapter batches
-/// (each row group gets its adapter's output added). Subclasses give the adapter's output and ΔW.
+/// The LoRA-variant wrappers of a <c>Linear</c> or GPT-2 <c>Conv1D</c> (VeRA, AdaLoRA, Delta-LoRA) on the shared
+/// <see cref="AdapterLayer"/> bookkeeping: merge adds ΔW and unmerge subtracts it, a mixed batch adds each row group's
+/// adapter output. Subclasses give the adapter's output and ΔW.
 /// </summary>
-public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLayer, IDeltaWeightLayer
+public abstract class LinearAdapterLayer : AdapterLayer, IDeltaWeightLayer
 {
-    protected readonly Module<Tensor, Tensor> base_layer;
-    readonly List<string> _order = new();
-    readonly List<string> _active = new();
-    readonly List<string> _merged = new();
-
     public bool FanInFanOut { get; }
     public long InFeatures { get; }
     public long OutFeatures { get; }
 
-    protected LinearAdapterLayer(string name, Module<Tensor, Tensor> baseLayer) : base(name)
+    protected LinearAdapterLayer(string name, Module<Tensor, Tensor> baseLayer) : base(name, baseLayer)
     {
-        base_layer = baseLayer;
         switch (baseLayer)
         {
             case Linear l: InFeatures = l.in_features; OutFeatures = l.out_features; break;
             case Conv1D c: InFeatures = c.InFeatures; OutFeatures = c.OutFeatures; FanInFanOut = true; break;
             default: throw new PeftSharpException($"{name} can wrap a Linear or Conv1D only; got {baseLayer.GetType().Name}");
         }
-        register_module("base_layer", baseLayer);
     }
 
     public static bool IsLinear(nn.Module m) => m is TorchSharp.Modules.Linear or Conv1D;
 
-    public nn.Module BaseLayer => base_layer;
-    public IReadOnlyList<string> Adapters => _order;
-    public IReadOnlyList<string> ActiveAdapters => _active;
-    public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
-    public IReadOnlyList<string> MergedAdapters => _merged;
-    public nn.Module Unwrapped => base_layer;
     public abstract string Kind { get; }
     public abstract int RankOf(string adapter);
 
@@ -70,20 +56,6 @@ public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLa
 
     /// <summary>The base weight as [out, in] (a view for Conv1D).</summary>
     protected Tensor WeightOI => FanInFanOut ? BaseWeight.t() : BaseWeight;
-
-    /// <summary>Records a new adapter whose tensors the subclass has created.</summary>
-    protected void Register(string adapter, bool trainable)
-    {
-        if (_order.Contains(adapter)) throw new PeftSharpException($"adapter '{adapter}' already exists in this layer");
-        _order.Add(adapter);
-        SetTrainable(adapter, trainable);
-    }
-
-    public bool Has(string adapter) => _order.Contains(adapter);
-
-    /// <summary>The adapter's trainable tensors (what SetTrainable switches).</summary>
-    protected abstract IEnumerable<Parameter> TrainableTensors(string adapter);
-    protected abstract void RemoveTensors(string adapter);
 
     /// <summary>The adapter's addition to the base output for input <paramref name="x"/> (any leading dims).</summary>
     protected abstract Tensor AdapterOutput(string adapter, Tensor x);
@@ -108,86 +80,41 @@ public abstract class LinearAdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLa
         return FanInFanOut ? d.t().contiguous() : d;
     }
 
-    public void SetActiveAdapters(IReadOnlyList<string> names)
+    protected override void MergeOne(string adapter)
     {
-        _active.Clear();
-        _active.AddRange(names.Where(_order.Contains));
+        using var scope = NewDisposeScope();
+        var w = BaseWeight;
+        w.add_(MergeDelta(adapter, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
     }
 
-    public void SetTrainable(string adapter, bool trainable)
+    protected override void UnmergeOne(string adapter)
     {
-        if (!_order.Contains(adapter)) return;
-        foreach (var p in TrainableTensors(adapter)) p.requires_grad = trainable;
+        using var scope = NewDisposeScope();
+        var w = BaseWeight;
+        w.sub_(MergeDelta(adapter, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
     }
-
-    public void DeleteAdapter(string adapter)
-    {
-        if (!_order.Contains(adapter)) return;
-        if (_merged.Contains(adapter)) throw new PeftSharpException($"adapter '{adapter}' is merged; unmerge before deleting it");
-        RemoveTensors(adapter);
-        _order.Remove(adapter);
-        _active.Remove(adapter);
-    }
-
-    public void Merge(IEnumerable<string> names)
-    {
-        using var _ = no_grad();
-        foreach (var a in names)
-        {
-            if (!_order.Contains(a) || _merged.Contains(a)) continue;
-            using var scope = NewDisposeScope();
-            var w = BaseWeight;
-            w.add_(MergeDelta(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
-            _merged.Add(a);
-        }
-    }
-
-    public void Unmerge()
-    {
-        using var _ = no_grad();
-        while (_merged.Count > 0)
-        {
-            var a = _merged[^1];
-            using var scope = NewDisposeScope();
-            var w = BaseWeight;
-            w.sub_(MergeDelta(a, w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32).to(w.dtype));
-            _merged.RemoveAt(_merged.Count - 1);
-        }
-    }
-
-    public abstract IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter);
-    public abstract bool LoadAdapterState(string adapter, string key, Tensor value);
 
     public override Tensor forward(Tensor x)
     {
-        if (AdaptersDisabled || _merged.Count > 0 || _active.Count == 0 && RowAdapters is null) return base_layer.call(x);
+        if (UseBaseOnly) return base_layer.call(x);
         using var scope = NewDisposeScope();
         var result = base_layer.call(x);
         var resultType = result.dtype;
         if (RowAdapters is { } rows)
         {
-            if (training) throw new PeftSharpException("mixed-adapter batches are for inference: call eval() first (peft refuses them in training mode)");
-            foreach (var name in rows.Distinct.Where(_order.Contains))
+            CheckMixedBatch();
+            foreach (var name in rows.Distinct.Where(Has))
             {
                 var idx = rows.Rows(name);
                 result = result.index_add(0, idx, AdapterOutput(name, x.index_select(0, idx)).to(resultType), 1);
             }
             return result.MoveToOuterDisposeScope();
         }
-        foreach (var name in _active) result = result + AdapterOutput(name, x);
+        foreach (var name in ActiveAdapters) result = result + AdapterOutput(name, x);
         return result.to(resultType).MoveToOuterDisposeScope();
     }
 
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
-
-    /// <summary>Copies <paramref name="value"/> into <paramref name="target"/> after a shape check.</summary>
-    protected static bool CopyChecked(Tensor target, Tensor value, string key)
-    {
-        if (!target.shape.SequenceEqual(value.shape))
-            throw new PeftFormatException(null, $"adapter tensor '{key}' has shape [{string.Join(", ", value.shape)}], the layer expects [{string.Join(", ", target.shape)}] (r or target module mismatch)");
-        using (no_grad()) target.copy_(value);
-        return true;
-    }
 }
 
 /// <summary>

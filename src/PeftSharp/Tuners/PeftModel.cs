@@ -308,7 +308,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         foreach (var n in names) RequireAdapter(n);
         foreach (var n in names.Where(n => !PeftMethods.For(_configs[n]).Capabilities.Merge))
             throw new PeftSharpException($"adapter '{n}' is {_configs[n].PeftType}: its adapters change the inputs or attention, not the weights, and cannot be merged (peft neither)");
-        foreach (var (_, layer) in AdapterLayers()) layer.Merge(names);
+        var layers = AdapterLayers().ToList();
+        using var progress = Runtime.PeftProgress.Begin($"merging {string.Join(" + ", names)}", layers.Count, "modules");
+        for (int i = 0; i < layers.Count; i++)
+        {
+            progress.Report(i, layers[i].Name);
+            layers[i].Layer.Merge(names);
+        }
     }
 
     /// <summary>unmerge_adapter: subtracts every merged adapter again, in reverse order.</summary>
@@ -343,7 +349,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// Writes the model with the active adapter merged as a Hugging Face model folder (config.json +
     /// model.safetensors, plain transformers key names) without changing this PeftModel: merge, save, unmerge.
     /// </summary>
-    public void SaveMerged(string dir)
+    public void SaveMerged(string dir, Action<string>? alsoWrite = null)
     {
         var model = Model;
         Merge();
@@ -360,9 +366,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
             QuantizedModelLoader.DequantizeStateDict(model, plain);
             var config = model.Config.Raw.DeepClone().AsObject();
             config.Remove("quantization_config");
-            Directory.CreateDirectory(dir);
-            SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
-            AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(ModelConfig.Json));
+            // The whole folder is replaced: an old shard index or shards never survive next to the merged weights.
+            AtomicFolder.Write(dir, tmp =>
+            {
+                SafetensorsWriter.Save(Path.Combine(tmp, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
+                AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(ModelConfig.Json));
+                alsoWrite?.Invoke(tmp);
+            });
         }
         finally { Unmerge(); }
     }
@@ -383,18 +393,28 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public void SaveAdapter(string dir, string? adapterName = null)
     {
         var names = adapterName is null ? _order.ToList() : new List<string> { adapterName };
-        foreach (var n in names)
+        foreach (var n in names) RequireAdapter(n);
+        if (!names.Contains("default"))
         {
-            RequireAdapter(n);
-            var target = n == "default" ? dir : Path.Combine(dir, n);
-            SaveAdapterTo(target, n);
+            foreach (var n in names) SaveAdapterTo(Path.Combine(dir, n), n);
+            return;
         }
+        // One folder swap for all of them; other subfolders (adapters not saved now, checkpoints) are kept.
+        AtomicFolder.Write(dir, tmp =>
+        {
+            foreach (var n in names) WriteAdapterFiles(n == "default" ? tmp : Path.Combine(tmp, n), n);
+        }, keep: entry => Directory.Exists(Path.Combine(dir, entry)));
     }
 
-    /// <summary>Writes one adapter straight into <paramref name="dir"/> (no subfolder rule).</summary>
+    /// <summary>Writes one adapter straight into <paramref name="dir"/> (no subfolder rule), replacing its files as a whole; subfolders are kept.</summary>
     public void SaveAdapterTo(string dir, string adapterName)
     {
         RequireAdapter(adapterName);
+        AtomicFolder.Write(dir, tmp => WriteAdapterFiles(tmp, adapterName), keep: entry => Directory.Exists(Path.Combine(dir, entry)));
+    }
+
+    void WriteAdapterFiles(string dir, string adapterName)
+    {
         Directory.CreateDirectory(dir);
         if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.SaveWeights(this, dir, adapterName); return; }
         var config = ConfigForSave(adapterName);
@@ -556,13 +576,11 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         return (trainable, all);
     }
 
-    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z").</summary>
+    /// <summary>The line HF's print_trainable_parameters prints ("trainable params: X || all params: Y || trainable%: Z"), returned for the caller to write (the library never writes to the console).</summary>
     public string PrintTrainableParameters()
     {
         var (t, a) = TrainableParameterCounts();
-        var line = ParameterAccounting.FormatTrainable(t, a);
-        Console.WriteLine(line);
-        return line;
+        return ParameterAccounting.FormatTrainable(t, a);
     }
 
     /// <summary>Trainable parameters, parameters the merge changes, and the rank of each ΔW (see <see cref="ParameterAccounting"/>).</summary>

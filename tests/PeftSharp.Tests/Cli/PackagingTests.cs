@@ -89,7 +89,7 @@ public class PackagingTests
         var peft = Path.Combine(tools, "peft");
         var help = RunProcess(new ProcessStartInfo(peft, "--help") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir });
         Assert.True(help.Code == 0, help.Output);
-        foreach (var command in new[] { "quickstart", "train", "serve" }) Assert.Contains(command, help.Output);
+        foreach (var command in new[] { "quickstart", "train", "chat", "serve" }) Assert.Contains(command, help.Output);
 
         // info loads the model through libtorch: the tool found its native backend.
         var psi = new ProcessStartInfo(peft) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };

@@ -44,17 +44,7 @@ public sealed class PeftChatClient(ServingEngine engine, string? defaultModel = 
         var list = new JsonArray();
         foreach (var m in messages) list.Add(new JsonObject { ["role"] = m.Role.Value, ["content"] = m.Text });
         var prompt = engine.EncodeChat(list);
-        var temperature = options?.Temperature ?? 1f;
-        var generation = new GenerationOptions
-        {
-            MaxNewTokens = options?.MaxOutputTokens ?? Math.Max(1, Math.Min(engine.Options.MaxTokensLimit, engine.ContextLength - prompt.Count)),
-            DoSample = temperature > 0,
-            Temperature = temperature > 0 ? temperature : 1.0,
-            TopP = options?.TopP ?? 1.0,
-            TopK = options?.TopK ?? 0,
-            Seed = options?.Seed is long s ? unchecked((ulong)s) : null,
-            StopStrings = options?.StopSequences?.ToArray() ?? Array.Empty<string>(),
-        };
+        var generation = ChatOptionsMapping.ToGenerationOptions(options, Math.Max(1, Math.Min(engine.Options.MaxTokensLimit, engine.ContextLength - prompt.Count)));
         return (new ServingRequest { PromptIds = prompt, Adapter = model, Options = generation }, model);
     }
 

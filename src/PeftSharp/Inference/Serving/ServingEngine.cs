@@ -71,7 +71,7 @@ public sealed class ServingEngine : IDisposable
         _pad = generationDefaults?.PadTokenId ?? model.Config.PadTokenId;
         // Decoding reads only immutable tables, so the worker never waits for a request being tokenized.
         if (tokenizer is not null) _decode = ids => tokenizer.Decode(ids, skipSpecialTokens: true);
-        ContextLength = ContextLengthOf(model.Config);
+        ContextLength = model.Config.ContextLength;
         _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "peft-serving" };
         _worker.Start();
     }
@@ -97,13 +97,6 @@ public sealed class ServingEngine : IDisposable
     public string ModelName => Options.ModelName ?? "base";
     /// <summary>Positions the model has (max_position_embeddings / n_positions): prompt plus max_tokens must fit.</summary>
     public int ContextLength { get; }
-
-    static int ContextLengthOf(ModelConfig config)
-    {
-        foreach (var key in new[] { "max_position_embeddings", "n_positions", "n_ctx" })
-            if (config.Raw[key] is JsonValue v && v.TryGetValue<int>(out var n) && n > 0) return n;
-        return int.MaxValue;
-    }
 
     // ---- adapters ----
 

@@ -19,6 +19,8 @@ public sealed record DataOptions
     public int Seed { get; init; } = 42;
     /// <summary>Class names → ids for string labels (config.json's label2id).</summary>
     public IReadOnlyDictionary<string, int>? LabelMap { get; init; }
+    /// <summary>The model's vocab_size: pre-tokenized ids and labels must lie below it (null: not checked).</summary>
+    public int? VocabSize { get; init; }
 }
 
 /// <summary>Reads a dataset file into tokenized rows with labels masked (-100) on prompts, truncated, optionally packed and split.</summary>
@@ -28,7 +30,9 @@ public static class DatasetBuilder
     {
         var records = DatasetReader.Read(path);
         var format = options.Format ?? DatasetFormats.Detect(records[0]);
-        var rows = records.Select(r => Encode(r, format, tokenizer, options)).ToList();
+        List<TrainExample> rows;
+        using (var progress = Runtime.PeftProgress.Begin($"tokenizing {Path.GetFileName(path)}", records.Count, "rows"))
+            rows = records.Select((r, i) => { progress.Report(i + 1); return Encode(r, format, tokenizer, options); }).ToList();
         if (format != DatasetFormat.Classification && rows.All(r => r.ClassLabel is null))
         {
             // A row whose response was cut off by cutoff_len has nothing to learn from (and a 0/0 loss alone).
@@ -44,7 +48,7 @@ public static class DatasetBuilder
     public static TrainExample Encode(DatasetRecord r, DatasetFormat format, HfTokenizer? tokenizer, DataOptions o)
     {
         if (o.CutoffLen <= 0) throw new PeftConfigException($"cutoff_len must be positive (found {o.CutoffLen})");
-        if (format == DatasetFormat.Tokenized) return Tokenized(r, o.CutoffLen);
+        if (format == DatasetFormat.Tokenized) return Tokenized(r, o.CutoffLen, o.VocabSize);
         var tok = tokenizer ?? throw r.Error($"the {format} format needs the model's tokenizer (tokenizer.json in the model folder)");
         switch (format)
         {
@@ -99,14 +103,23 @@ public static class DatasetBuilder
         var node = r.Json[key];
         if (node is null) return required ? throw r.Error($"missing field '{key}'") : Array.Empty<int>();
         if (node is not JsonArray arr) throw r.Error($"field '{key}' must be a list of integers");
-        try { return arr.Select(v => v!.GetValue<int>()).ToArray(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException)
-        {
-            throw r.Error($"field '{key}' must be a list of integers");
-        }
+        var result = new int[arr.Count];
+        for (int i = 0; i < arr.Count; i++)
+            result[i] = arr[i] is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<int>(out var x) ? x
+                : throw r.Error($"field '{key}' must be a list of integers (item {i} is {arr[i]?.ToJsonString() ?? "null"})");
+        return result;
     }
 
-    static TrainExample Tokenized(DatasetRecord r, int cutoff)
+    // An id past the embedding table would fail deep inside a forward pass (or read another row's memory on some backends).
+    static void CheckIds(DatasetRecord r, string key, int[]? ids, int? vocab, bool allowIgnore)
+    {
+        if (ids is null) return;
+        for (int i = 0; i < ids.Length; i++)
+            if (ids[i] < 0 && !(allowIgnore && ids[i] == (int)Losses.IgnoreIndex) || vocab is { } v && ids[i] >= v)
+                throw r.Error($"'{key}'[{i}] is {ids[i]}; expected a token id in [0, {(vocab is { } n ? n.ToString() : "vocab_size")})" + (allowIgnore ? " or -100" : ""));
+    }
+
+    static TrainExample Tokenized(DatasetRecord r, int cutoff, int? vocab)
     {
         var ids = IntArray(r, "input_ids", true);
         if (ids.Length == 0) throw r.Error("'input_ids' is empty");
@@ -114,6 +127,10 @@ public static class DatasetBuilder
         var labels = r.Json.ContainsKey("labels") ? IntArray(r, "labels", true) : null;
         if (mask is not null && mask.Length != ids.Length) throw r.Error($"'attention_mask' has {mask.Length} entries but 'input_ids' has {ids.Length}");
         if (labels is not null && labels.Length != ids.Length) throw r.Error($"'labels' has {labels.Length} entries but 'input_ids' has {ids.Length}");
+        CheckIds(r, "input_ids", ids, vocab, allowIgnore: false);
+        CheckIds(r, "labels", labels, vocab, allowIgnore: true);
+        if (mask?.FirstOrDefault(m => m is not (0 or 1), 0) is int bad && bad != 0)
+            throw r.Error($"'attention_mask' holds {bad}; expected 0 or 1");
         int n = Math.Min(ids.Length, cutoff);
         // A scalar "label" makes it a classification row (labels per token are for language modelling).
         int? classLabel = r.Json["label"] is JsonValue ? ClassLabel(r, null) : null;
@@ -127,7 +144,7 @@ public static class DatasetBuilder
         {
             case JsonValueKind.Number:
             {
-                int id = v.GetValue<int>();
+                if (!v.AsValue().TryGetValue<int>(out var id)) throw r.Error($"label {v.ToJsonString()} is not an integer class id");
                 return id >= 0 ? id : throw r.Error($"label {id} is negative");
             }
             case JsonValueKind.String:

@@ -49,6 +49,11 @@ public static class DatasetFormats
         return v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : throw r.Error($"field '{key}' must be a string (found {v.GetValueKind()})");
     }
 
+    static string? MessageString(DatasetRecord r, JsonNode? v, string what) =>
+        v is null ? null
+        : v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
+        : throw r.Error($"a message's {what} must be a string (found {v.ToJsonString()})");
+
     /// <summary>alpaca (system?, history?, instruction, input, output) or sharegpt/messages as a conversation that ends with the assistant.</summary>
     public static List<ChatMessage> ToMessages(DatasetRecord r, DatasetFormat format)
     {
@@ -77,8 +82,8 @@ public static class DatasetFormats
         foreach (var node in list)
         {
             if (node is not JsonObject m) throw r.Error("each message must be an object");
-            string? role = (m[sharegpt ? "from" : "role"] ?? m["role"] ?? m["from"])?.GetValue<string>();
-            string? content = (m[sharegpt ? "value" : "content"] ?? m["content"] ?? m["value"])?.GetValue<string>();
+            string? role = MessageString(r, m[sharegpt ? "from" : "role"] ?? m["role"] ?? m["from"], "role");
+            string? content = MessageString(r, m[sharegpt ? "value" : "content"] ?? m["content"] ?? m["value"], "content");
             if (role is null || content is null) throw r.Error("each message needs role/content (or from/value)");
             messages.Add(new(role switch
             {

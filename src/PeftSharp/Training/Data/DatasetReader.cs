@@ -7,7 +7,7 @@ namespace PeftSharp.Training.Data;
 /// <summary>One JSON record of a dataset file, with the 1-based line where it starts (for error messages).</summary>
 public sealed record DatasetRecord(string File, int Line, JsonObject Json)
 {
-    public PeftFormatException Error(string message) => new($"{File}:{Line}", message);
+    public PeftFormatException Error(string message) => new(File, Line, message);
 }
 
 /// <summary>Reads JSONL (one object per line) or JSON (an array of objects) dataset files.</summary>
@@ -34,21 +34,31 @@ public static class DatasetReader
             if (line.Length == 0) continue;
             JsonNode? node;
             try { node = JsonNode.Parse(line); }
-            catch (JsonException e) { throw new PeftFormatException($"{path}:{i + 1}", $"not valid JSON ({e.Message})"); }
-            if (node is not JsonObject obj) throw new PeftFormatException($"{path}:{i + 1}", "each line must be a JSON object");
-            list.Add(new DatasetRecord(path, i + 1, obj));
+            catch (JsonException e) { throw new PeftFormatException(path, i + 1, $"not valid JSON ({e.Message})"); }
+            if (node is not JsonObject obj) throw new PeftFormatException(path, i + 1, "each line must be a JSON object");
+            list.Add(new DatasetRecord(path, i + 1, NoDuplicateKeys(obj, path, i + 1)));
         }
         return list;
+    }
+
+    // JsonObject builds its key index lazily and throws ArgumentException there on a repeated key: surface it now, with the line.
+    static JsonObject NoDuplicateKeys(JsonObject obj, string path, int line)
+    {
+        try { _ = obj.Count; return obj; }
+        catch (ArgumentException e) { throw new PeftFormatException(path, line, $"a key appears twice in the record ({e.Message})"); }
     }
 
     static List<DatasetRecord> ReadArray(string path, byte[] bytes)
     {
         var list = new List<DatasetRecord>();
+        // Records come in file order, so the line count only ever moves forward: one pass over the file in all.
+        int line = 1;
+        long counted = 0;
         int LineAt(long offset)
         {
-            int n = 1;
-            for (long k = 0; k < offset && k < bytes.Length; k++) if (bytes[k] == (byte)'\n') n++;
-            return n;
+            line += bytes.AsSpan((int)counted, (int)(Math.Min(offset, bytes.Length) - counted)).Count((byte)'\n');
+            counted = Math.Min(offset, bytes.Length);
+            return line;
         }
         try
         {
@@ -58,12 +68,13 @@ public static class DatasetReader
             {
                 long at = reader.TokenStartIndex;
                 if (reader.TokenType != JsonTokenType.StartObject)
-                    throw new PeftFormatException($"{path}:{LineAt(at)}", $"each array element must be a JSON object (found {reader.TokenType})");
+                    throw new PeftFormatException(path, LineAt(at), $"each array element must be a JSON object (found {reader.TokenType})");
                 var obj = JsonNode.Parse(ref reader)!.AsObject();
-                list.Add(new DatasetRecord(path, LineAt(at), obj));
+                int recordLine = LineAt(at);
+                list.Add(new DatasetRecord(path, recordLine, NoDuplicateKeys(obj, path, recordLine)));
             }
         }
-        catch (JsonException e) { throw new PeftFormatException(path, $"not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new PeftFormatException(path, (e.LineNumber ?? 0) + 1, $"not valid JSON ({e.Message})"); }
         return list;
     }
 }

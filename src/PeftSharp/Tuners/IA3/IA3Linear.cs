@@ -13,13 +13,9 @@ namespace PeftSharp.Tuners.IA3;
 /// adapter's vector (ones for the base). Merge multiplies the weight along that axis (and the bias of an output-scaling
 /// layer); unmerge divides by l + 1e-8, as peft does (inexact for l near 0).
 /// </summary>
-public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWeightLayer
+public sealed class IA3Linear : AdapterLayer, IDeltaWeightLayer
 {
-    readonly Module<Tensor, Tensor> base_layer;
     readonly AdapterParameters ia3_l = new();
-    readonly List<string> _order = new();
-    readonly List<string> _active = new();
-    readonly List<string> _merged = new();
 
     public bool IsFeedforward { get; }
     /// <summary>True over a Conv1D, whose weight is [in, out].</summary>
@@ -27,7 +23,7 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
     public long InFeatures { get; }
     public long OutFeatures { get; }
 
-    public IA3Linear(Module<Tensor, Tensor> baseLayer, bool isFeedforward) : base(nameof(IA3Linear))
+    public IA3Linear(Module<Tensor, Tensor> baseLayer, bool isFeedforward) : base(nameof(IA3Linear), baseLayer)
     {
         switch (baseLayer)
         {
@@ -35,7 +31,6 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
             case Conv1D c: InFeatures = c.InFeatures; OutFeatures = c.OutFeatures; FanInFanOut = true; break;
             default: throw new PeftSharpException($"IA3 can wrap a Linear or Conv1D only; got {baseLayer.GetType().Name}");
         }
-        base_layer = baseLayer;
         IsFeedforward = isFeedforward;
         RegisterComponents();
     }
@@ -56,75 +51,37 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
     /// <summary>Adds a vector of ones (or N(0, 1) without <paramref name="init"/>) in the base weight's float type and device.</summary>
     public void AddAdapter(string adapter, bool init, bool trainable)
     {
-        if (_order.Contains(adapter)) throw new PeftSharpException($"adapter '{adapter}' already exists in this layer");
+        CheckNew(adapter);
         var w = BaseWeight;
         var dtype = is_floating_point(w) ? w.dtype : ScalarType.Float32;
         long[] shape = IsFeedforward ? new[] { 1L, InFeatures } : new[] { OutFeatures, 1L };
         using (no_grad()) ia3_l.Add(adapter, new Parameter(init ? ones(shape, dtype, w.device) : randn(shape, dtype, w.device)));
-        _order.Add(adapter);
-        SetTrainable(adapter, trainable);
+        Register(adapter, trainable);
     }
 
-    public nn.Module BaseLayer => base_layer;
-    public IReadOnlyList<string> Adapters => _order;
-    public IReadOnlyList<string> ActiveAdapters => _active;
-    public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
-    public IReadOnlyList<string> MergedAdapters => _merged;
-    public nn.Module Unwrapped => base_layer;
     public string Kind => "ia3";
     public int RankOf(string adapter) => 0;
-    public bool Has(string adapter) => _order.Contains(adapter);
 
-    public void SetActiveAdapters(IReadOnlyList<string> names)
-    {
-        _active.Clear();
-        _active.AddRange(names.Where(_order.Contains));
-    }
-
-    public void SetTrainable(string adapter, bool trainable)
-    {
-        if (ia3_l.Contains(adapter)) ia3_l[adapter].requires_grad = trainable;
-    }
-
-    public void DeleteAdapter(string adapter)
-    {
-        if (!_order.Contains(adapter)) return;
-        if (_merged.Contains(adapter)) throw new PeftSharpException($"adapter '{adapter}' is merged; unmerge before deleting it");
-        ia3_l.Remove(adapter);
-        _order.Remove(adapter);
-        _active.Remove(adapter);
-    }
+    protected override IEnumerable<Parameter> TrainableTensors(string adapter) => new[] { ia3_l[adapter] };
+    protected override void RemoveTensors(string adapter) => ia3_l.Remove(adapter);
 
     /// <summary>The adapter's vector laid out like the base weight ([out, in] for Linear, [in, out] for Conv1D).</summary>
     Tensor WeightLayout(string adapter) => FanInFanOut ? ia3_l[adapter].t() : ia3_l[adapter];
 
-    public void Merge(IEnumerable<string> names)
+    protected override void MergeOne(string adapter)
     {
-        using var _ = no_grad();
-        foreach (var a in names)
-        {
-            if (!_order.Contains(a) || _merged.Contains(a)) continue;
-            using var scope = NewDisposeScope();
-            var w = BaseWeight;
-            w.copy_(w * WeightLayout(a));
-            if (!IsFeedforward && BaseBias is { } b) b.copy_(b * ia3_l[a].reshape(b.shape));
-            _merged.Add(a);
-        }
+        using var scope = NewDisposeScope();
+        var w = BaseWeight;
+        w.copy_(w * WeightLayout(adapter));
+        if (!IsFeedforward && BaseBias is { } b) b.copy_(b * ia3_l[adapter].reshape(b.shape));
     }
 
-    public void Unmerge()
+    protected override void UnmergeOne(string adapter)
     {
-        using var _ = no_grad();
-        while (_merged.Count > 0)
-        {
-            var a = _merged[^1];
-            using var scope = NewDisposeScope();
-            var w = BaseWeight;
-            w.copy_(w / (WeightLayout(a) + 1e-8));
-            if (!IsFeedforward && BaseBias is { } b) b.copy_(b / (ia3_l[a].reshape(b.shape) + 1e-8));
-            _merged.RemoveAt(_merged.Count - 1);
-        }
+        using var scope = NewDisposeScope();
+        var w = BaseWeight;
+        w.copy_(w / (WeightLayout(adapter) + 1e-8));
+        if (!IsFeedforward && BaseBias is { } b) b.copy_(b / (ia3_l[adapter].reshape(b.shape) + 1e-8));
     }
 
     /// <summary>ΔW = W ⊙ l − W in the base weight's layout (the bias change of an output-scaling layer is not part of it).</summary>
@@ -135,12 +92,12 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
         return BaseWeight.to(dt) * (WeightLayout(adapter).to(dt) - 1);
     }
 
-    public IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
+    public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
     {
         if (ia3_l.Contains(adapter)) yield return ("ia3_l", ia3_l[adapter]);
     }
 
-    public bool LoadAdapterState(string adapter, string key, Tensor value)
+    public override bool LoadAdapterState(string adapter, string key, Tensor value)
     {
         if (key != "ia3_l" || !ia3_l.Contains(adapter)) return false;
         var l = ia3_l[adapter];
@@ -152,18 +109,18 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
 
     public override Tensor forward(Tensor x)
     {
-        if (AdaptersDisabled || _merged.Count > 0 || _active.Count == 0 && RowAdapters is null) return base_layer.call(x);
+        if (UseBaseOnly) return base_layer.call(x);
         using var scope = NewDisposeScope();
         Tensor? scale;
         if (RowAdapters is { } rows)
         {
-            if (training) throw new PeftSharpException("mixed-adapter batches are for inference: call eval() first (peft refuses them in training mode)");
+            CheckMixedBatch();
             scale = RowScale(rows, x.dim());
         }
         else
         {
             scale = null;
-            foreach (var a in _active) scale = scale is null ? ia3_l[a].flatten() : scale * ia3_l[a].flatten();
+            foreach (var a in ActiveAdapters) scale = scale is null ? ia3_l[a].flatten() : scale * ia3_l[a].flatten();
         }
         if (scale is null) return base_layer.call(x).MoveToOuterDisposeScope();
         if (IsFeedforward) return base_layer.call((x.to(scale.dtype) * scale).to(x.dtype)).MoveToOuterDisposeScope();
@@ -175,7 +132,7 @@ public sealed class IA3Linear : Module<Tensor, Tensor>, IAdapterLayer, IDeltaWei
     // RowAdapters instance across the forwards of a decode loop.
     Tensor? RowScale(RowAdapters rows, long dims)
     {
-        var mine = rows.Distinct.Where(_order.Contains).ToList();
+        var mine = rows.Distinct.Where(Has).ToList();
         if (mine.Count == 0) return null;
         var perRow = rows.Cached(this, () =>
         {

@@ -65,7 +65,7 @@ public sealed class LoraEmbedding : LoraLayer
         if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
-    protected override IEnumerable<Parameter> TensorsOf(string adapter)
+    protected override IEnumerable<Parameter> TrainableTensors(string adapter)
     {
         if (lora_embedding_A.Contains(adapter)) yield return lora_embedding_A[adapter];
         if (lora_embedding_B.Contains(adapter)) yield return lora_embedding_B[adapter];

@@ -109,7 +109,7 @@ public sealed class LoraLinear : LoraLayer
         if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
-    protected override IEnumerable<Parameter> TensorsOf(string adapter)
+    protected override IEnumerable<Parameter> TrainableTensors(string adapter)
     {
         if (lora_A.Contains(adapter)) yield return lora_A[adapter].weight!;
         if (lora_B.Contains(adapter)) yield return lora_B[adapter].weight!;
