@@ -42,6 +42,7 @@ public static class Program
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(QuickstartCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(RouteCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -19,9 +19,10 @@ public static class TrainCommand
             var outDir = cfg.Training.OutputDir;
             var resuming = cfg.Training.ResumeFromCheckpoint is { Length: > 0 } r && r != "false";
             var log = Path.Combine(outDir, "trainer_log.jsonl");
-            if (!resuming && File.Exists(log)) File.Delete(log);
+            bool main = Training.Distributed.DataParallel.IsMainProcess; // under mpirun only rank 0 writes and prints
+            if (!resuming && File.Exists(log) && main) File.Delete(log);
             var reporter = new TrainingReporter(o, json, $"{Path.GetFileName(setup.ModelDir.TrimEnd('/'))} · {cfg.FinetuningType}");
-            if (!json)
+            if (!json && main)
             {
                 var (trainable, all) = setup.Target.ParameterCounts();
                 o.WriteLine($"training {setup.ModelDir} ({cfg.FinetuningType}): {setup.Train.Count} rows" +
@@ -29,12 +30,13 @@ public static class TrainCommand
                 if (cfg.Training.Bf16) o.WriteLine(PeftSharp.Runtime.Bf16Policy.Describe());
             }
             using var trainer = new Trainer(setup.Target, cfg.Training, setup.Train, setup.Eval);
-            reporter.Attach(trainer);
+            if (main) reporter.Attach(trainer);
             using var ctrlC = new CtrlC(pr.InvocationConfiguration.Error, "stopping after this step and saving a checkpoint");
             TrainResult result;
             try { result = trainer.Train(ctrlC.Token); }
             catch (TrainingStoppedException stop)
             {
+                if (!main) return 130;
                 reporter.EndBar();
                 reporter.SavePlot(outDir);
                 if (json) Cli.WriteJson(o, new { Stopped = true, stop.Step, trainer.TotalSteps, stop.Checkpoint });
@@ -42,6 +44,7 @@ public static class TrainCommand
                     (stop.Checkpoint is null ? "" : $"; saved {stop.Checkpoint} (continue with resume_from_checkpoint: last)"));
                 return 130;
             }
+            if (!main) return 0;
             var plot = reporter.SavePlot(outDir);
             EvalResult? eval = setup.Eval.Count > 0 ? trainer.Evaluate(setup.Eval) : null;
             var summary = reporter.Finish(result, setup.Target, outDir, plot, eval);

@@ -5,6 +5,7 @@ using PeftSharp.IO;
 using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Training.Data;
+using PeftSharp.Training.Distributed;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -35,8 +36,11 @@ public sealed class Trainer : IDisposable
     readonly IOptimizer _optimizer;
     readonly List<JsonObject> _logHistory = new();
     readonly int _batchesPerEpoch;
+    readonly IGradientSync? _sync;
 
-    public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null)
+    /// <param name="sync">Data parallelism; by default the MPI one when mpirun (or srun) started this process as one rank of several, else none.</param>
+    public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null,
+        IGradientSync? sync = null)
     {
         args.Validate();
         if (train.Count == 0) throw new PeftSharpException("the training set is empty");
@@ -59,15 +63,20 @@ public sealed class Trainer : IDisposable
         if (args.Bf16) Bf16Base.Apply(target.Root);
         if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
         Callbacks.AddRange(target.Callbacks);
-        (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count);
-        _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        _sync = sync ?? DataParallel.Current();
+        (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count, WorldSize);
+        _batchesPerEpoch = (train.Count + GlobalMicroBatch - 1) / GlobalMicroBatch;
         WarmupSteps = args.WarmupStepsFor(TotalSteps);
     }
 
-    /// <summary>Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch).</summary>
-    public static (int StepsPerEpoch, int TotalSteps) Schedule(TrainingArguments args, int trainRows)
+    /// <summary>
+    /// Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch)
+    /// when <paramref name="worldSize"/> ranks (by default as many as the launcher started) each take per_device_train_batch_size rows.
+    /// </summary>
+    public static (int StepsPerEpoch, int TotalSteps) Schedule(TrainingArguments args, int trainRows, int? worldSize = null)
     {
-        int batches = (trainRows + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        int global = args.PerDeviceTrainBatchSize * (worldSize ?? DataParallel.WorldSize);
+        int batches = (trainRows + global - 1) / global;
         int perEpoch = (batches + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
         return (perEpoch, args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * perEpoch));
     }
@@ -76,6 +85,11 @@ public sealed class Trainer : IDisposable
     public int TotalSteps { get; }
     public int WarmupSteps { get; }
     public int GlobalStep { get; private set; }
+    /// <summary>Ranks training together (1 without data parallelism).</summary>
+    public int WorldSize => _sync?.WorldSize ?? 1;
+    /// <summary>Whether this process writes logs, evaluations, checkpoints and the result (rank 0, or the only process).</summary>
+    public bool IsMainProcess => _sync?.IsMain ?? true;
+    int GlobalMicroBatch => _args.PerDeviceTrainBatchSize * WorldSize;
     public IReadOnlyList<ParamGroup> ParamGroups => _optimizer.Groups;
     public IReadOnlyList<JsonObject> LogHistory => _logHistory;
 
@@ -102,14 +116,19 @@ public sealed class Trainer : IDisposable
 
     int[]? _orderCache; int _orderEpoch = -1;
 
-    List<List<TrainExample>> MicroBatches(int step)
+    // Each global micro-batch is per_device_train_batch_size × ranks rows of the epoch order; rank r takes the r-th slice
+    // (the last one is split as far as it goes, so N ranks see exactly the rows one process with N× the batch would).
+    List<(List<TrainExample> Rows, List<TrainExample> Global)> MicroBatches(int step)
     {
         int epoch = step / StepsPerEpoch, within = step % StepsPerEpoch;
         if (_orderEpoch != epoch) { _orderCache = EpochOrder(epoch); _orderEpoch = epoch; }
-        int bs = _args.PerDeviceTrainBatchSize, ga = _args.GradientAccumulationSteps;
-        var result = new List<List<TrainExample>>();
+        int bs = _args.PerDeviceTrainBatchSize, ga = _args.GradientAccumulationSteps, rank = _sync?.Rank ?? 0;
+        var result = new List<(List<TrainExample>, List<TrainExample>)>();
         for (int b = within * ga; b < Math.Min((within + 1) * ga, _batchesPerEpoch); b++)
-            result.Add(_orderCache!.Skip(b * bs).Take(bs).Select(i => _train[i]).ToList());
+        {
+            var global = _orderCache!.Skip(b * GlobalMicroBatch).Take(GlobalMicroBatch).Select(i => _train[i]).ToList();
+            result.Add((WorldSize == 1 ? global : global.Skip(rank * bs).Take(bs).ToList(), global));
+        }
         return result;
     }
 
@@ -120,15 +139,27 @@ public sealed class Trainer : IDisposable
         var clock = Stopwatch.StartNew();
         manual_seed(_args.Seed);
         int resumedFrom = 0;
-        RunGuard.PrepareOutputDir(_args);
-        if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
-            resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
+        try
+        {
+            if (IsMainProcess) RunGuard.PrepareOutputDir(_args);
+            if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
+                resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
+            var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
+            _sync?.Start(Distributed.RunFingerprint.Of(_args, _target.Root, _train), trainable);
+            var result = TrainLoop(clock, resumedFrom, trainable, cancel);
+            _sync?.Barrier();
+            return result;
+        }
+        catch when (_sync is not null) { _sync.Fail(); throw; }
+    }
+
+    TrainResult TrainLoop(Stopwatch clock, int resumedFrom, List<Tensor> trainable, CancellationToken cancel)
+    {
         double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
         long tokens = 0;
         double lastLoss = double.NaN;
-        var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
         var collector = new PeriodicCollector();
-        using var tensorboard = TensorBoardLogger.Attach(this, _args);
+        using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
             if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
@@ -162,13 +193,13 @@ public sealed class Trainer : IDisposable
                 pendingLoss = 0; pendingSteps = 0;
             }
             _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;
-            if (_eval is not null && _args.EvalSteps > 0 && GlobalStep % _args.EvalSteps == 0 && GlobalStep != TotalSteps) EmitEval();
+            if (_eval is not null && _args.EvalSteps > 0 && GlobalStep % _args.EvalSteps == 0 && GlobalStep != TotalSteps && IsMainProcess) EmitEval();
             if (_args.SaveSteps > 0 && GlobalStep % _args.SaveSteps == 0 && GlobalStep != TotalSteps) SaveCheckpoint();
             if (_args.TrimMemorySteps > 0 && GlobalStep % _args.TrimMemorySteps == 0) TorchRuntime.TrimMemory();
         }
-        if (_eval is not null) EmitEval();
+        if (_eval is not null && IsMainProcess) EmitEval();
         if (_args.SaveSteps > 0) SaveCheckpoint();
-        AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
+        if (IsMainProcess) AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
         TorchRuntime.TrimMemory();
         return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
     }
@@ -181,22 +212,34 @@ public sealed class Trainer : IDisposable
         _target.Root.train();
         bool lm = _target.Task == TrainingTask.CausalLM;
         var micro = MicroBatches(step);
-        // Trainer 4.57: one token count over the whole accumulated batch; each micro loss is sum / count.
-        long? numItems = lm ? micro.Sum(b => (long)b.Sum(e => e.LabelTokens)) : null;
+        // Trainer 4.57: one token count over the whole accumulated batch (of every rank); each micro loss is sum / count.
+        long? numItems = lm ? micro.Sum(b => (long)b.Global.Sum(e => e.LabelTokens)) : null;
         if (numItems == 0) throw new PeftSharpException($"step {step + 1}: no row in the batch has a label token (all labels are -100)");
         double loss = 0; long tokens = 0;
-        foreach (var rows in micro)
+        foreach (var (rows, global) in micro)
         {
-            using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
-            var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
-            var l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+            Tensor l;
+            if (rows.Count > 0)
+            {
+                using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
+                var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
+                l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+                // This rank's share of the global loss, × ranks because the sync averages (HF's DDP does the same).
+                if (WorldSize > 1) l = l * (lm ? WorldSize : (double)rows.Count / global.Count * WorldSize);
+                tokens += batch.Tokens;
+            }
+            else if (_target.LossTerm is not null) l = zeros(1, device: _target.Device).sum(); // an empty slice of the last batch still adds the method's term
+            else continue;
             if (_target.LossTerm is { } term) l = term(l);
             double v = l.ToDouble();
-            if (!double.IsFinite(v))
-                throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
-                    "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
+            if (!double.IsFinite(v) && _sync is null) throw NonFiniteLoss(step, v);
             l.backward();
-            loss += v; tokens += batch.Tokens;
+            loss += v;
+        }
+        if (_sync is not null)
+        {
+            loss = _sync.AverageGradients(trainable, loss);
+            if (!double.IsFinite(loss)) throw NonFiniteLoss(step, loss); // every rank sees the same mean, so every rank stops
         }
         GradientsComputed?.Invoke(step + 1);
         double norm = ClipGradNorm(trainable, _args.MaxGradNorm);
@@ -204,6 +247,10 @@ public sealed class Trainer : IDisposable
             throw new PeftSharpException($"step {step + 1}: the gradient norm is {norm} (loss {loss:G6}); stopped before applying the update. Lower learning_rate or check the data.");
         return (loss, norm, tokens);
     }
+
+    PeftSharpException NonFiniteLoss(int step, double v) =>
+        new($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
+            "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
 
     /// <summary>torch.nn.utils.clip_grad_norm_: total L2 norm before clipping; grads × min(1, max/(norm+1e-6)).</summary>
     static double ClipGradNorm(IReadOnlyList<Tensor> parameters, double maxNorm)
@@ -239,6 +286,7 @@ public sealed class Trainer : IDisposable
     void Emit(JsonObject entry)
     {
         _logHistory.Add(entry);
+        if (!IsMainProcess) return;
         Directory.CreateDirectory(_args.OutputDir);
         File.AppendAllText(Path.Combine(_args.OutputDir, "trainer_log.jsonl"), entry.ToJsonString() + "\n");
         Logged?.Invoke(entry);
@@ -257,6 +305,7 @@ public sealed class Trainer : IDisposable
     public string SaveCheckpoint()
     {
         var final = Path.Combine(_args.OutputDir, $"checkpoint-{GlobalStep}");
+        if (!IsMainProcess) return final;
         AtomicFolder.Write(final, tmp => WriteCheckpoint(tmp));
         Prune();
         CheckpointSaved?.Invoke(final);
@@ -280,7 +329,7 @@ public sealed class Trainer : IDisposable
         {
             ["global_step"] = GlobalStep, ["total_steps"] = TotalSteps, ["steps_per_epoch"] = StepsPerEpoch,
             ["seed"] = _args.Seed, ["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize,
-            ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count,
+            ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count, ["world_size"] = WorldSize,
             ["pending_loss"] = _pendingLoss, ["pending_steps"] = _pendingSteps,
             ["log_history"] = new JsonArray(_logHistory.Select(e => (JsonNode)e.DeepClone()).ToArray()),
             ["run"] = RunFingerprint(),
@@ -327,7 +376,11 @@ public sealed class Trainer : IDisposable
             if (then != now) throw new PeftConfigException($"{statePath}: {key} was {then} when the checkpoint was written but is {now} now; resuming would not continue the same run");
         }
         Same("seed", _args.Seed);
-        Same("per_device_train_batch_size", _args.PerDeviceTrainBatchSize);
+        // Any number of ranks may resume a checkpoint as long as the global batch (per-rank batch × ranks) is the same.
+        long ranksThen = state["world_size"]?.GetValue<long>() ?? 1, batchThen = state["per_device_train_batch_size"]!.GetValue<long>() * ranksThen;
+        if (batchThen != GlobalMicroBatch)
+            throw new PeftConfigException($"{statePath}: the batch (per_device_train_batch_size × ranks) was {batchThen} when the checkpoint was written " +
+                $"but is {_args.PerDeviceTrainBatchSize} × {WorldSize} = {GlobalMicroBatch} now; resuming would not continue the same run");
         Same("gradient_accumulation_steps", _args.GradientAccumulationSteps);
         Same("train_rows", _train.Count);
         using (var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile)))
