@@ -203,8 +203,8 @@ public class DataParallelTests
         AssertSameWeights(Path.Combine(dir, "single"), Path.Combine(dir, "parallel"));
         AssertSameWeights(Path.Combine(dir, "single"), Path.Combine(dir, "single_from_parallel"));
         AssertSameWeights(Path.Combine(dir, "single"), Path.Combine(dir, "parallel_from_single"));
-        // A different global batch is refused, naming both.
-        var (bad, _, badErr) = Cli.CliRunner.Run("train", Write("other_batch", 2, $"resume_from_checkpoint: {Path.Combine(dir, "parallel", "checkpoint-2")}"));
+        // A different global batch (same number of steps) is refused, naming both.
+        var (bad, _, badErr) = Cli.CliRunner.Run("train", Write("other_batch", 2, $"max_steps: 6\nresume_from_checkpoint: {Path.Combine(dir, "parallel", "checkpoint-2")}"));
         Assert.Equal(1, bad);
         Assert.Contains("was 4 when the checkpoint was written but is 2 × 1 = 2 now", badErr);
     }
