@@ -23,6 +23,8 @@ public static class YamlGuard
         catch (YamlException e) { throw new PeftFormatException(source, e.Start.Line, $"not valid YAML ({e.Message})"); }
         // YamlDotNet's scanner throws this on some malformed input instead of a YamlException.
         catch (InvalidOperationException e) { throw new PeftFormatException(source, $"not valid YAML ({e.Message})"); }
+        // And this one when an alias stands where it cannot (as a mapping key).
+        catch (ArgumentException e) when (e.ParamName == "parser") { throw new PeftFormatException(source, $"not valid YAML (an alias or tag where a plain key or value was expected)"); }
     }
 
     // Counts nodes as they would be after expanding every alias (an anchor's subtree size is known when it closes).

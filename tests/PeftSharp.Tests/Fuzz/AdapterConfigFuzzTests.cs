@@ -33,7 +33,7 @@ public class AdapterConfigFuzzTests
                 File.WriteAllText(path, json.ToJsonString());
                 using var model = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
                 h.Case($"{Keys[k1]}={Values[v1]}, {Keys[k2]}={Values[v2]}", null, () => PeftModel.FromPretrained(model, dir));
-            }, iter: 120, threads: 1);
+            }, iter: FuzzHarness.Iter(120), threads: 1);
         h.Report(minRejected: 30);
     }
 }

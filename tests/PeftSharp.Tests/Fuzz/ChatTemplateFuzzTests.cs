@@ -46,7 +46,7 @@ public class ChatTemplateFuzzTests
             var rng = new Random(seed);
             var source = "{% set ns = namespace(v='ab') %}" + string.Concat(Enumerable.Range(0, parts).Select(_ => Node(rng, 0)));
             h.Case(source.Length > 300 ? source[..300] + "..." : source, null, () => new ChatTemplate(source).Render(messages, addGenerationPrompt: true));
-        }, iter: 200, threads: 1);
+        }, iter: FuzzHarness.Iter(200), threads: 1);
         h.Report(minRejected: 60);
     }
 }

@@ -48,7 +48,7 @@ public class ConfigFuzzTests
                         Assert.True(l.RopeTheta > 0 && l.RmsNormEps > 0 && double.IsFinite(l.RopeTheta));
                     }
                 });
-            }, iter: 500, threads: 1);
+            }, iter: FuzzHarness.Iter(500), threads: 1);
         h.Report(minRejected: 200);
     }
 }

@@ -50,7 +50,7 @@ public class DatasetFuzzTests
                 var (train, _) = DatasetBuilder.Load(path, null, options);
                 Assert.All(train, r => Assert.All(r.InputIds, id => Assert.InRange(id, 0, 319)));
             });
-        }, iter: 400, threads: 1);
+        }, iter: FuzzHarness.Iter(400), threads: 1);
         h.Report(minRejected: 200);
     }
 

@@ -45,6 +45,13 @@ public sealed class FuzzHarness(string target, TimeSpan timeBudget, long allocat
             throw new Xunit.Sdk.XunitException($"[{target}] {description}: allocated {used >> 20} MB (budget {allocationBudget >> 20} MB)");
     }
 
+    /// <summary>
+    /// Iterations for one generator: <paramref name="n"/> in CI, times PEFTSHARP_FUZZ_SOAK for a long local soak
+    /// (CsCheck draws fresh seeds each run, so a soak explores cases CI has not seen).
+    /// </summary>
+    public static long Iter(long n) =>
+        int.TryParse(Environment.GetEnvironmentVariable("PEFTSHARP_FUZZ_SOAK"), out var k) && k > 1 ? n * k : n;
+
     /// <summary>Asserts the suite exercised both outcomes, then records the counts.</summary>
     public void Report(long minRejected = 1)
     {

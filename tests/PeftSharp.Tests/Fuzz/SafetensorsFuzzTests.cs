@@ -73,10 +73,10 @@ public class SafetensorsFuzzTests
         var path = Path.Combine(TestPaths.TempDir(), "fuzz.safetensors");
 
         Gen.Select(Gen.Int[0, 3], Gen.Int[0, 5], Gen.Int[0, 1000])
-            .Sample((t, f, p) => OpenAndRead(h, path, WithHeader(valid, s => MutateEntry(s, t, f, p)), $"entry {t} field {f} pick {p}"), iter: 300, threads: 1);
+            .Sample((t, f, p) => OpenAndRead(h, path, WithHeader(valid, s => MutateEntry(s, t, f, p)), $"entry {t} field {f} pick {p}"), iter: FuzzHarness.Iter(300), threads: 1);
 
         Gen.Select(Gen.Int[-9, 9], Gen.Int[0, 2])
-            .Sample((delta, pad) => OpenAndRead(h, path, WithHeader(valid, s => s + new string(' ', pad * 4), delta), $"length {delta:+#;-#;0} pad {pad * 4}"), iter: 60, threads: 1);
+            .Sample((delta, pad) => OpenAndRead(h, path, WithHeader(valid, s => s + new string(' ', pad * 4), delta), $"length {delta:+#;-#;0} pad {pad * 4}"), iter: FuzzHarness.Iter(60), threads: 1);
 
         long headerLen = BinaryPrimitives.ReadInt64LittleEndian(valid);
         Gen.Select(Gen.Int[0, (int)headerLen + 7], Gen.Byte)
@@ -85,13 +85,13 @@ public class SafetensorsFuzzTests
                 var bytes = (byte[])valid.Clone();
                 bytes[at] = b;
                 OpenAndRead(h, path, bytes, $"byte {at} = {b}");
-            }, iter: 300, threads: 1);
+            }, iter: FuzzHarness.Iter(300), threads: 1);
 
         Gen.Int[-40, 40].Sample(cut =>
         {
             var bytes = cut < 0 ? valid[..^(-cut)] : valid.Concat(new byte[cut]).ToArray();
             OpenAndRead(h, path, bytes, $"size {cut:+#;-#;0}");
-        }, iter: 40, threads: 1);
+        }, iter: FuzzHarness.Iter(40), threads: 1);
 
         h.Report(minRejected: 300);
     }

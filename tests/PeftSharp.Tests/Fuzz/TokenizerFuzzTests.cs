@@ -56,7 +56,7 @@ public class TokenizerFuzzTests
                     foreach (var t in texts) tok.Decode(tok.Encode(t));
                 });
                 Directory.Delete(dir, true);
-            }, iter: 150, threads: 1);
+            }, iter: FuzzHarness.Iter(150), threads: 1);
         h.Report(minRejected: 50);
     }
 }

@@ -22,6 +22,16 @@ public class YamlFuzzTests
         };
     }
 
+    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs.
+    [Theory]
+    [InlineData("save_steps: &s 5\neval_steps: *s|eval_steps: *s\n: x\n")]
+    [InlineData("*s: 1\n")]
+    public void An_alias_where_a_key_belongs_is_refused_naming_the_file(string tail)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "alias.yaml"));
+        Assert.Contains("alias.yaml", e.Message);
+    }
+
     [Fact]
     public void Generated_yaml_parses_or_is_refused_clearly()
     {
@@ -45,7 +55,7 @@ public class YamlFuzzTests
                 text = new string(chars);
             }
             h.Case(text, "fuzz.yaml", () => TrainConfig.Parse(text, "fuzz.yaml"));
-        }, iter: 400, threads: 1);
+        }, iter: FuzzHarness.Iter(400), threads: 1);
 
         // Alias bombs of growing fan-out and depth, and nesting far past the limit.
         Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Sample((fan, levels) =>
@@ -53,10 +63,10 @@ public class YamlFuzzTests
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\nadapter_config: &a0 [x]\n");
             for (int i = 1; i <= levels; i++) yaml.Append($"leave_out: &a{i} [{string.Join(", ", Enumerable.Repeat($"*a{i - 1}", fan))}]\n");
             h.Case($"bomb {fan}^{levels}", "bomb.yaml", () => TrainConfig.Parse(yaml.ToString(), "bomb.yaml"));
-        }, iter: 40, threads: 1);
+        }, iter: FuzzHarness.Iter(40), threads: 1);
         Gen.Int[1, 3000].Sample(depth =>
             h.Case($"depth {depth}", "deep.yaml", () => TrainConfig.Parse($"model_name_or_path: m\ndataset: d\nlora_target: {new string('[', depth)}q{new string(']', depth)}\n", "deep.yaml")),
-            iter: 30, threads: 1);
+            iter: FuzzHarness.Iter(30), threads: 1);
         h.Report(minRejected: 100);
     }
 }
