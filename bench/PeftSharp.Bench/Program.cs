@@ -31,17 +31,23 @@ public static class Program
         using (PeftSharp.Cli.ConsoleProgress.Install(options.Json, ref stdout, Console.Error))
         using (PeftSharp.Runtime.PeftProgress.Begin($"bench {bench.Name}", 0, "runs"))
         try { result = bench.Run(options); }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or PeftSharp.PeftSharpException)
         {
             // A bad option value: one line, not a stack trace.
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
-        // fp32 matmul speed on AMD depends on it by 2x, so every figure says which MKL path it ran on.
-        result.Notes.Add($"MKL kernels: {PeftSharp.Runtime.MklAmdDispatch.Status}.");
-        if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name), new JsonSerializerOptions { WriteIndented = true }));
+        // Figures depend on the CPU class and MKL path by 2-50x, so every result says which machine it ran on.
+        var machine = BenchMachine.Current();
+        result.Notes.Add(machine.FooterLine);
+        if (options.Args.TryGetValue("compare-python", out var pythonFile))
+        {
+            try { result.Notes.AddRange(PythonComparison.Compare(bench.Name, result, pythonFile)); }
+            catch (PeftSharp.PeftSharpException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
+        }
+        if (options.Json) Console.WriteLine(JsonSerializer.Serialize(result.ToJson(bench.Name, machine), new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
         else result.Print(Console.Out);
-        return 0;
+        return result.ExitCode;
     }
 }
 
@@ -80,6 +86,8 @@ public sealed class BenchResult
     public required string[] Columns { get; init; }
     public List<object[]> Rows { get; } = new();
     public List<string> Notes { get; } = new();
+    /// <summary>The process's exit code: non-zero when a benchmark's own checks failed (a smoke run in CI reads it).</summary>
+    public int ExitCode { get; set; }
 
     public void Add(params object[] row) => Rows.Add(row);
 
@@ -100,9 +108,10 @@ public sealed class BenchResult
         foreach (var n in Notes) w.WriteLine(n);
     }
 
-    public object ToJson(string name) => new
+    public object ToJson(string name, BenchMachine machine) => new
     {
         benchmark = name,
+        machine,
         rows = Rows.Select(r => Columns.Zip(r).ToDictionary(p => p.First, p => p.Second)).ToList(),
         notes = Notes,
     };

@@ -13,7 +13,10 @@ public static class Cli
     public static readonly Option<bool> JsonOption = new("--json") { Description = "Machine-readable JSON on stdout", Recursive = true };
     public static readonly Option<bool> VerboseOption = new("--verbose") { Description = "Show stack traces on errors", Recursive = true };
 
-    public static Option<string> ModelOption() => new("--model") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
+    public static Option<string> ModelOption() => new("--model") { Description = "Hugging Face model folder (config.json + safetensors), or a repo id (Org/Name[@revision]) in the local Hugging Face cache", Required = true };
+
+    /// <summary>The --model value as a local folder: the folder itself, or a repo id's snapshot in the Hugging Face cache.</summary>
+    public static string ModelDir(ParseResult pr, Option<string> model) => PeftSharp.IO.HfHubCache.ResolveFolder(pr.GetValue(model)!);
     public static Option<string> DeviceOption() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
     public static Option<string> DTypeOption() => new("--dtype") { Description = "float32 or bfloat16", DefaultValueFactory = _ => "float32" };
 
@@ -32,7 +35,7 @@ public static class Cli
 
     public static Option<string[]> AdapterOption() => new("--adapter")
     {
-        Description = "Adapter folder, or NAME=DIR; repeat to load several (the first is active)",
+        Description = "Adapter folder or cached repo id, or NAME=DIR; repeat to load several (the first is active)",
     };
 
     /// <summary>"DIR" or "NAME=DIR" values; a bare first folder is named "default" (as peft), later ones after their folder.</summary>
@@ -47,7 +50,7 @@ public static class Cli
             var name = named ? v[..eq] : list.Count == 0 ? "default" : Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
             if (dir.Length == 0) throw new ArgumentException($"--adapter '{v}': no folder given");
             if (list.Any(a => a.Name == name)) throw new ArgumentException($"--adapter: the name '{name}' is used twice (use NAME=DIR)");
-            list.Add((name, dir));
+            list.Add((name, PeftSharp.IO.HfHubCache.ResolveFolder(dir, "adapter")));
         }
         return list;
     }
@@ -55,8 +58,9 @@ public static class Cli
     /// <summary>Loads a model folder and, when adapters are given, wraps it in a PeftModel with them loaded (the first active).</summary>
     public static (PeftSharp.Models.PreTrainedModel Model, PeftSharp.Tuners.PeftModel? Peft) LoadModel(string dir, string[]? adapters, Device device, ScalarType dtype)
     {
-        var model = PeftSharp.Models.AutoModel.FromPretrained(dir, device, dtype);
         var list = ParseAdapters(adapters);
+        // The first adapter's task_type picks the head the base is built with, as peft's AutoPeftModel.
+        var model = list.Count == 0 ? PeftSharp.Models.AutoModel.FromPretrained(dir, device, dtype) : PeftSharp.Tuners.AutoPeftModel.LoadBase(dir, list[0].Dir, device, dtype);
         if (list.Count == 0) return (model, null);
         var peft = PeftSharp.Tuners.PeftModel.LoadWithAdapters(model, list);
         return (peft.Model, peft);
@@ -70,7 +74,7 @@ public static class Cli
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
     };
 
-    /// <summary>Runs a command body; PeftSharp and argument errors become one line on stderr and exit code 1.</summary>
+    /// <summary>Runs a command body; any exception becomes one line on stderr through <see cref="ErrorReporter"/>.</summary>
     public static void SetHandler(this Command command, Func<ParseResult, TextWriter, int> body)
     {
         command.SetAction(pr =>
@@ -81,11 +85,9 @@ public static class Cli
             {
                 return body(pr, stdout);
             }
-            catch (Exception e) when (e is PeftSharpException or ArgumentException or FormatException or IOException or UnauthorizedAccessException)
+            catch (Exception e)
             {
-                stderr.WriteLine($"error: {e.Message}");
-                if (pr.GetValue(VerboseOption)) stderr.WriteLine(e);
-                return 1;
+                return ErrorReporter.Report(e, stderr, pr.GetValue(VerboseOption));
             }
         });
     }

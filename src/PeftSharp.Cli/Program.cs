@@ -10,6 +10,19 @@ public static class Program
     /// <summary>Entry point tests call in process; output goes to the given writers.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
+        try
+        {
+            return Dispatch(args, stdout, stderr);
+        }
+        catch (Exception e)
+        {
+            // Safety net for anything thrown outside a command's action (option parsing, command construction).
+            return ErrorReporter.Report(e, stderr, args.Contains("--verbose"));
+        }
+    }
+
+    static int Dispatch(string[] args, TextWriter stdout, TextWriter stderr)
+    {
         var root = new RootCommand("PeftSharp: parameter-efficient fine-tuning of Hugging Face LLMs for .NET");
         root.Options.Add(Cli.JsonOption);
         root.Options.Add(Cli.VerboseOption);
@@ -23,11 +36,13 @@ public static class Program
         root.Subcommands.Add(QuantizeCommand.Create());
         root.Subcommands.Add(ForwardCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());
+        root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(InspectAdapterCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(QuickstartCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(RouteCommand.Create());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

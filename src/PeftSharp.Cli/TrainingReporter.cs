@@ -93,7 +93,7 @@ public sealed class TrainingReporter
         EndBar();
         var (trainable, all) = target.ParameterCounts();
         long size = Directory.Exists(outputDir)
-            ? Directory.EnumerateFiles(outputDir).Where(f => f.EndsWith(".safetensors")).Sum(f => new FileInfo(f).Length) : 0;
+            ? PeftSharp.IO.FileSizes.OfFolder(outputDir, "*.safetensors") : 0;
         return new Summary(outputDir, r.GlobalStep, r.TrainLoss, r.Elapsed.TotalSeconds, r.Tokens / Math.Max(1e-9, r.Elapsed.TotalSeconds),
             trainable, all, ProcessMemory.PeakRss(), size, plot, eval?.Loss, eval?.Accuracy);
     }

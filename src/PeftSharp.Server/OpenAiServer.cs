@@ -15,11 +15,12 @@ namespace PeftSharp.Server;
 
 /// <summary>
 /// OpenAI-compatible HTTP front end (vLLM's dialect) over a <see cref="ServingEngine"/>: /v1/completions,
-/// /v1/chat/completions (both with server-sent-event streaming), /v1/models, /v1/load_lora_adapter,
+/// /v1/chat/completions (both with server-sent-event streaming), /v1/embeddings, /v1/models[/{id}], /v1/load_lora_adapter,
 /// /v1/unload_lora_adapter, /health and /metrics. Binds to loopback unless told otherwise.
 /// </summary>
 public sealed class OpenAiServer : IAsyncDisposable
 {
+    const string AccessCategory = "PeftSharp.Server.Access";
     readonly WebApplication _app;
     readonly ServingEngine _engine;
     readonly TimeSpan _drain;
@@ -35,10 +36,12 @@ public sealed class OpenAiServer : IAsyncDisposable
     public Uri Address { get; private set; } = null!;
 
     /// <summary>Builds and starts the server. <paramref name="port"/> 0 picks a free port.</summary>
-    public static async Task<OpenAiServer> StartAsync(ServingEngine engine, string host = "127.0.0.1", int port = 8000, TimeSpan? drain = null, CancellationToken cancellationToken = default)
+    /// <param name="accessLog">Receives one line per request (null: the host's logger, category PeftSharp.Server.Access, at Information).</param>
+    public static async Task<OpenAiServer> StartAsync(ServingEngine engine, string host = "127.0.0.1", int port = 8000, TimeSpan? drain = null, CancellationToken cancellationToken = default, Action<string>? accessLog = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Logging.AddFilter(AccessCategory, LogLevel.Information);
         var shutdown = drain ?? TimeSpan.FromSeconds(30);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdown + TimeSpan.FromSeconds(5));
         builder.WebHost.ConfigureKestrel(k =>
@@ -51,11 +54,16 @@ public sealed class OpenAiServer : IAsyncDisposable
         var app = builder.Build();
         var server = new OpenAiServer(app, engine, shutdown);
         var api = new OpenAiApi(engine);
+        var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(AccessCategory);
+        var write = accessLog ?? (line => logger.LogInformation("{Line}", line));
+        app.Use((ctx, next) => AccessLog.Middleware(ctx, next, write));
         // Unknown routes (404), wrong methods (405) and Kestrel's refusals get OpenAI's error body too.
         app.UseStatusCodePages(context => OpenAiApi.StatusBody(context.HttpContext));
         app.MapPost("/v1/completions", api.Completions);
         app.MapPost("/v1/chat/completions", api.ChatCompletions);
         app.MapGet("/v1/models", api.Models);
+        app.MapGet("/v1/models/{**id}", (HttpContext ctx, string id) => api.Model(ctx, id));
+        app.MapPost("/v1/embeddings", api.Embeddings);
         app.MapPost("/v1/load_lora_adapter", api.LoadAdapter);
         app.MapPost("/v1/unload_lora_adapter", api.UnloadAdapter);
         app.MapGet("/health", () => Results.Ok());

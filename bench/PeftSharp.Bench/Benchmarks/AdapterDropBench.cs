@@ -26,7 +26,7 @@ public sealed class AdapterDropBench : IBenchmark
     {
         int hidden = o.GetInt("hidden", 256), layers = o.GetInt("layers", 6), seq = o.GetInt("seq", 64), rows = o.GetInt("rows", 4);
         int repeat = o.GetInt("repeat", 7), threads = o.GetInt("threads", 1), tasks = o.GetInt("tasks", 8);
-        set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         var config = AutoModel.ParseConfig(new JsonObject
         {
             ["model_type"] = "llama", ["hidden_size"] = hidden, ["num_hidden_layers"] = layers, ["num_attention_heads"] = hidden / 64,

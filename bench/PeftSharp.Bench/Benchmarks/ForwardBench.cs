@@ -44,7 +44,7 @@ public sealed class ForwardBench : IBenchmark
         var batches = options.Get("batches", "1,4").Split(',').Select(int.Parse).ToArray();
 
         TorchRuntime.EnsureInitialized();
-        torch.set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         var result = new BenchResult { Columns = new[] { "model", "params", "dtype", "batch", "seq", "median ms", "min ms", "tokens/s" } };
         foreach (var name in models)
         foreach (var dtype in dtypes)

@@ -23,7 +23,7 @@ public sealed class LoraForwardBench : IBenchmark
     {
         int hidden = o.GetInt("hidden", 512), layers = o.GetInt("layers", 4), seq = o.GetInt("seq", 32), rows = o.GetInt("rows", 32);
         int r = o.GetInt("r", 16), repeat = o.GetInt("repeat", 5), threads = o.GetInt("threads", 2);
-        torch.set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         torch.manual_seed(0);
         var config = AutoModel.ParseConfig(new JsonObject
         {

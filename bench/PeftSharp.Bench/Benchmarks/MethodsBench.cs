@@ -161,14 +161,14 @@ public sealed class MethodsBench : IBenchmark
         return (forward, baseForward, token / options.MaxNewTokens, baseToken / options.MaxNewTokens);
     }
 
-    static long RssPeakKb()
+    internal static long RssPeakKb()
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmHWM:")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
         return 0;
     }
 
-    static long RssKb()
+    internal static long RssKb()
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmRSS:")) return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
@@ -176,7 +176,7 @@ public sealed class MethodsBench : IBenchmark
     }
 
     // Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
-    static void ResetPeak()
+    internal static void ResetPeak()
     {
         try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
@@ -192,7 +192,7 @@ public sealed class MethodsBench : IBenchmark
         var selected = Methods.Where(m => (only.Length == 0 || m.Entry.Answers(only)) && (family.Length == 0 || m.Entry.Family == family)).ToList();
         if (selected.Count == 0)
             throw new ArgumentException($"no method matches --only '{only}' --family '{family}' (methods: {string.Join(", ", Methods.Select(m => $"{m.Entry.Name} [{m.Entry.Family}]"))})");
-        set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         var config = AutoModel.ParseConfig(new JsonObject
         {
             ["model_type"] = "llama", ["hidden_size"] = hidden, ["num_hidden_layers"] = layers, ["num_attention_heads"] = Math.Max(1, hidden / 32),

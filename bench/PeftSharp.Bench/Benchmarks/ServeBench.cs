@@ -30,7 +30,7 @@ public sealed class ServeBench : IBenchmark
         int hidden = o.GetInt("hidden", 512), layers = o.GetInt("layers", 4), r = o.GetInt("r", 16), threads = o.GetInt("threads", 2);
         int clients = o.GetInt("clients", 32), requests = o.GetInt("requests", 96), promptLen = o.GetInt("prompt", 32), tokens = o.GetInt("tokens", 32);
         int rounds = o.GetInt("rounds", 2);
-        torch.set_num_threads(threads);
+        PeftSharp.Runtime.ThreadPolicy.Fix(threads);
         torch.manual_seed(0);
         var root = Path.Combine(Path.GetTempPath(), "peftsharp-serve-bench-" + Guid.NewGuid().ToString("N"));
         try

@@ -23,7 +23,7 @@ public static class ChatTemplateCommand
             JsonArray list;
             try { list = JsonNode.Parse(File.ReadAllText(path)) as JsonArray ?? throw new PeftFormatException(path, "expected a JSON list of messages"); }
             catch (JsonException e) { throw new PeftFormatException(path, $"not valid JSON: {e.Message}"); }
-            var text = ChatPrompt.Render(pr.GetValue(model)!, list, pr.GetValue(addGen), Cli.ParseJsonObject(pr.GetValue(extra), "--extra"), pr.GetValue(template));
+            var text = ChatPrompt.Render(Cli.ModelDir(pr, model), list, pr.GetValue(addGen), Cli.ParseJsonObject(pr.GetValue(extra), "--extra"), pr.GetValue(template));
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, new { Text = text });
             else o.Write(text);
             return 0;

@@ -14,7 +14,7 @@ public static class DetokenizeCommand
         var cmd = new Command("detokenize", "Decode token ids into text with a model folder's tokenizer") { model, ids, skip };
         cmd.SetHandler((pr, o) =>
         {
-            var tok = HfTokenizer.FromFolder(pr.GetValue(model)!);
+            var tok = HfTokenizer.FromFolder(Cli.ModelDir(pr, model));
             var rows = Cli.ParseIdRows(pr.GetValue(ids)!, "--ids");
             if (rows.Length != 1) throw new ArgumentException("--ids takes one row (no ';')");
             var list = rows[0].Select(v => v is >= 0 and <= int.MaxValue ? (int)v : throw new ArgumentException($"--ids: {v} is not a token id")).ToList();

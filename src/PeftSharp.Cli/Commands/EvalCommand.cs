@@ -22,7 +22,7 @@ public static class EvalCommand
         var cmd = new Command("eval", "Evaluate a model (+ adapter) on a dataset: loss, perplexity, accuracy") { model, adapter, dataset, format, template, cutoff, batch, device };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             using var m = AutoModel.FromPretrained(dir, Cli.ParseDevice(pr.GetValue(device)!));
             var tokenizer = File.Exists(Path.Combine(dir, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(dir) : null;
             var options = new DataOptions
@@ -31,6 +31,7 @@ public static class EvalCommand
                 Template = PromptTemplate.Resolve(pr.GetValue(template), dir, tokenizer),
                 CutoffLen = pr.GetValue(cutoff),
                 LabelMap = TrainSetup.LabelMap(m),
+                VocabSize = m.Config.VocabSize,
             };
             var (rows, _) = DatasetBuilder.Load(pr.GetValue(dataset)!, tokenizer, options);
             var target = AdapterTargets.ForEval(m, pr.GetValue(adapter), tokenizer);

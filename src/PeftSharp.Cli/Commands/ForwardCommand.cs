@@ -38,7 +38,7 @@ public static class ForwardCommand
             if (maskRows?.SelectMany(r => r).FirstOrNull(v => v is not (0 or 1)) is long bad)
                 throw new ArgumentException($"--attention-mask: {bad} is not 0 or 1");
 
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             var config = AutoModel.LoadConfig(dir);
             if (idRows.SelectMany(r => r).FirstOrNull(v => v < 0 || v >= config.VocabSize) is long oob)
                 throw new ArgumentException($"--input-ids: {oob} is outside the vocabulary [0, {config.VocabSize})");

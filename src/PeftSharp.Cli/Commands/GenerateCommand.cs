@@ -39,7 +39,7 @@ public static class GenerateCommand
         };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             var text = pr.GetValue(prompt);
             var ids = pr.GetValue(inputIds);
             if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt and --input-ids");

@@ -13,7 +13,7 @@ public static class InfoCommand
         var cmd = new Command("info", "Describe a model folder: architecture, parameters, dtype, memory") { model };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = Cli.ModelDir(pr, model);
             var config = AutoModel.LoadConfig(dir);
             using var m = AutoModel.FromPretrained(dir);
             // 4-bit layers keep their weight as packed buffers: count their logical size and stored bytes.
@@ -37,6 +37,8 @@ public static class InfoCommand
                 MemoryBytes = bytes,
                 Quantization = quantization,
                 MklKernels = PeftSharp.Runtime.MklAmdDispatch.Status,
+                Cpu = PeftSharp.Runtime.CpuCapabilities.Current.Describe(),
+                Bf16Compute = PeftSharp.Runtime.Bf16Policy.ComputeDtype == TorchSharp.torch.ScalarType.BFloat16 ? "bfloat16" : "float32",
             };
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, info);
             else
@@ -49,6 +51,8 @@ public static class InfoCommand
                 o.WriteLine($"memory        {bytes / 1048576.0:F1} MiB of weights");
                 if (quantization is not null) o.WriteLine($"quantization  {quantization}");
                 o.WriteLine($"mkl kernels   {info.MklKernels}");
+                o.WriteLine($"cpu           {info.Cpu}");
+                o.WriteLine($"bf16 compute  {info.Bf16Compute} (what bf16: true computes in on this CPU)");
             }
             return 0;
         });

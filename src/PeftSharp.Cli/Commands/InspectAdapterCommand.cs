@@ -19,12 +19,12 @@ public static class InspectAdapterCommand
         var cmd = new Command("inspect-adapter", "Describe a peft adapter folder: method, targets, ranks, parameter counts, size") { dir, model };
         cmd.SetHandler((pr, o) =>
         {
-            var adapterDir = pr.GetValue(dir)!;
+            var adapterDir = HfHubCache.ResolveFolder(pr.GetValue(dir)!, "adapter");
             var config = PeftMethods.LoadConfig(adapterDir);
             var method = PeftMethods.For(config);
             var description = method.Describe(config);
             var weightsPath = Path.Combine(adapterDir, method.WeightsFile);
-            long bytes = Directory.EnumerateFiles(adapterDir).Sum(f => new FileInfo(f).Length);
+            long bytes = FileSizes.OfFolder(adapterDir);
             long fileParams;
             int tensors;
             using (var f = SafetensorsFile.Open(weightsPath)) { tensors = f.Keys.Count(); fileParams = f.Entries.Values.Sum(e => e.NumElements); }
@@ -34,7 +34,7 @@ public static class InspectAdapterCommand
             IReadOnlyList<string>? targets = null;
             if (baseDir is not null)
             {
-                var peft = PeftModel.FromPretrained(AutoModel.FromPretrained(baseDir), adapterDir);
+                var peft = AutoPeftModel.FromPretrained(adapterDir, baseDir);
                 report = peft.ParameterReport();
                 targets = report.Modules.Select(m => m.Module).ToList();
             }
@@ -83,6 +83,7 @@ public static class InspectAdapterCommand
     {
         if (string.IsNullOrEmpty(name)) return null;
         if (Directory.Exists(name) && File.Exists(Path.Combine(name, "config.json"))) return name;
+        if (HfHubCache.LooksLikeRepoId(name) && HfHubCache.TryResolve(name, HfHubCache.CacheDir()) is { } cached) return cached;
         for (var d = new DirectoryInfo(Path.GetFullPath(adapterDir)); d is not null; d = d.Parent)
         {
             var candidate = Path.Combine(d.FullName, name);

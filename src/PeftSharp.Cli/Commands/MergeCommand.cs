@@ -26,9 +26,9 @@ public static class MergeCommand
         {
             var specs = pr.GetValue(adapters)!.Select((a, i) => ParseAdapter(a, i)).ToList();
             var w = ParseWeights(pr.GetValue(weights), specs.Count);
-            var modelDir = pr.GetValue(model)!;
+            var modelDir = Cli.ModelDir(pr, model);
             var outDir = pr.GetValue(output)!;
-            var peft = PeftModel.LoadWithAdapters(AutoModel.FromPretrained(modelDir, Cli.ParseDevice(pr.GetValue(device)!)), specs);
+            var peft = PeftModel.LoadWithAdapters(AutoPeftModel.LoadBase(modelDir, specs[0].Dir, Cli.ParseDevice(pr.GetValue(device)!)), specs);
             string merged = specs[0].Name;
             if (specs.Count > 1 || w[0] != 1.0)
             {
@@ -39,6 +39,7 @@ public static class MergeCommand
             peft.SetAdapter(merged);
             var report = peft.ParameterReport(merged);
             peft.SaveMerged(outDir);
+            PeftSharp.IO.CompanionFiles.Copy(modelDir, outDir, tokenizerDir: PeftSharp.IO.HfHubCache.ResolveFolder(specs[0].Dir, "adapter"));
             if (pr.GetValue(Cli.JsonOption))
                 Cli.WriteJson(o, new { Out = outDir, Adapters = specs.Select(s => s.Dir), Weights = w, Combination = specs.Count > 1 ? pr.GetValue(combination) : null, report.MergedChangedParameters, report.TargetedWeightParameters });
             else

@@ -25,7 +25,7 @@ public static class QuantizeCommand
             { model, output, quantType, doubleQuant, blocksize, computeDType, dtype };
         cmd.SetHandler((pr, o) =>
         {
-            var src = pr.GetValue(model)!;
+            var src = Cli.ModelDir(pr, model);
             var dst = pr.GetValue(output)!;
             if (Path.GetFullPath(src).TrimEnd('/') == Path.GetFullPath(dst).TrimEnd('/'))
                 throw new ArgumentException("--out must differ from --model");
@@ -43,13 +43,12 @@ public static class QuantizeCommand
                 throw new PeftConfigException($"{src}: the model is already quantized (config.json has quantization_config)");
 
             using var m = AutoModel.FromPretrained(src, dtype: Cli.ParseDType(pr.GetValue(dtype)!), quantization: config);
-            AutoModel.SavePretrained(m, dst);
-            CopyCompanionFiles(src, dst);
+            AutoModel.SavePretrained(m, dst, tmp => CompanionFiles.Copy(src, tmp));
 
             var layers = QuantizedModelLoader.QuantizedLayers(m).ToList();
             long quantParams = layers.Sum(l => l.Layer.QuantState.NumElements);
             long quantBytes = layers.Sum(l => l.Layer.PackedWeight.numel() + l.Layer.QuantState.StateDictEntries().Sum(e => e.Tensor.numel() * e.Tensor.element_size()));
-            long fileBytes = new FileInfo(Path.Combine(dst, Checkpoint.SingleFile)).Length;
+            long fileBytes = FileSizes.Of(Path.Combine(dst, Checkpoint.SingleFile));
             var info = new
             {
                 Out = dst,
@@ -70,16 +69,5 @@ public static class QuantizeCommand
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>Tokenizer, generation config and other non-weight files travel with the model.</summary>
-    static void CopyCompanionFiles(string src, string dst)
-    {
-        foreach (var f in Directory.EnumerateFiles(src))
-        {
-            var name = Path.GetFileName(f);
-            if (name is "config.json" or Checkpoint.IndexFile || name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".bin", StringComparison.Ordinal)) continue;
-            File.Copy(f, Path.Combine(dst, name), overwrite: true);
-        }
     }
 }

@@ -85,7 +85,7 @@ public static class QuickstartCommand
         return cmd;
     }
 
-    static double AdapterKb(string dir) => Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length) / 1024.0;
+    static double AdapterKb(string dir) => PeftSharp.IO.FileSizes.OfFolder(dir, "*.safetensors") / 1024.0;
 
     static TrainResult Run(TextWriter o, bool json, TrainingTarget target, TrainingArguments args, List<TrainExample> rows, string title)
     {

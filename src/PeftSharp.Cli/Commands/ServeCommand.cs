@@ -29,7 +29,7 @@ public static class ServeCommand
         };
         cmd.SetHandler((pr, o) =>
         {
-            var dir = pr.GetValue(model)!;
+            var dir = pr.GetValue(model)!; // resolved by the engine, which serves a repo id under its own name
             var pairs = (pr.GetValue(adapters) ?? Array.Empty<string>()).Select(a =>
             {
                 int eq = a.IndexOf('=');
@@ -44,7 +44,8 @@ public static class ServeCommand
             };
             if (options.AdapterRoot is { } r && !Directory.Exists(r)) throw new ArgumentException($"--adapter-root '{r}' is not a folder");
             using var engine = ServingEngine.FromFolder(dir, options, pairs, Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
-            var server = OpenAiServer.StartAsync(engine, pr.GetValue(host)!, pr.GetValue(port)).GetAwaiter().GetResult();
+            // One access-log line per request on the command's output.
+            var server = OpenAiServer.StartAsync(engine, pr.GetValue(host)!, pr.GetValue(port), accessLog: line => { lock (o) { o.WriteLine(line); o.Flush(); } }).GetAwaiter().GetResult();
             o.WriteLine($"serving {engine.ModelName} and {pairs.Count} adapter(s) on {server.Address} (Ctrl-C to stop)");
             o.Flush();
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

@@ -21,7 +21,7 @@ public static class TokenizeCommand
         cmd.SetHandler((pr, o) =>
         {
             var input = ReadInput(pr.GetValue(text), pr.GetValue(file));
-            var tok = HfTokenizer.FromFolder(pr.GetValue(model)!);
+            var tok = HfTokenizer.FromFolder(Cli.ModelDir(pr, model));
             var ids = tok.Encode(input, addSpecialTokens: pr.GetValue(special));
             var pieces = pr.GetValue(tokens) ? tok.ConvertIdsToTokens(ids) : null;
             if (pr.GetValue(Cli.JsonOption)) Cli.WriteJson(o, new { Ids = ids, Tokens = pieces });

@@ -19,7 +19,7 @@ public sealed record SafetensorsEntry(string Name, string DType, ScalarType Scal
 /// </summary>
 public sealed class SafetensorsFile : IDisposable
 {
-    const long MaxHeaderBytes = 100L << 20; // same cap as the reference implementation
+    const long MaxHeaderBytes = 100_000_000; // the reference implementation's cap
 
     public string FilePath { get; }
     public IReadOnlyDictionary<string, SafetensorsEntry> Entries { get; }
@@ -41,19 +41,21 @@ public sealed class SafetensorsFile : IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new PeftFormatException(path, "file not found");
-        long fileLen = new FileInfo(path).Length;
-        if (fileLen < 8) throw new PeftFormatException(path, $"not a safetensors file: {fileLen} bytes, shorter than the 8-byte header length");
 
         Span<byte> lenBytes = stackalloc byte[8];
         byte[] headerBytes;
+        long fileLen;
+        // The open stream's length is the target's: cache snapshots hold symlinks, whose FileInfo.Length is the link's.
         using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read))
         {
+            fileLen = fs.Length;
+            if (fileLen < 8) throw new PeftFormatException(path, $"not a safetensors file: {fileLen} bytes, shorter than the 8-byte header length");
             fs.ReadExactly(lenBytes);
             ulong headerLen = BitConverter.ToUInt64(lenBytes);
+            if (headerLen > MaxHeaderBytes)
+                throw new PeftFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit: corrupt or not safetensors");
             if (headerLen > (ulong)(fileLen - 8))
                 throw new PeftFormatException(path, $"header length {headerLen} runs past the end of the file ({fileLen} bytes): truncated or not safetensors");
-            if (headerLen > MaxHeaderBytes)
-                throw new PeftFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit");
             headerBytes = new byte[headerLen];
             fs.ReadExactly(headerBytes);
         }
@@ -100,13 +102,24 @@ public sealed class SafetensorsFile : IDisposable
                 throw new PeftFormatException(path, $"tensor '{prop.Name}' appears twice in the header");
         }
 
+        // As the safetensors library: sorted by offsets, the tensors tile the data section exactly, from 0 to its end.
+        // A header length off by a few bytes shifts every tensor, which this catches instead of reading garbage.
         SafetensorsEntry? prev = null;
-        foreach (var e in entries.Values.Where(e => e.ByteLength > 0).OrderBy(e => e.Begin))
+        long covered = 0;
+        foreach (var e in entries.Values.OrderBy(e => e.Begin).ThenBy(e => e.End))
         {
-            if (prev is not null && e.Begin < prev.End)
-                throw new PeftFormatException(path, $"tensors '{prev.Name}' [{prev.Begin}, {prev.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+            if (e.Begin < covered)
+                throw new PeftFormatException(path, $"tensors '{prev!.Name}' [{prev.Begin}, {prev.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+            if (e.Begin > covered)
+                throw new PeftFormatException(path, prev is null
+                    ? $"tensor '{e.Name}' starts at byte {e.Begin} of the data section, expected 0 (offsets must be contiguous)"
+                    : $"gap between tensors '{prev.Name}' (ends at byte {prev.End}) and '{e.Name}' (starts at {e.Begin}): offsets must be contiguous");
+            covered = e.End;
             prev = e;
         }
+        if (covered != dataLen)
+            throw new PeftFormatException(path, $"the tensors cover {covered} bytes but the data section holds {dataLen} " +
+                "(the header length or the file size is wrong: truncated, padded or not written by a safetensors writer)");
         return (entries, metadata);
     }
 
@@ -137,11 +150,11 @@ public sealed class SafetensorsFile : IDisposable
             throw new PeftFormatException(path, Where("data_offsets must be integers"));
         if (begin < 0 || end < begin || end > dataLen)
             throw new PeftFormatException(path, Where($"data_offsets [{begin}, {end}] out of range of the {dataLen}-byte data section"));
-        long numel;
-        try { numel = shape.Aggregate(1L, (a, b) => checked(a * b)); }
-        catch (OverflowException) { throw new PeftFormatException(path, Where($"shape [{string.Join(", ", shape)}] overflows")); }
-        if (numel * size != end - begin)
-            throw new PeftFormatException(path, Where($"shape [{string.Join(", ", shape)}] of {dtype} needs {numel * size} bytes but data_offsets span {end - begin}"));
+        long numel, bytes;
+        try { numel = shape.Aggregate(1L, (a, b) => checked(a * b)); bytes = checked(numel * size); }
+        catch (OverflowException) { throw new PeftFormatException(path, Where($"shape [{string.Join(", ", shape)}] of {dtype} overflows a 64-bit byte count")); }
+        if (bytes != end - begin)
+            throw new PeftFormatException(path, Where($"shape [{string.Join(", ", shape)}] of {dtype} needs {bytes} bytes but data_offsets span {end - begin}"));
         return new SafetensorsEntry(name, dtype, st, shape, begin, end);
     }
 

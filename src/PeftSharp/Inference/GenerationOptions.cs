@@ -78,6 +78,8 @@ public enum FinishReason
     Eos,
     /// <summary>Its text came to contain a stop string.</summary>
     StopString,
+    /// <summary>Its constrained output (a JSON object) closed.</summary>
+    Complete,
 }
 
 /// <summary>One streamed token: batch row, its id, the decode step, and the row's new text when a decoder is given.</summary>

@@ -63,14 +63,12 @@ public sealed partial class TextGenerator
     {
         options.Validate();
         var eosIds = ResolveEos(options);
-        var eos = eosIds.ToHashSet();
         int pad = ResolvePad(options, eosIds);
         int batch = promptIds.Length, promptLen = promptIds[0].Length;
-        var rows = Enumerable.Range(0, batch).Select(r => new Row(promptIds[r], promptMask[r])).ToArray();
+        var rows = Enumerable.Range(0, batch).Select(r => new Row(promptIds[r], promptMask[r], options, eosIds)).ToArray();
         ValidatePrompt(rows, promptLen);
 
         var device = _model.Device;
-        var stops = new StopStringMatcher(options.StopStrings, options.Decode);
         // torch's own generator, so a seed gives the same draws on every run (and on the model's device).
         using var rng = options.Seed is ulong seed ? new torch.Generator(seed, device) : null;
         // Without cache support every step reruns the whole sequence (the same logits a full forward gives).
@@ -79,7 +77,7 @@ public sealed partial class TextGenerator
         var mask = promptMask.Select(m => m.ToList()).ToArray();
         int step = 0;
         var collector = new PeriodicCollector();
-        for (; step < options.MaxNewTokens && rows.Any(r => r.Reason is null); step++)
+        for (; step < options.MaxNewTokens && rows.Any(r => r.State.Reason is null); step++)
         {
             using var scope = NewDisposeScope();
             int seqLen = promptLen + step;
@@ -101,26 +99,22 @@ public sealed partial class TextGenerator
             {
                 var row = rows[r];
                 mask[r].Add(1);
-                if (row.Reason is not null) { row.Sequence.Add(pad); continue; }
+                if (row.State.Reason is not null) { row.Sequence.Add(pad); continue; }
                 int token = (int)nextIds[r];
                 row.Sequence.Add(token);
-                row.NewTokens.Add(token);
-                if (eos.Contains(token)) row.Reason = FinishReason.Eos;
-                else if (stops.Active && stops.Matches(row.RealTokens)) row.Reason = FinishReason.StopString;
-                else if (lastStep) row.Reason = FinishReason.Length;
-                onToken?.Invoke(new GeneratedToken(r, token, step, row.TextDelta(options.Decode, row.Reason is not null)));
+                var delta = row.State.Accept(token, lastStep);
+                onToken?.Invoke(new GeneratedToken(r, token, step, delta));
             }
             if (step % 256 == 255) TorchRuntime.CollectAndTrim();
             else collector.Tick();
         }
-        foreach (var row in rows) row.Reason ??= FinishReason.Length;
         return new GenerationResult
         {
             Sequences = rows.Select(r => r.Sequence.ToArray()).ToArray(),
-            PromptIds = rows.Select(r => r.Prompt).ToArray(),
-            NewTokens = rows.Select(r => r.NewTokens.ToArray()).ToArray(),
-            FinishReasons = rows.Select(r => r.Reason!.Value).ToArray(),
-            Texts = options.Decode is { } decode ? rows.Select(r => decode(r.NewTokens)).ToArray() : null,
+            PromptIds = rows.Select(r => r.State.Prompt).ToArray(),
+            NewTokens = rows.Select(r => r.State.NewTokens.ToArray()).ToArray(),
+            FinishReasons = rows.Select(r => r.State.Reason ?? FinishReason.Length).ToArray(),
+            Texts = options.Decode is { } decode ? rows.Select(r => decode(r.State.NewTokens)).ToArray() : null,
         };
     }
 
@@ -137,7 +131,7 @@ public sealed partial class TextGenerator
             if (first < 0) throw new PeftSharpException($"prompt row {r} is all padding (attention mask has no 1)");
             if (row.Mask.Skip(first).Any(m => m == 0))
                 throw new PeftSharpException($"prompt row {r} is not left-padded: generation needs padding only before the first token");
-            foreach (var bad in row.Prompt.Where(id => id < 0 || id >= vocab).Take(1))
+            foreach (var bad in row.State.Prompt.Where(id => id < 0 || id >= vocab).Take(1))
                 throw new PeftSharpException($"prompt row {r}: token id {bad} is outside the vocabulary [0, {vocab})");
         }
     }
@@ -150,32 +144,19 @@ public sealed partial class TextGenerator
         return tensor(flat, new long[] { rows.Count, width }, ScalarType.Int64).to(device);
     }
 
-    /// <summary>One batch row's state during decoding.</summary>
+    /// <summary>One batch row: its padded sequence and mask here, its decoding state (eos, stop strings, streamed text) shared with the serving engine.</summary>
     sealed class Row
     {
-        public Row(int[] ids, int[] mask)
+        public Row(int[] ids, int[] mask, GenerationOptions options, IReadOnlyList<int> eos)
         {
             Sequence = ids.ToList();
             Mask = mask;
-            Prompt = ids.Where((_, i) => mask[i] == 1).ToArray();
+            // Sampling stays batch-wide (one generator for the batch, as transformers draws), so the state gets no generator.
+            State = new SequenceState(ids.Where((_, i) => mask[i] == 1).ToArray(), options, eos);
         }
 
         public readonly List<int> Sequence;
         public readonly int[] Mask;
-        public readonly int[] Prompt;
-        public readonly List<int> NewTokens = new();
-        public FinishReason? Reason;
-        IncrementalDetokenizer? _detokenizer;
-
-        /// <summary>Prompt and generated tokens without padding: what a stop string is matched against.</summary>
-        public IReadOnlyList<int> RealTokens => Prompt.Concat(NewTokens).ToList();
-
-        /// <summary>New text since the last call (null without a decoder).</summary>
-        public string? TextDelta(Func<IReadOnlyList<int>, string>? decode, bool final)
-        {
-            if (decode is null) return null;
-            _detokenizer ??= new IncrementalDetokenizer(decode);
-            return _detokenizer.Delta(NewTokens, final);
-        }
+        public readonly SequenceState State;
     }
 }

@@ -32,9 +32,10 @@ public sealed record BertConfig : ModelConfig
     public override void Validate(string source)
     {
         base.Validate(source);
-        RequirePositive(source, "intermediate_size", IntermediateSize);
-        RequirePositive(source, "max_position_embeddings", MaxPositionEmbeddings);
-        RequirePositive(source, "type_vocab_size", TypeVocabSize);
+        RequireRange(source, "intermediate_size", IntermediateSize, MaxIntermediateSize);
+        RequireRange(source, "max_position_embeddings", MaxPositionEmbeddings, MaxPositions);
+        RequireRange(source, "type_vocab_size", TypeVocabSize, MaxVocabSize);
+        RequirePositive(source, "layer_norm_eps", LayerNormEps);
         RequirePositive(source, "num_labels", NumLabels);
         Activations.Get(HiddenAct, $"{source}: hidden_act");
         if (PositionEmbeddingType != "absolute")
@@ -302,6 +303,10 @@ public sealed class BertForSequenceClassification : PreTrainedModel
     public BertConfig BertConfig => (BertConfig)Config;
     public override bool IsCausalLM => false;
     public override string BaseModelPrefix => "bert";
+    public override int? NumLabels => BertConfig.NumLabels;
+    // BertForMaskedLM checkpoints have no pooler; BertModel ones no classifier.
+    public override bool IsTaskHeadKey(string key) =>
+        key.StartsWith("classifier.", StringComparison.Ordinal) || key.StartsWith("bert.pooler.", StringComparison.Ordinal);
     public override Module<Tensor, Tensor> InputEmbeddings => bert.InputEmbeddings;
     public override (int KvHeads, int HeadDim) KvShape => bert.KvShape;
 

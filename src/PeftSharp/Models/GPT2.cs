@@ -37,7 +37,9 @@ public sealed record GPT2Config : ModelConfig
         if (HiddenSize % NumAttentionHeads != 0)
             throw new PeftConfigException($"{source}: n_embd {HiddenSize} is not divisible by n_head {NumAttentionHeads}");
         base.Validate(source);
-        if (InnerSize <= 0) throw new PeftConfigException($"{source}: 'n_inner' must be positive (found {InnerSize})");
+        RequireRange(source, "n_positions", NPositions, MaxPositions);
+        RequireRange(source, "n_inner", InnerSize, MaxIntermediateSize);
+        RequirePositive(source, "layer_norm_epsilon", LayerNormEpsilon);
         Activations.Get(ActivationFunction, $"{source}: activation_function");
         // transformers' eager and sdpa attention disagree on these (sdpa ignores them), so no single answer is "correct".
         if (!ScaleAttnWeights) throw Unsupported(source, "scale_attn_weights", "true");

@@ -47,12 +47,25 @@ public sealed record LlamaConfig : ModelConfig, IHasHeadDim
     public override void Validate(string source)
     {
         base.Validate(source);
-        if (IntermediateSize <= 0) throw new PeftConfigException($"{source}: 'intermediate_size' must be positive");
+        RequireRange(source, "intermediate_size", IntermediateSize, MaxIntermediateSize);
+        if (NumKeyValueHeadsRaw is { } kv) RequireRange(source, "num_key_value_heads", kv, NumAttentionHeads);
+        if (HeadDimRaw is { } hd) RequireRange(source, "head_dim", hd, MaxHiddenSize);
+        else if (HiddenSize % NumAttentionHeads != 0)
+            throw new PeftConfigException($"{source}: hidden_size {HiddenSize} is not divisible by num_attention_heads {NumAttentionHeads} (set head_dim)");
+        if (HeadDim % 2 != 0) throw new PeftConfigException($"{source}: head_dim {HeadDim} must be even for rotary embeddings");
+        RequireRange(source, "max_position_embeddings", MaxPositionEmbeddings, MaxPositions);
+        if (SlidingWindowRaw is { } w) RequirePositive(source, "sliding_window", w);
+        RequirePositive(source, "rms_norm_eps", RmsNormEps);
+        RequirePositive(source, "rope_theta", RopeTheta);
         if (NumAttentionHeads % NumKeyValueHeads != 0)
             throw new PeftConfigException($"{source}: num_attention_heads {NumAttentionHeads} is not a multiple of num_key_value_heads {NumKeyValueHeads}");
         if (HiddenAct != "silu") throw new PeftConfigException($"{source}: hidden_act '{HiddenAct}' is not supported (expected silu)");
         Rope.Validate(this, source);
     }
+
+    public override long MinParameterCount(string source) => Checked(source, () => checked(
+        (long)VocabSize * HiddenSize * (TieWordEmbeddings ? 1 : 2)
+        + (long)NumHiddenLayers * ((long)HiddenSize * HeadDim * (2L * NumAttentionHeads + 2L * NumKeyValueHeads) + 3L * HiddenSize * IntermediateSize)));
 }
 
 /// <summary>Rotary position embedding tables, computed as transformers does (float32).</summary>

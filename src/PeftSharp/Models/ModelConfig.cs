@@ -35,7 +35,6 @@ public abstract record ModelConfig
         _ => Array.Empty<int>(),
     };
 
-    /// <summary>Checks values that would otherwise fail deep inside a forward pass.</summary>
     /// <summary>Positions the model was trained for (max_position_embeddings, n_positions or n_ctx); int.MaxValue when none is set.</summary>
     [JsonIgnore]
     public int ContextLength
@@ -48,19 +47,53 @@ public abstract record ModelConfig
         }
     }
 
+    /// <summary>Generous upper bounds: far above any released model, low enough that a typo cannot allocate without end.</summary>
+    public const int MaxVocabSize = 1 << 24, MaxHiddenSize = 1 << 17, MaxLayers = 4096, MaxHeads = 1 << 12, MaxIntermediateSize = 1 << 20,
+        MaxPositions = 1 << 24;
+
+    /// <summary>Checks every value before anything is allocated from it: types, ranges, divisibility.</summary>
     public virtual void Validate(string source)
     {
-        RequirePositive(source, "vocab_size", VocabSize);
-        RequirePositive(source, "hidden_size", HiddenSize);
-        RequirePositive(source, "num_hidden_layers", NumHiddenLayers);
-        RequirePositive(source, "num_attention_heads", NumAttentionHeads);
+        RequireRange(source, "vocab_size", VocabSize, MaxVocabSize);
+        RequireRange(source, "hidden_size", HiddenSize, MaxHiddenSize);
+        RequireRange(source, "num_hidden_layers", NumHiddenLayers, MaxLayers);
+        RequireRange(source, "num_attention_heads", NumAttentionHeads, MaxHeads);
         if (HiddenSize % NumAttentionHeads != 0 && this is not IHasHeadDim)
             throw new PeftConfigException($"{source}: hidden_size {HiddenSize} is not divisible by num_attention_heads {NumAttentionHeads}");
+        if (EosTokenIdRaw is { } eos && !(eos.ValueKind is JsonValueKind.Null || IsInt(eos) || eos.ValueKind == JsonValueKind.Array && eos.EnumerateArray().All(IsInt)))
+            throw new PeftConfigException($"{source}: 'eos_token_id' must be an integer or a list of integers (found {JsonSerializer.Serialize(eos)})");
+    }
+
+    static bool IsInt(JsonElement e) => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out _);
+
+    /// <summary>
+    /// A lower bound on the parameter count this config describes (checked arithmetic: an overflow is a config error),
+    /// compared against the checkpoint's size before the model is built.
+    /// </summary>
+    public virtual long MinParameterCount(string source) => Checked(source, () =>
+        checked((long)VocabSize * HiddenSize + (long)NumHiddenLayers * HiddenSize * HiddenSize));
+
+    protected static long Checked(string source, Func<long> count)
+    {
+        try { return count(); }
+        catch (OverflowException) { throw new PeftConfigException($"{source}: the sizes describe more than 2^63 parameters"); }
     }
 
     protected static void RequirePositive(string source, string field, int value)
     {
         if (value <= 0) throw new PeftConfigException($"{source}: '{field}' must be a positive integer (found {value})");
+    }
+
+    protected static void RequireRange(string source, string field, int value, int max)
+    {
+        RequirePositive(source, field, value);
+        if (value > max) throw new PeftConfigException($"{source}: '{field}' {value} is larger than any supported model (at most {max})");
+    }
+
+    /// <summary>Epsilons, rope bases and the like: finite and strictly positive.</summary>
+    protected static void RequirePositive(string source, string field, double value)
+    {
+        if (!double.IsFinite(value) || value <= 0) throw new PeftConfigException($"{source}: '{field}' must be a positive number (found {value})");
     }
 
     internal static readonly JsonSerializerOptions Json = new()

@@ -35,6 +35,15 @@ public abstract class PreTrainedModel : nn.Module, ILanguageModel
     /// <summary>Checkpoint keys the model may lack because they are tied to another weight.</summary>
     public virtual IReadOnlyCollection<string> TiedKeys => Array.Empty<string>();
 
+    /// <summary>Classes of a sequence-classification head; null for models without one (LMs, the bare encoder).</summary>
+    public virtual int? NumLabels => null;
+
+    /// <summary>
+    /// Keys of a task head a checkpoint may lack (saved from the bare model or another head): like transformers, the
+    /// loader keeps their fresh initialization and warns instead of failing.
+    /// </summary>
+    public virtual bool IsTaskHeadKey(string key) => false;
+
     /// <summary>transformers' base_model_prefix (the backbone's name inside a task model), for loading base checkpoints into task models and back.</summary>
     public virtual string? BaseModelPrefix => null;
 

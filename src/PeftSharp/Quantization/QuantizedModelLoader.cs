@@ -34,13 +34,13 @@ public static class QuantizedModelLoader
         using var progress = PeftProgress.Begin($"quantizing to {config.Bnb4bitQuantType}", targets.Count, "layers");
         foreach (var (name, linear) in targets)
         {
-            progress.Report(names.Count, name);
             Linear4bit q;
             using (no_grad())
                 q = Linear4bit.Quantize(linear.weight!, linear.bias, config.QuantType, config.Bnb4bitUseDoubleQuant, config.Blocksize, config.ComputeDType);
             ModuleSurgery.Replace(model, name, q);
             linear.Dispose();
             names.Add(name);
+            progress.Report(names.Count, name);
         }
         Record(model.Config, config);
         TorchRuntime.TrimMemory();

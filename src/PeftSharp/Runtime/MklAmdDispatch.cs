@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
@@ -38,6 +37,19 @@ public static class MklAmdDispatch
         OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64 && IsAmd()
         && Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported;
 
+    /// <summary>Whether <see cref="CpuQualifies"/> and no lower CPU class is being emulated (<c>PEFTSHARP_CPU_CLASS</c>).</summary>
+    static bool ClassAllows(out string? why)
+    {
+        why = null;
+        try
+        {
+            if (CpuCapabilities.Detected.Avx512) return true;
+            why = $"{CpuCapabilities.ClassVariable}={CpuCapabilities.Detected.ClassName}";
+        }
+        catch (PeftConfigException e) { why = e.Message; }
+        return false;
+    }
+
     static bool IsAmd()
     {
         if (!X86Base.IsSupported) return false;
@@ -46,12 +58,12 @@ public static class MklAmdDispatch
         return System.Text.Encoding.ASCII.GetString(MemoryMarshal.AsBytes(vendor)) == "AuthenticAMD";
     }
 
-    /// <summary>Runs when the PeftSharp assembly loads, so normally before libtorch does; later is too late for MKL.</summary>
-    [ModuleInitializer]
+    /// <summary>Runs when the PeftSharp assembly loads (<see cref="NativeSetup"/>), so normally before libtorch does; later is too late for MKL.</summary>
     internal static void Enable()
     {
         if (!CpuQualifies) return;
         if (Environment.GetEnvironmentVariable(OptOutVariable) == "0") { Status = $"vendor default ({OptOutVariable}=0)"; return; }
+        if (!ClassAllows(out var why)) { Status = $"vendor default ({why})"; return; }
         try
         {
             var path = ShimCandidates().FirstOrDefault(File.Exists);

@@ -7,7 +7,8 @@ namespace PeftSharp.Runtime;
 /// once at least <c>intervalMs</c> have passed since the last time. Without it, the undisposed TorchSharp objects of
 /// each forward (Scalars) sit among freed tensor memory until the GC happens to run, so the heap fragments and grows and
 /// every forward faults in fresh pages (a 30M-parameter fp32 forward: 205-225 ms with collections, 280-435 ms and +25 MB
-/// RSS per call without). A collection costs 1-2 ms, so 200 ms keeps it near 1 % of the loop.
+/// RSS per call without). A collection costs 1-2 ms, so 200 ms keeps it near 1 % of the loop. The same ticks let
+/// <see cref="ThreadPolicy"/> re-measure the free cores.
 /// </summary>
 public sealed class PeriodicCollector
 {
@@ -21,6 +22,7 @@ public sealed class PeriodicCollector
     {
         if (_since.ElapsedMilliseconds < _intervalMs) return false;
         TorchRuntime.CollectUndisposed();
+        ThreadPolicy.Adjust(); // every few seconds: follow the cores other processes leave free
         _since.Restart();
         return true;
     }

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using TorchSharp;
 
@@ -22,8 +21,7 @@ public static class TorchRuntime
 
     const int M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3;
 
-    /// <summary>Runs when the PeftSharp assembly loads, i.e. before any tensor this library makes.</summary>
-    [ModuleInitializer]
+    /// <summary>Runs when the PeftSharp assembly loads (<see cref="NativeSetup"/>), i.e. before any tensor this library makes.</summary>
     internal static void ConfigureAllocator()
     {
         if (!OperatingSystem.IsLinux()) return;
@@ -70,10 +68,12 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (_checked) return;
+            _ = CpuCapabilities.Detected; // a bad PEFTSHARP_CPU_CLASS is reported here, as one line
             CheckLibStdCxx();
             try
             {
                 torch.InitializeDeviceType(DeviceType.CPU);
+                ThreadPolicy.ApplyInitial();
             }
             catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or NotSupportedException)
             {

@@ -1,3 +1,4 @@
+using PeftSharp.Runtime;
 using System.Text.Json;
 
 namespace PeftSharp.Tokenization;
@@ -91,6 +92,9 @@ public sealed class HfTokenizer
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
     {
         ArgumentNullException.ThrowIfNull(text);
+        // Checked before any work: a 4 MB prompt is refused, not tokenized in full and then found too long.
+        if ((long)text.Length * 3 > ResourceLimits.MaxPromptBytes.Value)
+            ResourceLimits.MaxPromptBytes.Check(System.Text.Encoding.UTF8.GetByteCount(text), "the text to tokenize");
         var ids = new List<int>(text.Length / 3 + 4);
         if (addSpecialTokens) ids.AddRange(_post.Prefix);
         var pieces = new List<string>();

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 
 namespace PeftSharp.Tokenization;
@@ -15,8 +16,19 @@ internal static class HfTokenizerLoader
 
     public static HfTokenizer Load(string dir)
     {
-        if (!System.IO.Directory.Exists(dir)) throw new PeftFormatException(dir, "tokenizer folder not found");
+        dir = HfHubCache.ResolveFolder(dir, "tokenizer");
         var file = Path.Combine(dir, HfTokenizer.TokenizerFile);
+        try { return LoadChecked(dir, file); }
+        // The parsers check the fields they know; any other shape mismatch (a string where a list belongs) still names the file.
+        catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException or IndexOutOfRangeException or OverflowException)
+        {
+            throw new PeftFormatException(file, $"unexpected structure ({e.Message})", e);
+        }
+    }
+
+    static HfTokenizer LoadChecked(string dir, string file)
+    {
+        if (!System.IO.Directory.Exists(dir)) throw new PeftFormatException(dir, "tokenizer folder not found");
         if (!File.Exists(file))
             throw new PeftFormatException(file, "missing: PeftSharp reads tokenizers from tokenizer.json (save the tokenizer with transformers' fast tokenizer to create it)");
         var root = ReadJson(file);

@@ -43,8 +43,9 @@ internal abstract class Normalizer
         var (pattern, isRegex) = e.Pattern(file, where);
         var content = e.Str("content", file, where);
         if (!isRegex) return new(s => s.Replace(pattern, content, StringComparison.Ordinal));
-        var regex = new Regex(pattern, RegexOptions.CultureInvariant);
-        return new(s => regex.Replace(s, content.Replace("$", "$$")));
+        var regex = TokenizerRegex.Create(pattern, file, where);
+        var replacement = content.Replace("$", "$$");
+        return new(s => TokenizerRegex.Replace(regex, s, replacement));
     }
 }
 

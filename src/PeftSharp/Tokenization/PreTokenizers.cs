@@ -34,7 +34,7 @@ internal abstract class PreTokenizer
                 var behavior = e.Str("behavior", file, where);
                 if (behavior is not ("Isolated" or "Removed" or "MergedWithPrevious" or "MergedWithNext"))
                     throw new PeftFormatException(file, $"unsupported Split behavior '{behavior}' at '{where}'");
-                return new SplitPreTokenizer(new SplitRegex(isRegex ? pattern : Regex.Escape(pattern)), behavior, e.Bool("invert", false));
+                return new SplitPreTokenizer(new SplitRegex(isRegex ? pattern : Regex.Escape(pattern), file, where), behavior, e.Bool("invert", false));
             }
             case "Whitespace":
                 return new SplitPreTokenizer(new SplitRegex(@"\w+|[^\w\s]+"), "Removed", invert: true);
@@ -156,8 +156,8 @@ internal sealed class SplitRegex
     readonly Regex _regex;
     static readonly char[] StandIn = BuildStandIns();
 
-    public SplitRegex(string pattern) =>
-        _regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+    public SplitRegex(string pattern, string? file = null, string? where = null) =>
+        _regex = TokenizerRegex.Create(pattern, file, where);
 
     static char[] BuildStandIns()
     {
@@ -179,7 +179,7 @@ internal sealed class SplitRegex
         string subject = text;
         if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') >= 0) (subject, map) = StandInText(text);
         int last = 0;
-        for (var m = _regex.Match(subject); m.Success; m = m.NextMatch())
+        foreach (var m in TokenizerRegex.Matches(_regex, subject))
         {
             if (m.Length == 0) continue;
             int start = map?[m.Index] ?? m.Index, end = map?[m.Index + m.Length] ?? m.Index + m.Length;

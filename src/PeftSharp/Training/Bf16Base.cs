@@ -15,6 +15,8 @@ namespace PeftSharp.Training;
 /// (<see cref="IAutocastLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
 /// Linear the model's code can take another module for (full fine-tuning) computes in bfloat16 from its float32 weight
 /// (<see cref="AutocastLinear"/>); any other trainable Linear (adapter, head) casts its input to its weight's dtype.
+/// All of this where the CPU has native bf16 arithmetic; elsewhere frozen weights are only stored in bfloat16 and every
+/// computation runs in float32 (<see cref="Runtime.Bf16Policy"/>, <see cref="Bf16StoredLinear"/>).
 /// </summary>
 public static class Bf16Base
 {
@@ -24,9 +26,16 @@ public static class Bf16Base
         int n = 0;
         // Only a bare model's own projections (full fine-tuning): adapters and wrappers keep their modules' types.
         bool fullModel = root is PreTrainedModel;
+        // On CPUs without native bf16 arithmetic the weights are stored in bfloat16 but computed in float32 (Runtime.Bf16Policy).
+        bool widen = Runtime.Bf16Policy.ComputeDtype != ScalarType.BFloat16;
         using var _ = no_grad();
         foreach (var (name, m) in root.named_modules().ToList())
         {
+            if (widen)
+            {
+                n += StoreOnly(m);
+                continue;
+            }
             switch (m)
             {
                 // Full fine-tuning: the model's own projections compute in bfloat16 from their float32 master weights.
@@ -42,9 +51,7 @@ public static class Bf16Base
                     l.register_forward_pre_hook((_, x) => x.dtype == l.weight!.dtype ? x : x.to(l.weight!.dtype));
                     break;
                 case Embedding e when !e.weight!.requires_grad:
-                    e.to(ScalarType.BFloat16);
-                    e.register_forward_hook((_, x, y) => y.to(ScalarType.Float32));
-                    n++;
+                    n += StoreOnly(e);
                     break;
                 case IAutocastLayer adapter:
                     adapter.AutocastDtype = ScalarType.BFloat16;
@@ -55,6 +62,23 @@ public static class Bf16Base
             }
         }
         return n;
+    }
+
+    /// <summary>bf16 storage, float32 arithmetic: frozen Linears widen their weight per matmul, frozen Embeddings hand float32 on.</summary>
+    static int StoreOnly(nn.Module m)
+    {
+        switch (m)
+        {
+            case Linear l when !l.weight!.requires_grad && (l.bias is null || !l.bias.requires_grad):
+                Bf16StoredLinear.Attach(l);
+                return 1;
+            case Embedding e when !e.weight!.requires_grad:
+                e.to(ScalarType.BFloat16);
+                e.register_forward_hook((_, x, y) => y.to(ScalarType.Float32));
+                return 1;
+            default:
+                return 0;
+        }
     }
 }
 

@@ -141,6 +141,7 @@ public sealed record TrainConfig
             GradientCheckpointing = Bool("gradient_checkpointing", false),
             LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
             ResumeFromCheckpoint = Str("resume_from_checkpoint"),
+            OverwriteOutputDir = Bool("overwrite_output_dir", false),
             WeightDecay = Dbl("weight_decay", 0),
             AdamBeta1 = Dbl("adam_beta1", 0.9),
             AdamBeta2 = Dbl("adam_beta2", 0.999),
@@ -153,11 +154,12 @@ public sealed record TrainConfig
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }
         var format = Str("dataset_format");
-        if ((Str("quantization_method") ?? "bnb") != "bnb")
-            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' is not supported (supported: bnb)");
+        // LLaMA-Factory names bitsandbytes "bnb" (older releases and its examples: "bitsandbytes").
+        if ((Str("quantization_method") ?? "bnb") is not ("bnb" or "bitsandbytes"))
+            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' ({rv.Where("quantization_method")}) is not supported (supported: bnb, also spelled bitsandbytes)");
         var quantization = PeftSharp.Quantization.BitsAndBytesConfig.FromLlamaFactory(Str("quantization_bit") is null ? null : Int("quantization_bit", 0),
             Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
-        if (quantization is not null && finetuning is "full" or "freeze")
+        if (quantization is not null && GenericTypes.Contains(finetuning))
             throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
         var config = new TrainConfig
         {

@@ -5,6 +5,7 @@ using PeftSharp.IO;
 using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Training.Data;
+using PeftSharp.Training.Distributed;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -37,8 +38,11 @@ public sealed class Trainer : IDisposable
     readonly int _batchesPerEpoch;
     readonly TrainingStrategies _strategies;
     readonly IDisposable? _neftune;
+    readonly IGradientSync? _sync;
 
-    public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null)
+    /// <param name="sync">Data parallelism; by default the MPI one when mpirun (or srun) started this process as one rank of several, else none.</param>
+    public Trainer(TrainingTarget target, TrainingArguments args, IReadOnlyList<TrainExample> train, IReadOnlyList<TrainExample>? eval = null,
+        IGradientSync? sync = null)
     {
         args.Validate();
         if (train.Count == 0) throw new PeftSharpException("the training set is empty");
@@ -61,17 +65,22 @@ public sealed class Trainer : IDisposable
         if (args.Bf16) Bf16Base.Apply(target.Root);
         if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
         Callbacks.AddRange(target.Callbacks);
-        (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count);
-        _batchesPerEpoch = (train.Count + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        _sync = sync ?? DataParallel.Current();
+        (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count, WorldSize);
+        _batchesPerEpoch = (train.Count + GlobalMicroBatch - 1) / GlobalMicroBatch;
         WarmupSteps = args.WarmupStepsFor(TotalSteps);
         _strategies = new TrainingStrategies(args, StepsPerEpoch, TotalSteps);
         if (args.NeftuneNoiseAlpha is > 0 and var alpha) _neftune = Neftune.Attach(target.Model, alpha);
     }
 
-    /// <summary>Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch).</summary>
-    public static (int StepsPerEpoch, int TotalSteps) Schedule(TrainingArguments args, int trainRows)
+    /// <summary>
+    /// Optimizer steps per epoch and in the whole run for <paramref name="trainRows"/> rows (max_steps, else epochs × steps per epoch)
+    /// when <paramref name="worldSize"/> ranks (by default as many as the launcher started) each take per_device_train_batch_size rows.
+    /// </summary>
+    public static (int StepsPerEpoch, int TotalSteps) Schedule(TrainingArguments args, int trainRows, int? worldSize = null)
     {
-        int batches = (trainRows + args.PerDeviceTrainBatchSize - 1) / args.PerDeviceTrainBatchSize;
+        int global = args.PerDeviceTrainBatchSize * (worldSize ?? DataParallel.WorldSize);
+        int batches = (trainRows + global - 1) / global;
         int perEpoch = (batches + args.GradientAccumulationSteps - 1) / args.GradientAccumulationSteps;
         return (perEpoch, args.MaxSteps > 0 ? args.MaxSteps : (int)Math.Ceiling(args.NumTrainEpochs * perEpoch));
     }
@@ -80,6 +89,11 @@ public sealed class Trainer : IDisposable
     public int TotalSteps { get; }
     public int WarmupSteps { get; }
     public int GlobalStep { get; private set; }
+    /// <summary>Ranks training together (1 without data parallelism).</summary>
+    public int WorldSize => _sync?.WorldSize ?? 1;
+    /// <summary>Whether this process writes logs, evaluations, checkpoints and the result (rank 0, or the only process).</summary>
+    public bool IsMainProcess => _sync?.IsMain ?? true;
+    int GlobalMicroBatch => _args.PerDeviceTrainBatchSize * WorldSize;
     public IReadOnlyList<ParamGroup> ParamGroups => _optimizer.Groups;
     public IReadOnlyList<JsonObject> LogHistory => _logHistory;
     /// <summary>Eval/save intervals and the best checkpoint so far (load_best_model_at_end).</summary>
@@ -110,14 +124,19 @@ public sealed class Trainer : IDisposable
 
     int[]? _orderCache; int _orderEpoch = -1;
 
-    List<List<TrainExample>> MicroBatches(int step)
+    // Each global micro-batch is per_device_train_batch_size × ranks rows of the epoch order; rank r takes the r-th slice
+    // (the last one is split as far as it goes, so N ranks see exactly the rows one process with N× the batch would).
+    List<(List<TrainExample> Rows, List<TrainExample> Global)> MicroBatches(int step)
     {
         int epoch = step / StepsPerEpoch, within = step % StepsPerEpoch;
         if (_orderEpoch != epoch) { _orderCache = EpochOrder(epoch); _orderEpoch = epoch; }
-        int bs = _args.PerDeviceTrainBatchSize, ga = _args.GradientAccumulationSteps;
-        var result = new List<List<TrainExample>>();
+        int bs = _args.PerDeviceTrainBatchSize, ga = _args.GradientAccumulationSteps, rank = _sync?.Rank ?? 0;
+        var result = new List<(List<TrainExample>, List<TrainExample>)>();
         for (int b = within * ga; b < Math.Min((within + 1) * ga, _batchesPerEpoch); b++)
-            result.Add(_orderCache!.Skip(b * bs).Take(bs).Select(i => _train[i]).ToList());
+        {
+            var global = _orderCache!.Skip(b * GlobalMicroBatch).Take(GlobalMicroBatch).Select(i => _train[i]).ToList();
+            result.Add((WorldSize == 1 ? global : global.Skip(rank * bs).Take(bs).ToList(), global));
+        }
         return result;
     }
 
@@ -128,16 +147,29 @@ public sealed class Trainer : IDisposable
         var clock = Stopwatch.StartNew();
         manual_seed(_args.Seed);
         int resumedFrom = 0;
-        if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
-            resumedFrom = LoadCheckpoint(ResumedFrom = ResolveCheckpoint(resume));
-        if (_eval is not null && _args.EvalOnStart && GlobalStep == 0) EmitEval();
+        try
+        {
+            if (IsMainProcess) RunGuard.PrepareOutputDir(_args);
+            if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
+                resumedFrom = LoadCheckpoint(ResumedFrom = ResolveCheckpoint(resume));
+            var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
+            _sync?.Start(Distributed.RunFingerprint.Of(_args, _target.Root, _train), trainable);
+            var result = TrainLoop(clock, resumedFrom, trainable, cancel);
+            _sync?.Barrier();
+            return result;
+        }
+        catch when (_sync is not null) { _sync.Fail(); throw; }
+    }
+
+    TrainResult TrainLoop(Stopwatch clock, int resumedFrom, List<Tensor> trainable, CancellationToken cancel)
+    {
+        if (_eval is not null && _args.EvalOnStart && GlobalStep == 0 && IsMainProcess) EmitEval();
         double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
         long tokens = 0;
         // A run resumed at its last step takes no step; its final loss is the last one logged.
         double lastLoss = _logHistory.LastOrDefault(e => e["loss"] is not null)?["loss"]!.GetValue<double>() ?? double.NaN;
-        var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
         var collector = new PeriodicCollector();
-        using var tensorboard = TensorBoardLogger.Attach(this, _args);
+        using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
             if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
@@ -172,16 +204,19 @@ public sealed class Trainer : IDisposable
                 pendingLoss = 0; pendingSteps = 0;
             }
             _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;
-            bool improved = _eval is not null && _strategies.EvalAfter(GlobalStep) && EmitEval();
+            bool improved = _eval is not null && IsMainProcess && _strategies.EvalAfter(GlobalStep) && EmitEval();
             if (_strategies.SaveAfter(GlobalStep, improved)) SaveCheckpoint();
             if (_args.TrimMemorySteps > 0 && GlobalStep % _args.TrimMemorySteps == 0) TorchRuntime.TrimMemory();
         }
-        bool best = _eval is not null && EmitEval();
+        bool best = _eval is not null && IsMainProcess && EmitEval();
         if (_strategies.SaveAtEnd(best)) SaveCheckpoint();
-        if (_args.LoadBestModelAtEnd && _strategies.BestCheckpoint is { } bestDir && _strategies.BestStep != GlobalStep) LoadTrainable(bestDir);
-        _logHistory.Add(TrainerStateFile.TrainSummary(this, _args, clock.Elapsed, _runSteps > 0 ? _runLoss / _runSteps : double.NaN, _train.Count));
-        _target.Save(_args.OutputDir);
-        TrainerStateFile.Write(_args.OutputDir, TrainerStateFile.Build(this, _args));
+        if (IsMainProcess)
+        {
+            if (_args.LoadBestModelAtEnd && _strategies.BestCheckpoint is { } bestDir && _strategies.BestStep != GlobalStep) LoadTrainable(bestDir);
+            _logHistory.Add(TrainerStateFile.TrainSummary(this, _args, clock.Elapsed, _runSteps > 0 ? _runLoss / _runSteps : double.NaN, _train.Count));
+            AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
+            TrainerStateFile.Write(_args.OutputDir, TrainerStateFile.Build(this, _args));
+        }
         TorchRuntime.TrimMemory();
         return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
     }
@@ -195,22 +230,34 @@ public sealed class Trainer : IDisposable
         _target.Root.train();
         bool lm = _target.Task == TrainingTask.CausalLM;
         var micro = MicroBatches(step);
-        // Trainer 4.57: one token count over the whole accumulated batch; each micro loss is sum / count.
-        long? numItems = lm ? micro.Sum(b => (long)b.Sum(e => e.LabelTokens)) : null;
+        // Trainer 4.57: one token count over the whole accumulated batch (of every rank); each micro loss is sum / count.
+        long? numItems = lm ? micro.Sum(b => (long)b.Global.Sum(e => e.LabelTokens)) : null;
         if (numItems == 0) throw new PeftSharpException($"step {step + 1}: no row in the batch has a label token (all labels are -100)");
         double loss = 0; long tokens = 0;
-        foreach (var rows in micro)
+        foreach (var (rows, global) in micro)
         {
-            using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
-            var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
-            var l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+            Tensor l;
+            if (rows.Count > 0)
+            {
+                using var batch = TrainBatch.Collate(rows, _target.PadTokenId, _target.Device, !lm);
+                var logits = _target.Forward(new ModelInputs { InputIds = batch.InputIds, AttentionMask = batch.AttentionMask }).Logits;
+                l = lm ? Losses.CausalLM(logits, _target.LmLabels(batch.Labels), numItems) : Losses.Classification(logits, batch.Labels) / micro.Count;
+                // This rank's share of the global loss, × ranks because the sync averages (HF's DDP does the same).
+                if (WorldSize > 1) l = l * (lm ? WorldSize : (double)rows.Count / global.Count * WorldSize);
+                tokens += batch.Tokens;
+            }
+            else if (_target.LossTerm is not null) l = zeros(1, device: _target.Device).sum(); // an empty slice of the last batch still adds the method's term
+            else continue;
             if (_target.LossTerm is { } term) l = term(l);
             double v = l.ToDouble();
-            if (!double.IsFinite(v))
-                throw new PeftSharpException($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
-                    "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
+            if (!double.IsFinite(v) && _sync is null) throw NonFiniteLoss(step, v);
             l.backward();
-            loss += v; tokens += batch.Tokens;
+            loss += v;
+        }
+        if (_sync is not null)
+        {
+            loss = _sync.AverageGradients(trainable, loss);
+            if (!double.IsFinite(loss)) throw NonFiniteLoss(step, loss); // every rank sees the same mean, so every rank stops
         }
         GradientsComputed?.Invoke(step + 1);
         double norm = ClipGradNorm(trainable, _args.MaxGradNorm);
@@ -218,6 +265,10 @@ public sealed class Trainer : IDisposable
             throw new PeftSharpException($"step {step + 1}: the gradient norm is {norm} (loss {loss:G6}); stopped before applying the update. Lower learning_rate or check the data.");
         return (loss, norm, tokens);
     }
+
+    PeftSharpException NonFiniteLoss(int step, double v) =>
+        new($"step {step + 1}: the training loss is {v} (learning rate {_optimizer.Groups[0].Lr:G4}); " +
+            "stopped before applying the update. Lower learning_rate, check the data, or turn off bf16.");
 
     /// <summary>torch.nn.utils.clip_grad_norm_: total L2 norm before clipping; grads × min(1, max/(norm+1e-6)).</summary>
     static double ClipGradNorm(IReadOnlyList<Tensor> parameters, double maxNorm)
@@ -257,6 +308,7 @@ public sealed class Trainer : IDisposable
     void Emit(JsonObject entry)
     {
         _logHistory.Add(entry);
+        if (!IsMainProcess) return;
         Directory.CreateDirectory(_args.OutputDir);
         File.AppendAllText(Path.Combine(_args.OutputDir, "trainer_log.jsonl"), entry.ToJsonString() + "\n");
         Logged?.Invoke(entry);
@@ -275,9 +327,16 @@ public sealed class Trainer : IDisposable
     public string SaveCheckpoint()
     {
         var final = Path.Combine(_args.OutputDir, $"checkpoint-{GlobalStep}");
-        var tmp = Path.Combine(_args.OutputDir, $".checkpoint-{GlobalStep}.tmp");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
+        if (!IsMainProcess) return final;
+        AtomicFolder.Write(final, tmp => WriteCheckpoint(tmp, final));
+        _strategies.Saved(GlobalStep, final);
+        Prune();
+        CheckpointSaved?.Invoke(final);
+        return final;
+    }
+
+    void WriteCheckpoint(string tmp, string final)
+    {
         _target.Save(tmp);
         SafetensorsWriter.Save(Path.Combine(tmp, TrainableFile),
             _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter)));
@@ -289,20 +348,15 @@ public sealed class Trainer : IDisposable
                 .SelectMany(c => c.Callback.SaveState().Select(kv => new KeyValuePair<string, Tensor>(c.Prefix + kv.Key, kv.Value))).ToList());
         }
         using (var rng = get_rng_state()) SafetensorsWriter.Save(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
-        // HF's trainer_state.json fields, plus what an exact resume needs.
+        // HF's trainer_state.json fields, plus what an exact resume needs and the run it belongs to.
         var state = TrainerStateFile.Build(this, _args);
         state["total_steps"] = TotalSteps; state["steps_per_epoch"] = StepsPerEpoch;
         state["seed"] = _args.Seed; state["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize;
-        state["gradient_accumulation_steps"] = _args.GradientAccumulationSteps; state["train_rows"] = _train.Count;
+        state["gradient_accumulation_steps"] = _args.GradientAccumulationSteps; state["train_rows"] = _train.Count; state["world_size"] = WorldSize;
         state["pending_loss"] = _pendingLoss; state["pending_steps"] = _pendingSteps;
+        state["run"] = RunFingerprint();
         if (_strategies.BestStep == GlobalStep) state["best_model_checkpoint"] = final;
         AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        if (Directory.Exists(final)) Directory.Delete(final, true);
-        Directory.Move(tmp, final);
-        _strategies.Saved(GlobalStep, final);
-        Prune();
-        CheckpointSaved?.Invoke(final);
-        return final;
     }
 
     static IEnumerable<(int Step, string Dir)> Checkpoints(string outputDir) =>
@@ -330,19 +384,26 @@ public sealed class Trainer : IDisposable
         return resume;
     }
 
+    JsonObject RunFingerprint() => RunGuard.Fingerprint(
+        _target.Root.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter.shape)), _target.Model.Config);
+
     /// <summary>Restores weights, optimizer, RNG, step and log state from a checkpoint folder; returns its step.</summary>
     public int LoadCheckpoint(string dir)
     {
         var statePath = Path.Combine(dir, StateFile);
-        if (!File.Exists(statePath)) throw new PeftFormatException(dir, $"not a trainer checkpoint (no {StateFile})");
-        var state = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
+        var state = RunGuard.ReadState(dir, TotalSteps);
+        RunGuard.CheckSameRun(statePath, state, RunFingerprint());
         void Same(string key, long now)
         {
             long then = state[key]!.GetValue<long>();
             if (then != now) throw new PeftConfigException($"{statePath}: {key} was {then} when the checkpoint was written but is {now} now; resuming would not continue the same run");
         }
         Same("seed", _args.Seed);
-        Same("per_device_train_batch_size", _args.PerDeviceTrainBatchSize);
+        // Any number of ranks may resume a checkpoint as long as the global batch (per-rank batch × ranks) is the same.
+        long ranksThen = state["world_size"]?.GetValue<long>() ?? 1, batchThen = state["per_device_train_batch_size"]!.GetValue<long>() * ranksThen;
+        if (batchThen != GlobalMicroBatch)
+            throw new PeftConfigException($"{statePath}: the batch (per_device_train_batch_size × ranks) was {batchThen} when the checkpoint was written " +
+                $"but is {_args.PerDeviceTrainBatchSize} × {WorldSize} = {GlobalMicroBatch} now; resuming would not continue the same run");
         Same("gradient_accumulation_steps", _args.GradientAccumulationSteps);
         Same("train_rows", _train.Count);
         LoadTrainable(dir);
@@ -367,7 +428,7 @@ public sealed class Trainer : IDisposable
         _pendingSteps = state["pending_steps"]!.GetValue<int>();
         _logHistory.Clear();
         foreach (var e in state["log_history"]!.AsArray()) _logHistory.Add(e!.DeepClone().AsObject());
-        _strategies.Restore(state);
+        _strategies.Restore(state, statePath);
         return GlobalStep;
     }
 

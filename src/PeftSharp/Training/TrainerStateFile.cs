@@ -40,7 +40,7 @@ public static class TrainerStateFile
     {
         double seconds = Math.Max(elapsed.TotalSeconds, 1e-9);
         // HF: max_steps × total batch when max_steps is set, else rows × epochs.
-        double samples = a.MaxSteps > 0 ? (double)a.MaxSteps * a.PerDeviceTrainBatchSize * a.GradientAccumulationSteps : trainRows * a.NumTrainEpochs;
+        double samples = a.MaxSteps > 0 ? (double)a.MaxSteps * a.PerDeviceTrainBatchSize * a.GradientAccumulationSteps * t.WorldSize : trainRows * a.NumTrainEpochs;
         return new JsonObject
         {
             ["epoch"] = Math.Round((double)t.GlobalStep / t.StepsPerEpoch, 4),

@@ -62,6 +62,8 @@ public sealed record TrainingArguments
     public bool? GreaterIsBetter { get; init; }
     /// <summary>NEFTune: uniform noise of alpha/sqrt(L·d) added to the input embeddings while training.</summary>
     public double? NeftuneNoiseAlpha { get; init; }
+    /// <summary>Clear an output_dir that holds an earlier run's checkpoints instead of refusing it.</summary>
+    public bool OverwriteOutputDir { get; init; }
     /// <summary>Where log entries also go: "none", or "tensorboard" (event files in <see cref="LoggingDir"/>; "all" means the same).</summary>
     public IReadOnlyList<string> ReportTo { get; init; } = Array.Empty<string>();
     /// <summary>TensorBoard's run folder; null: output_dir/runs/DATE_HOST, as transformers.</summary>

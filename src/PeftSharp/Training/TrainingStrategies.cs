@@ -88,11 +88,23 @@ public sealed class TrainingStrategies
         if (BestStep == step) BestCheckpoint = dir;
     }
 
-    /// <summary>Restores HF's fields from a checkpoint's trainer_state.json.</summary>
-    public void Restore(JsonObject state)
+    /// <summary>Restores HF's fields from a checkpoint's trainer_state.json (<paramref name="path"/>, for messages); null fields mean none yet.</summary>
+    public void Restore(JsonObject state, string path)
     {
-        if (state["best_metric"] is JsonValue m) BestMetric = m.GetValue<double>();
-        if (state["best_global_step"] is JsonValue s) BestStep = s.GetValue<int>();
-        if (state["best_model_checkpoint"] is JsonValue c) BestCheckpoint = c.GetValue<string>();
+        T? Field<T>(string key) where T : struct =>
+            state[key] switch
+            {
+                null => null,
+                JsonValue v when v.TryGetValue<T>(out var x) => x,
+                var other => throw new PeftFormatException(path, $"'{key}' must be {(typeof(T) == typeof(int) ? "an integer" : "a number")} or null (found {other.ToJsonString()})"),
+            };
+        BestMetric = Field<double>("best_metric");
+        BestStep = Field<int>("best_global_step");
+        BestCheckpoint = state["best_model_checkpoint"] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<string>(out var c) => c,
+            var other => throw new PeftFormatException(path, $"'best_model_checkpoint' must be a folder path or null (found {other.ToJsonString()})"),
+        };
     }
 }

@@ -57,6 +57,16 @@ public interface IAdapterLayer
 /// An adapter layer that computes its adapter in a lower precision than its float32 trainable weights when asked (the
 /// trainer's bf16 mode, torch.autocast's role); the weights, their gradients and optimizer state stay float32.
 /// </summary>
+/// <summary>
+/// A layer whose adapter's update is exactly scale·up·down on a linear weight in [out, in] layout (plain LoRA; not
+/// DoRA), so it can be exported as factors (a GGUF LoRA adapter) instead of a merged weight.
+/// </summary>
+public interface ILowRankLayer
+{
+    /// <summary>down [r, in], up [out, r] and the scale, or null when the adapter's update is not of that form.</summary>
+    (Tensor Down, Tensor Up, double Scale)? LowRankFactors(string adapter);
+}
+
 public interface IAutocastLayer
 {
     /// <summary>The dtype the adapter's matmuls run in; null: the weights' own.</summary>

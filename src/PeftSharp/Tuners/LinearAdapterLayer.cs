@@ -19,6 +19,8 @@ public interface IDeltaWeightLayer
     string Kind { get; }
     /// <summary>The adapter's configured rank (the projection rank for VeRA).</summary>
     int RankOf(string adapter);
+    /// <summary>ΔW up to layout and scaling as Left·Right ([rows, r]·[r, cols]) where the method's ΔW is such a product, else null.</summary>
+    (Tensor Left, Tensor Right)? DeltaFactors(string adapter) => null;
 }
 
 /// <summary>
@@ -46,6 +48,7 @@ public abstract class LinearAdapterLayer : AdapterLayer, IDeltaWeightLayer
 
     public abstract string Kind { get; }
     public abstract int RankOf(string adapter);
+    public virtual (Tensor Left, Tensor Right)? DeltaFactors(string adapter) => null;
 
     public Parameter BaseWeight => base_layer switch
     {

@@ -39,6 +39,32 @@ public static class ParameterAccounting
     public static string FormatTrainable(long trainable, long all) =>
         string.Create(CultureInfo.InvariantCulture, $"trainable params: {trainable:N0} || all params: {all:N0} || trainable%: {(all == 0 ? 0 : 100.0 * trainable / all):F4}");
 
+    /// <summary>
+    /// Rank of <paramref name="left"/>·<paramref name="right"/> ([m, r]·[r, n]) from the factors: with left = Q₁R₁ and
+    /// rightᵀ = Q₂R₂, the product Q₁(R₁R₂ᵀ)Q₂ᵀ has the singular values of the r×r core R₁R₂ᵀ, so an r×r SVD replaces
+    /// an m×n one. Computed in float64 with matrix_rank's tolerance for an m×n matrix of the factors' dtype
+    /// (σ_max · max(m, n) · ε of float32 for float32 factors): below it, singular values are their rounding noise.
+    /// </summary>
+    public static long FactorRank(Tensor left, Tensor right)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        long m = left.shape[0], n = right.shape[1];
+        var (_, r1) = linalg.qr(left.detach().to(ScalarType.Float64));
+        var (_, r2) = linalg.qr(right.detach().to(ScalarType.Float64).t());
+        var sv = linalg.svdvals(r1.matmul(r2.t()));
+        if (sv.numel() == 0) return 0;
+        double eps = left.dtype switch
+        {
+            ScalarType.Float64 => Math.Pow(2, -52),
+            ScalarType.BFloat16 => Math.Pow(2, -7),
+            ScalarType.Float16 => Math.Pow(2, -10),
+            _ => Math.Pow(2, -23),
+        };
+        var tol = sv.max() * (Math.Max(m, n) * eps);
+        return sv.gt(tol).sum().item<long>();
+    }
+
     /// <summary>Builds the report for one adapter without changing the model (ΔW is computed, not merged).</summary>
     public static AdapterParameterReport Report(PeftModel peft, string adapter)
     {
@@ -59,9 +85,11 @@ public static class ParameterAccounting
                         var w = lora.BaseWeight;
                         var merged = lora.MergedWeight(adapter);
                         var changed = merged.to(w.dtype).ne(w).sum().item<long>();
-                        // The rank is taken from W' − W computed in float64, so float32 rounding does not fill it up.
-                        var delta = lora.MergedWeight(adapter, ScalarType.Float64) - w.to(ScalarType.Float64);
-                        long rank = linalg.matrix_rank(delta).item<long>();
+                        // Plain LoRA: from the factors (no d×d SVD, and no W' − W whose rounding would fill the rank up).
+                        // DoRA: W' − W in float64, so float32 rounding does not fill it up.
+                        long rank = lora.DeltaFactors(adapter) is var (left, right)
+                            ? FactorRank(left, right)
+                            : linalg.matrix_rank(lora.MergedWeight(adapter, ScalarType.Float64) - w.to(ScalarType.Float64)).item<long>();
                         var s = lora.SettingsOf(adapter);
                         modules.Add(new ModuleDelta(name, s.UseDora ? "dora" : "lora", w.shape, w.numel(), changed, own, s.R, rank));
                         break;
@@ -71,7 +99,7 @@ public static class ParameterAccounting
                         var w = variant.BaseWeight;
                         var delta = variant.DeltaWeight(adapter, ScalarType.Float64);
                         var changed = (w.to(ScalarType.Float64) + delta).to(w.dtype).ne(w).sum().item<long>();
-                        long rank = linalg.matrix_rank(delta).item<long>();
+                        long rank = variant.DeltaFactors(adapter) is var (left, right) ? FactorRank(left, right) : linalg.matrix_rank(delta).item<long>();
                         modules.Add(new ModuleDelta(name, variant.Kind, w.shape, w.numel(), changed, own, variant.RankOf(adapter), rank));
                         break;
                     }

@@ -132,7 +132,7 @@ public sealed class ConfigReader
     public int Int(string key, int fallback)
     {
         var d = Double(key, fallback);
-        if (d != Math.Floor(d)) throw Bad(key, "an integer");
+        if (d != Math.Floor(d) || d < int.MinValue || d > int.MaxValue) throw Bad(key, "an integer in 32-bit range");
         return (int)d;
     }
 
@@ -159,8 +159,8 @@ public sealed class ConfigReader
         switch (n)
         {
             case null: return null;
-            case JsonValue v when v.GetValueKind() == JsonValueKind.Number: return new[] { v.GetValue<int>() };
-            case JsonArray a: return a.Select(x => x is JsonValue xv && xv.GetValueKind() == JsonValueKind.Number ? xv.GetValue<int>() : throw Bad(key, "an integer or a list of integers")).ToArray();
+            case JsonValue v when v.TryGetValue<int>(out var i): return new[] { i };
+            case JsonArray a: return a.Select(x => x is JsonValue xv && xv.TryGetValue<int>(out var xi) ? xi : throw Bad(key, "an integer or a list of integers")).ToArray();
             default: throw Bad(key, "an integer or a list of integers");
         }
     }

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PeftSharp.Models;
@@ -168,7 +169,7 @@ public static class PeftMethods
     /// <summary>Reads <c>adapter_config.json</c> of an adapter folder.</summary>
     public static PeftConfig LoadConfig(string adapterDir)
     {
-        if (!Directory.Exists(adapterDir)) throw new PeftFormatException(adapterDir, "adapter folder not found");
+        adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var path = Path.Combine(adapterDir, AdapterFiles.ConfigFile);
         if (!File.Exists(path)) throw new PeftFormatException(adapterDir, $"no {AdapterFiles.ConfigFile} in the adapter folder");
         JsonObject json;

@@ -98,6 +98,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// <summary>PeftModel.from_pretrained: loads an adapter folder onto <paramref name="model"/>; frozen and in eval mode unless trainable.</summary>
     public static PeftModel FromPretrained(PreTrainedModel model, string adapterDir, string adapterName = "default", bool isTrainable = false)
     {
+        adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
         var peft = Create(model, config, adapterName);
         peft.LoadWeights(adapterDir, adapterName);
@@ -127,6 +128,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// <summary>load_adapter: adds an adapter from a folder under <paramref name="adapterName"/> (not activated).</summary>
     public void LoadAdapter(string adapterDir, string adapterName, bool isTrainable = false)
     {
+        adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
         AddAdapter(adapterName, config);
         LoadWeights(adapterDir, adapterName);
@@ -312,8 +314,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         using var progress = Runtime.PeftProgress.Begin($"merging {string.Join(" + ", names)}", layers.Count, "modules");
         for (int i = 0; i < layers.Count; i++)
         {
-            progress.Report(i, layers[i].Name);
             layers[i].Layer.Merge(names);
+            progress.Report(i + 1, layers[i].Name);
         }
     }
 
@@ -349,7 +351,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     /// Writes the model with the active adapter merged as a Hugging Face model folder (config.json +
     /// model.safetensors, plain transformers key names) without changing this PeftModel: merge, save, unmerge.
     /// </summary>
-    public void SaveMerged(string dir)
+    public void SaveMerged(string dir, Action<string>? alsoWrite = null)
     {
         var model = Model;
         Merge();
@@ -366,9 +368,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
             QuantizedModelLoader.DequantizeStateDict(model, plain);
             var config = model.Config.Raw.DeepClone().AsObject();
             config.Remove("quantization_config");
-            Directory.CreateDirectory(dir);
-            SafetensorsWriter.Save(Path.Combine(dir, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
-            AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(ModelConfig.Json));
+            // The whole folder is replaced: an old shard index or shards never survive next to the merged weights.
+            AtomicFolder.Write(dir, tmp =>
+            {
+                SafetensorsWriter.Save(Path.Combine(tmp, Checkpoint.SingleFile), plain, new Dictionary<string, string> { ["format"] = "pt" });
+                AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(ModelConfig.Json));
+                alsoWrite?.Invoke(tmp);
+            });
         }
         finally { Unmerge(); }
     }
@@ -389,18 +395,28 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     public void SaveAdapter(string dir, string? adapterName = null)
     {
         var names = adapterName is null ? _order.ToList() : new List<string> { adapterName };
-        foreach (var n in names)
+        foreach (var n in names) RequireAdapter(n);
+        if (!names.Contains("default"))
         {
-            RequireAdapter(n);
-            var target = n == "default" ? dir : Path.Combine(dir, n);
-            SaveAdapterTo(target, n);
+            foreach (var n in names) SaveAdapterTo(Path.Combine(dir, n), n);
+            return;
         }
+        // One folder swap for all of them; other subfolders (adapters not saved now, checkpoints) are kept.
+        AtomicFolder.Write(dir, tmp =>
+        {
+            foreach (var n in names) WriteAdapterFiles(n == "default" ? tmp : Path.Combine(tmp, n), n);
+        }, keep: entry => Directory.Exists(Path.Combine(dir, entry)));
     }
 
-    /// <summary>Writes one adapter straight into <paramref name="dir"/> (no subfolder rule).</summary>
+    /// <summary>Writes one adapter straight into <paramref name="dir"/> (no subfolder rule), replacing its files as a whole; subfolders are kept.</summary>
     public void SaveAdapterTo(string dir, string adapterName)
     {
         RequireAdapter(adapterName);
+        AtomicFolder.Write(dir, tmp => WriteAdapterFiles(tmp, adapterName), keep: entry => Directory.Exists(Path.Combine(dir, entry)));
+    }
+
+    void WriteAdapterFiles(string dir, string adapterName)
+    {
         Directory.CreateDirectory(dir);
         if (PeftMethods.For(_configs[adapterName]) is IAdapterFolderFormat format) { format.SaveWeights(this, dir, adapterName); return; }
         var config = ConfigForSave(adapterName);

@@ -93,11 +93,16 @@ public sealed record RecipeSettings
     /// <summary>The recipe file, for messages.</summary>
     public string Source { get; init; } = "recipe";
 
-    /// <summary>lora_target as target_modules: module names, or "all-linear" for "all".</summary>
-    public StringOrList LoraTargets()
+    /// <summary>
+    /// lora_target as target_modules: module names, or "all" as LLaMA-Factory's find_all_linear_modules expands it: the
+    /// short names of every linear layer but the output head, which is what it hands peft and so what adapter_config.json holds.
+    /// </summary>
+    public StringOrList LoraTargets(PreTrainedModel model)
     {
         var names = LoraTarget.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return names is ["all"] ? StringOrList.Of(TargetMatcher.AllLinear) : StringOrList.Of(names);
+        if (names is not ["all"]) return StringOrList.Of(names);
+        var linear = TargetMatcher.ExpandAllLinear(model, model.IsCausalLM ? "CAUSAL_LM" : "SEQ_CLS");
+        return StringOrList.Of(linear.Select(n => n[(n.LastIndexOf('.') + 1)..]).Distinct().ToList());
     }
 }
 

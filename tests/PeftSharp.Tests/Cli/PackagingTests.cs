@@ -11,7 +11,7 @@ namespace PeftSharp.Tests.Cli;
 /// </summary>
 public class PackagingTests
 {
-    static (int Code, string Output) Dotnet(string workDir, IDictionary<string, string>? env, params string[] args)
+    internal static (int Code, string Output) Dotnet(string workDir, IDictionary<string, string>? env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
@@ -30,7 +30,7 @@ public class PackagingTests
         return (p.ExitCode, output + err.Result);
     }
 
-    static string RepoRoot => Path.GetDirectoryName(TestPaths.RepoFile("PeftSharp.sln"))!;
+    internal static string RepoRoot => Path.GetDirectoryName(TestPaths.RepoFile("PeftSharp.sln"))!;
 
     [Fact]
     public void The_library_package_carries_licence_readme_repository_and_xml_docs()

@@ -39,7 +39,8 @@ public class SamplesTests
         var file = Path.Combine(root, $"{name}.yaml");
         // AdaLoRA's budget schedule needs tinit + tfinal < total steps: its sample runs just past them.
         int Key(string key) => yaml.Split('\n').Where(l => l.StartsWith(key + ":")).Select(l => int.Parse(l[(key.Length + 1)..].Split('#')[0])).FirstOrDefault();
-        File.WriteAllText(file, yaml + $"\nmax_steps: {Key("adalora_tinit") + Key("adalora_tfinal") + 2}\n");
+        // Samples run more than once here (the fusion test retrains two of them): each run replaces the last.
+        File.WriteAllText(file, yaml + $"\nmax_steps: {Key("adalora_tinit") + Key("adalora_tfinal") + 2}\noverwrite_output_dir: true\n");
         var (code, _, err) = CliRunner.Run("train", file, "--json");
         Assert.True(code == 0, $"{name}: exit {code}: {err}");
         var outDir = Path.Combine(root, "samples-output", name);

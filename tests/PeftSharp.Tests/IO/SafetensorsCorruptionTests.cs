@@ -48,7 +48,7 @@ public class SafetensorsCorruptionTests
 
     [Fact]
     public void Header_length_of_2_to_the_64_minus_1() =>
-        AssertFault(Raw(Encoding.UTF8.GetBytes("{}"), 0, declaredLength: ulong.MaxValue), $"header length {ulong.MaxValue} runs past the end");
+        AssertFault(Raw(Encoding.UTF8.GetBytes("{}"), 0, declaredLength: ulong.MaxValue), $"header length {ulong.MaxValue} exceeds the 100000000-byte limit");
 
     [Fact]
     public void Header_not_json() => AssertFault(Raw("this is not json", 0), "header is not valid JSON");
@@ -106,6 +106,27 @@ public class SafetensorsCorruptionTests
     public void Overlapping_offsets() =>
         AssertFault(Raw("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16),
             "tensors 'a' [0, 16) and 'b' [8, 16) overlap");
+
+    [Fact]
+    public void Gap_between_tensors() =>
+        AssertFault(Raw("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]}}", 6),
+            "gap between tensors 'a' (ends at byte 2) and 'b' (starts at 4)");
+
+    [Fact]
+    public void First_tensor_not_at_zero() =>
+        AssertFault(Raw("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", 4), "tensor 'a' starts at byte 2 of the data section, expected 0");
+
+    [Fact]
+    public void Bytes_after_the_last_tensor() =>
+        AssertFault(Raw("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 3), "the tensors cover 2 bytes but the data section holds 3");
+
+    [Fact]
+    public void Byte_count_overflow() =>
+        AssertFault(Raw("{\"w\":{\"dtype\":\"F64\",\"shape\":[2305843009213693952],\"data_offsets\":[0,8]}}", 8), "tensor 'w'", "overflows a 64-bit byte count");
+
+    [Fact]
+    public void Header_over_the_reference_cap() =>
+        AssertFault(Raw(Encoding.UTF8.GetBytes("{}"), 0, declaredLength: 100_000_001), "exceeds the 100000000-byte limit");
 
     [Fact]
     public void Duplicate_tensor_name() =>

@@ -23,11 +23,11 @@ public sealed class ServingTestHost : IAsyncDisposable
     public static string Multi(string name) => TestPaths.Data("multi", "llama-tiny", name);
 
     /// <summary>llama-tiny (or <paramref name="modelDir"/>) with adapters a, b, c of the multi fixture unless others are given.</summary>
-    public static async Task<ServingTestHost> StartAsync(ServingOptions? options = null, string? modelDir = null, IEnumerable<(string, string)>? adapters = null)
+    public static async Task<ServingTestHost> StartAsync(ServingOptions? options = null, string? modelDir = null, IEnumerable<(string, string)>? adapters = null, Action<string>? accessLog = null)
     {
         var engine = ServingEngine.FromFolder(modelDir ?? TestPaths.Model("llama-tiny"), (options ?? new ServingOptions()) with { ModelName = "llama-tiny" },
             adapters ?? new[] { ("a", Multi("a")), ("b", Multi("b")), ("c", Multi("c")) });
-        var server = await OpenAiServer.StartAsync(engine, "127.0.0.1", 0, TimeSpan.FromSeconds(5));
+        var server = await OpenAiServer.StartAsync(engine, "127.0.0.1", 0, TimeSpan.FromSeconds(5), accessLog: accessLog ?? (_ => { }));
         return new ServingTestHost(engine, server);
     }
 

@@ -183,7 +183,7 @@ public class ServingTests
         await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"temperature\": 3}", 400, "invalid_request_error", "temperature");
         await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"top_p\": 0}", 400, "invalid_request_error", "top_p");
         await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"top_k\": -5}", 400, "invalid_request_error", "top_k");
-        await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"n\": 2}", 400, "invalid_request_error", "n = 1");
+        await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"n\": 0}", 400, "invalid_request_error", "n must be");
         await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"max_tokens\": \"many\"}", 400, "invalid_request_error", "max_tokens");
         await AssertError(host, "/v1/completions", "{\"model\": \"a\", \"prompt\": [5], \"stop\": \"x\"}", 400, "invalid_request_error", "tokenizer");
 

@@ -153,6 +153,7 @@ public class TrainingReportingTests
         }
         var load = Assert.Single(recorder.Stages, s => s.Description.StartsWith("loading"));
         Assert.Equal("tensors", load.Unit);
+        Assert.Equal(load.Total, load.Reports[^1]); // ends at 100 %
         var tokenize = Assert.Single(recorder.Stages, s => s.Description == "tokenizing data.jsonl");
         Assert.Equal(12, tokenize.Total);
         Assert.Equal(12, tokenize.Reports[^1]);

@@ -34,13 +34,25 @@ public sealed record ServingRequest
     /// <summary>An adapter name, or <see cref="RowAdapters.Base"/> for the base model.</summary>
     public string Adapter { get; init; } = RowAdapters.Base;
     public GenerationOptions Options { get; init; } = new();
+    /// <summary>-1: no logprobs; 0..20: each generated token's logprob and that many most likely alternatives (OpenAI's top_logprobs).</summary>
+    public int TopLogprobs { get; init; } = -1;
+    /// <summary>Constrains the output to one JSON object (OpenAI's response_format json_object); it ends when the object closes.</summary>
+    public bool JsonObject { get; init; }
 }
 
 /// <summary>One generated token and the text it adds (null without a tokenizer).</summary>
-public readonly record struct ServedToken(int TokenId, string? TextDelta);
+public readonly record struct ServedToken(int TokenId, string? TextDelta)
+{
+    /// <summary>The token's logprob when the request asked for them.</summary>
+    public TokenLogprob? Logprob { get; init; }
+}
 
 /// <summary>A finished request.</summary>
-public sealed record ServedCompletion(int[] PromptIds, int[] Tokens, string? Text, FinishReason Reason, bool Cancelled);
+public sealed record ServedCompletion(int[] PromptIds, int[] Tokens, string? Text, FinishReason Reason, bool Cancelled)
+{
+    /// <summary>One entry per generated token when the request asked for logprobs.</summary>
+    public IReadOnlyList<TokenLogprob>? Logprobs { get; init; }
+}
 
 /// <summary>A submitted request: its tokens as they come, and the whole result at the end.</summary>
 public sealed class ServingHandle

@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -13,6 +14,7 @@ public static class ChatPrompt
     /// </summary>
     public static string Render(string dir, JsonArray messages, bool addGenerationPrompt = false, JsonObject? extra = null, string? template = null)
     {
+        dir = HfHubCache.ResolveFolder(dir);
         var chat = Resolve(dir, template);
         var vars = SpecialTokens(dir);
         foreach (var (k, v) in extra ?? new JsonObject()) vars[k] = v?.DeepClone();

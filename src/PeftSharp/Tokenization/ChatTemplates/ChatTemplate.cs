@@ -1,3 +1,4 @@
+using PeftSharp.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PeftSharp.Tokenization.ChatTemplates.Jinja;
@@ -94,6 +95,25 @@ public sealed class ChatTemplate
     /// "default") is taken). Null when the folder has none.
     /// </summary>
     public static ChatTemplate? FromFolder(string dir, string? name = null)
+    {
+        dir = HfHubCache.ResolveFolder(dir);
+        // Parsed once per folder and file version (a server asks for every request); bounded, for long-lived hosts.
+        var key = string.Join("|", new[] { Path.GetFullPath(dir), name ?? "" }.Concat(TemplateFiles.Select(f =>
+        {
+            var info = new FileInfo(Path.Combine(dir, f));
+            return info.Exists ? $"{info.LastWriteTimeUtc.Ticks}:{info.Length}" : "-";
+        })));
+        if (Cache.TryGetValue(key, out var cached)) return cached;
+        var template = Load(dir, name);
+        if (Cache.Count >= 256) Cache.Clear();
+        Cache[key] = template;
+        return template;
+    }
+
+    private static readonly string[] TemplateFiles = ["chat_template.jinja", "chat_template.json", "tokenizer_config.json"];
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, ChatTemplate?> Cache = new();
+
+    private static ChatTemplate? Load(string dir, string? name)
     {
         var jinja = Path.Combine(dir, "chat_template.jinja");
         if (File.Exists(jinja)) return new ChatTemplate(File.ReadAllText(jinja));

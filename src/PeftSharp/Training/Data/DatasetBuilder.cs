@@ -29,6 +29,8 @@ public sealed record DataOptions
     public IReadOnlyList<double>? InterleaveProbs { get; init; }
     /// <summary>Receives one line per dataset that lost rows (how many and why).</summary>
     public Action<string>? Warn { get; init; }
+    /// <summary>The model's vocab_size: pre-tokenized ids and labels must lie below it (null: not checked).</summary>
+    public int? VocabSize { get; init; }
 }
 
 /// <summary>
@@ -119,7 +121,7 @@ public static class DatasetBuilder
     /// <summary>One record as a row, or null with the reason it is dropped.</summary>
     public static (TrainExample? Row, string? Dropped) Encode(DatasetRecord r, DatasetFormat format, DatasetAttr attr, HfTokenizer? tokenizer, DataOptions o)
     {
-        if (format == DatasetFormat.Tokenized) return (Tokenized(r, o.CutoffLen), null);
+        if (format == DatasetFormat.Tokenized) return (Tokenized(r, o.CutoffLen, o.VocabSize), null);
         var tok = tokenizer ?? throw r.Error($"the {format} format needs the model's tokenizer (tokenizer.json in the model folder)");
         if (format == DatasetFormat.Classification)
         {
@@ -235,14 +237,23 @@ public static class DatasetBuilder
         var node = r.Json[key];
         if (node is null) return required ? throw r.Error($"missing field '{key}'") : Array.Empty<int>();
         if (node is not JsonArray arr) throw r.Error($"field '{key}' must be a list of integers");
-        try { return arr.Select(v => v!.GetValue<int>()).ToArray(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException)
-        {
-            throw r.Error($"field '{key}' must be a list of integers");
-        }
+        var result = new int[arr.Count];
+        for (int i = 0; i < arr.Count; i++)
+            result[i] = arr[i] is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<int>(out var x) ? x
+                : throw r.Error($"field '{key}' must be a list of integers (item {i} is {arr[i]?.ToJsonString() ?? "null"})");
+        return result;
     }
 
-    static TrainExample Tokenized(DatasetRecord r, int cutoff)
+    // An id past the embedding table would fail deep inside a forward pass (or read another row's memory on some backends).
+    static void CheckIds(DatasetRecord r, string key, int[]? ids, int? vocab, bool allowIgnore)
+    {
+        if (ids is null) return;
+        for (int i = 0; i < ids.Length; i++)
+            if (ids[i] < 0 && !(allowIgnore && ids[i] == (int)Losses.IgnoreIndex) || vocab is { } v && ids[i] >= v)
+                throw r.Error($"'{key}'[{i}] is {ids[i]}; expected a token id in [0, {(vocab is { } n ? n.ToString() : "vocab_size")})" + (allowIgnore ? " or -100" : ""));
+    }
+
+    static TrainExample Tokenized(DatasetRecord r, int cutoff, int? vocab)
     {
         var ids = IntArray(r, "input_ids", true);
         if (ids.Length == 0) throw r.Error("'input_ids' is empty");
@@ -250,6 +261,10 @@ public static class DatasetBuilder
         var labels = r.Json.ContainsKey("labels") ? IntArray(r, "labels", true) : null;
         if (mask is not null && mask.Length != ids.Length) throw r.Error($"'attention_mask' has {mask.Length} entries but 'input_ids' has {ids.Length}");
         if (labels is not null && labels.Length != ids.Length) throw r.Error($"'labels' has {labels.Length} entries but 'input_ids' has {ids.Length}");
+        CheckIds(r, "input_ids", ids, vocab, allowIgnore: false);
+        CheckIds(r, "labels", labels, vocab, allowIgnore: true);
+        if (mask?.FirstOrDefault(m => m is not (0 or 1), 0) is int bad && bad != 0)
+            throw r.Error($"'attention_mask' holds {bad}; expected 0 or 1");
         int n = Math.Min(ids.Length, cutoff);
         // A scalar "label" makes it a classification row (labels per token are for language modelling).
         int? classLabel = r.Json["label"] is JsonValue ? ClassLabel(r, null) : null;
@@ -263,7 +278,7 @@ public static class DatasetBuilder
         {
             case JsonValueKind.Number:
             {
-                int id = v.GetValue<int>();
+                if (!v.AsValue().TryGetValue<int>(out var id)) throw r.Error($"label {v.ToJsonString()} is not an integer class id");
                 return id >= 0 ? id : throw r.Error($"label {id} is negative");
             }
             case JsonValueKind.String:

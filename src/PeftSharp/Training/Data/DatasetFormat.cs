@@ -91,19 +91,26 @@ public static class DatasetFormats
         var column = attr.Messages ?? (r.Json.ContainsKey("conversations") ? "conversations" : "messages");
         var list = r.Json[column] as JsonArray ?? throw r.Error($"'{column}' must be a list of messages");
         var tags = attr.Tags ?? (list.FirstOrDefault() is JsonObject first && first.ContainsKey("role") ? MessageTags.OpenAi : MessageTags.ShareGpt);
-        string? Field(JsonObject m, string key) => m[key] is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : null;
+        // A missing or null field is null (an OpenAI tool call has content: null); any other non-string is an error.
+        string? Field(JsonObject m, string key, string what) => m[key] switch
+        {
+            null => null,
+            JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+            var other => throw r.Error($"a message's {what} must be a string (found {other.ToJsonString()})"),
+        };
         string system = Opt(attr.System);
         var pending = new List<string>();
         for (int i = 0; i < list.Count; i++)
         {
             if (list[i] is not JsonObject m) throw r.Error("each message must be an object");
-            var role = Field(m, tags.Role) ?? throw r.Error($"message {i + 1} has no '{tags.Role}'");
-            var content = Field(m, tags.Content);
+            var role = Field(m, tags.Role, "role") ?? throw r.Error($"message {i + 1} has no '{tags.Role}'");
+            var content = Field(m, tags.Content, "content");
             if (i == 0 && role == tags.System) { system = content ?? ""; continue; }
             // OpenAI style: an assistant message with tool_calls is a function call; consecutive tool results join.
             if ((role == tags.Assistant || role == tags.Function) && m["tool_calls"] is JsonArray calls && calls.Count > 0)
             {
-                content = Tokenization.ChatTemplates.Jinja.PyJson.Dumps(calls.Select(c => Tokenization.ChatTemplates.Jinja.Py.FromJson(c?["function"])).ToList(), false, null, null, null, false);
+                content = Tokenization.ChatTemplates.Jinja.PyJson.Dumps(calls.Select(c => c is JsonObject call && call["function"] is JsonObject f
+                    ? Tokenization.ChatTemplates.Jinja.Py.FromJson(f) : throw r.Error($"message {i + 1}: each tool_calls item must be an object with a 'function' object")).ToList(), false, null, null, null, false);
                 role = tags.Function;
             }
             if (content is null) throw r.Error($"message {i + 1} has no string '{tags.Content}'");

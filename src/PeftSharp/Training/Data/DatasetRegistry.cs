@@ -61,6 +61,7 @@ public static class DatasetRegistry
         foreach (var name in names.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             if (info?[name] is JsonObject entry) { result.Add(FromEntry(name, entry, dir, infoPath)); continue; }
+            if (info is not null && info.ContainsKey(name)) throw new PeftFormatException(infoPath, $"dataset '{name}' must be an object of file_name, formatting, columns, ... (found {info[name]?.ToJsonString() ?? "null"})");
             var file = resolvePath(name);
             if (File.Exists(file)) { result.Add(new DatasetSource(name, file, null, DatasetAttr.PlainFile)); continue; }
             var inDir = Path.Combine(dir, name);
@@ -113,7 +114,12 @@ public static class DatasetRegistry
                 Assistant = Tag("assistant_tag", baseTags.Assistant), Observation = Tag("observation_tag", baseTags.Observation),
                 Function = Tag("function_tag", baseTags.Function), System = Tag("system_tag", baseTags.System),
             },
-            NumSamples = e["num_samples"] is JsonValue n ? n.GetValue<int>() : null,
+            NumSamples = e["num_samples"] switch
+            {
+                null => null,
+                JsonValue n when n.TryGetValue<int>(out var k) && k > 0 => k,
+                var other => throw new PeftFormatException(infoPath, $"{Where("num_samples")} must be a positive integer (found {other.ToJsonString()})"),
+            },
         };
         var path = Path.Combine(dir, fileName);
         if (Directory.Exists(path)) throw new PeftConfigException($"{Where("file_name")}: '{path}' is a folder; name one .json/.jsonl file");

@@ -63,14 +63,14 @@ public sealed class QuickstartTask
         return (double)hits / cases.Count;
     }
 
-    /// <summary>The small Llama the quickstart pretrains (hidden 128, 4 layers).</summary>
-    public static PreTrainedModel BuildModel(int hidden, int layers)
+    /// <summary>The small Llama the quickstart pretrains (hidden 128, 4 layers); the PEFT benchmark builds larger ones.</summary>
+    public static PreTrainedModel BuildModel(int hidden, int layers, int heads = 4)
     {
         var config = AutoModel.ParseConfig(new JsonObject
         {
             ["architectures"] = new JsonArray("LlamaForCausalLM"), ["model_type"] = "llama",
             ["vocab_size"] = VocabSize, ["hidden_size"] = hidden, ["intermediate_size"] = hidden * 11 / 4,
-            ["num_hidden_layers"] = layers, ["num_attention_heads"] = 4, ["num_key_value_heads"] = 4,
+            ["num_hidden_layers"] = layers, ["num_attention_heads"] = heads, ["num_key_value_heads"] = heads,
             ["max_position_embeddings"] = 64, ["rms_norm_eps"] = 1e-6, ["tie_word_embeddings"] = false,
             ["initializer_range"] = 0.02, ["bos_token_id"] = Bos, ["eos_token_id"] = Eos, ["pad_token_id"] = Pad,
             ["hidden_act"] = "silu", ["rope_theta"] = 10000.0, ["torch_dtype"] = "float32",

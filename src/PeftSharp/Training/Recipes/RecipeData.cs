@@ -9,8 +9,8 @@ public static class RecipeData
 {
     public static (List<TrainExample> Train, List<TrainExample> Eval) Load(TrainConfig c, PreTrainedModel model, HfTokenizer? tokenizer, DataOptions options)
     {
-        if (model.Config.Raw["max_position_embeddings"] is System.Text.Json.Nodes.JsonValue mpe && mpe.GetValue<int>() is var max && c.CutoffLen > max)
-            options.Warn?.Invoke($"cutoff_len {c.CutoffLen} is larger than the model's max_position_embeddings {max}; rows longer than {max} tokens go beyond the positions it was trained on");
+        if (model.Config.ContextLength is var max && c.CutoffLen > max)
+            options.Warn?.Invoke($"cutoff_len {c.CutoffLen} is larger than the model's max_position_embeddings {max} ({c.ModelNameOrPath}); rows longer than {max} tokens go beyond the positions it was trained on");
         var train = DatasetRegistry.Resolve(c.Dataset, c.Recipe.DatasetDir, c.ResolvePath);
         var eval = c.Recipe.EvalDataset is { } e ? DatasetRegistry.Resolve(e, c.Recipe.DatasetDir, c.ResolvePath) : null;
         return DatasetBuilder.Load(train, eval, tokenizer, options);

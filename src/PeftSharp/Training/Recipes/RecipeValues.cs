@@ -24,8 +24,7 @@ public sealed class RecipeValues
         var root = LoadMapping(yaml, source);
         foreach (var (k, v) in root.Children)
         {
-            if (k is not YamlScalarNode { Value: { } key })
-                throw new PeftFormatException(source, $"line {k.Start.Line}: keys must be plain names");
+            var key = PeftSharp.IO.YamlGuard.Scalar(k, source, "a key") ?? "";
             if (r._values.ContainsKey(key))
                 throw new PeftConfigException($"{source}: key '{key}' appears twice (line {k.Start.Line})");
             r._values[key] = v; r._where[key] = $"line {k.Start.Line}";
@@ -44,9 +43,7 @@ public sealed class RecipeValues
 
     static YamlMappingNode LoadMapping(string yaml, string source)
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PeftFormatException(source, $"not valid YAML (line {e.Start.Line}: {e.Message})"); }
+        var stream = PeftSharp.IO.YamlGuard.Load(yaml, source);
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new PeftFormatException(source, "expected a mapping of key: value");
         return root;
@@ -58,7 +55,7 @@ public sealed class RecipeValues
     public string Where(string key) => _where.TryGetValue(key, out var w) ? w : "default";
 
     PeftConfigException Bad(string key, string value, string expected) =>
-        new($"{Source}: '{key}' is '{value}'; expected {expected} ({Where(key)})");
+        new($"{Source}: '{key}' is '{value.ReplaceLineEndings("\\n")}'; expected {expected} ({Where(key)})");
 
     /// <summary>A scalar as its text (null for null/~/empty), a list as comma-joined text.</summary>
     public string? Str(string key)
@@ -67,7 +64,7 @@ public sealed class RecipeValues
         return node switch
         {
             YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
-            YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => c is YamlScalarNode s ? s.Value : throw Bad(key, "a nested list", "a value or a list of values"))),
+            YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => PeftSharp.IO.YamlGuard.Scalar(c, Source, $"each item of '{key}'"))),
             YamlMappingNode => "{" + string.Join(", ", ((YamlMappingNode)node).Children.Select(kv => $"{kv.Key}: {kv.Value}")) + "}",
             _ => throw new PeftConfigException($"{Source}: '{key}' ({Where(key)}) must be a value or a list"),
         };
@@ -111,7 +108,7 @@ public sealed class RecipeValues
         var result = new Dictionary<string, double>();
         foreach (var (k, v) in map.Children)
         {
-            var name = ((YamlScalarNode)k).Value ?? "";
+            var name = PeftSharp.IO.YamlGuard.Scalar(k, Source, $"a key of '{key}'") ?? "";
             if (v is not YamlScalarNode { Value: { } vs } || !double.TryParse(vs, NumberStyles.Float, CultureInfo.InvariantCulture, out var d))
                 throw Bad(key, $"{name}: {v}", "numbers as values");
             result[name] = d;

@@ -89,6 +89,8 @@ public sealed class AdaLoraLinear : LinearAdapterLayer
     protected override Tensor DeltaOI(string adapter, ScalarType dtype) =>
         lora_B[adapter].to(dtype).matmul(lora_A[adapter].to(dtype) * lora_E[adapter].to(dtype)) * _settings[adapter].Scaling / Factor(adapter).to(dtype);
 
+    public override (Tensor Left, Tensor Right)? DeltaFactors(string adapter) => (lora_B[adapter], lora_A[adapter] * lora_E[adapter]);
+
     /// <summary>Sets the kept singular values of a full-rank adapter (the allocator's rank_pattern); saving prunes to it.</summary>
     public void SetPattern(string adapter, bool[] keep)
     {

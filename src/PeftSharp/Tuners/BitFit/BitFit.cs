@@ -46,16 +46,12 @@ public sealed record BitFitConfig : PeftConfig
 /// A module whose output gets a trainable per-adapter bias delta (zero at start): <c>y = base(x) + Δb</c>. Saved as
 /// the effective bias <c>b + Δb</c> under "bias" (or Δb alone where the base has none).
 /// </summary>
-public sealed class BitFitLayer : Module<Tensor, Tensor>, IAdapterLayer
+public sealed class BitFitLayer : AdapterLayer
 {
-    readonly Module<Tensor, Tensor> base_layer;
     readonly AdapterParameters bias_delta = new();
-    List<string> _active = new();
-    readonly List<string> _merged = new();
 
-    public BitFitLayer(Module<Tensor, Tensor> original) : base("BitFitLayer")
+    public BitFitLayer(Module<Tensor, Tensor> original) : base("BitFitLayer", original)
     {
-        base_layer = original;
         RegisterComponents();
     }
 
@@ -70,8 +66,10 @@ public sealed class BitFitLayer : Module<Tensor, Tensor>, IAdapterLayer
 
     public void Add(string adapter)
     {
+        CheckNew(adapter);
         var w = base_layer.parameters().First();
         bias_delta.Add(adapter, new Parameter(zeros(Features, w.dtype, w.device)));
+        Register(adapter, trainable: true);
     }
 
     public override Tensor forward(Tensor x)
@@ -83,53 +81,30 @@ public sealed class BitFitLayer : Module<Tensor, Tensor>, IAdapterLayer
             if (rows.Distinct.Any(bias_delta.Contains)) throw new PeftSharpException("mixed-adapter batches are not supported for BitFit");
             return y;
         }
-        foreach (var n in _active)
-            if (bias_delta.Contains(n) && !_merged.Contains(n)) y = y + bias_delta[n];
+        foreach (var n in ActiveAdapters)
+            if (!Merged.Contains(n)) y = y + bias_delta[n];
         return y;
     }
 
-    public nn.Module BaseLayer => base_layer;
-    public IReadOnlyList<string> Adapters => bias_delta.named_parameters().Select(p => p.name).ToList();
-    public IReadOnlyList<string> ActiveAdapters => _active;
-    public void SetActiveAdapters(IReadOnlyList<string> names) => _active = names.ToList();
-    public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
-    public IReadOnlyList<string> MergedAdapters => _merged;
+    protected override IEnumerable<Parameter> TrainableTensors(string adapter) => new[] { bias_delta[adapter] };
+    protected override void RemoveTensors(string adapter) => bias_delta.Remove(adapter);
 
-    public void Merge(IEnumerable<string> names)
+    protected override void MergeOne(string adapter)
     {
-        using var _ = no_grad();
-        foreach (var n in names)
-        {
-            if (!bias_delta.Contains(n) || _merged.Contains(n)) continue;
-            var b = BaseBias ?? throw new PeftSharpException($"BitFit adapter '{n}' added a bias to a module without one; it cannot be merged into the base weights");
-            b.add_(bias_delta[n]);
-            _merged.Add(n);
-        }
+        var b = BaseBias ?? throw new PeftSharpException($"BitFit adapter '{adapter}' added a bias to a module without one; it cannot be merged into the base weights");
+        b.add_(bias_delta[adapter]);
     }
 
-    public void Unmerge()
-    {
-        using var _ = no_grad();
-        for (int i = _merged.Count - 1; i >= 0; i--) BaseBias!.sub_(bias_delta[_merged[i]]);
-        _merged.Clear();
-    }
+    protected override void UnmergeOne(string adapter) => BaseBias!.sub_(bias_delta[adapter]);
 
-    public void DeleteAdapter(string name) { bias_delta.Remove(name); _active.Remove(name); }
-
-    public void SetTrainable(string name, bool trainable)
-    {
-        if (bias_delta.Contains(name)) bias_delta[name].requires_grad = trainable;
-    }
-
-    public IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
+    public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
     {
         if (!bias_delta.Contains(adapter)) yield break;
         var d = bias_delta[adapter];
-        yield return ("bias", BaseBias is { } b && !_merged.Contains(adapter) ? (b + d).detach() : d.detach());
+        yield return ("bias", BaseBias is { } b && !Merged.Contains(adapter) ? (b + d).detach() : d.detach());
     }
 
-    public bool LoadAdapterState(string adapter, string key, Tensor value)
+    public override bool LoadAdapterState(string adapter, string key, Tensor value)
     {
         if (key != "bias" || !bias_delta.Contains(adapter)) return false;
         var d = bias_delta[adapter];
@@ -139,8 +114,6 @@ public sealed class BitFitLayer : Module<Tensor, Tensor>, IAdapterLayer
         d.copy_(BaseBias is { } b ? v - b : v);
         return true;
     }
-
-    public nn.Module Unwrapped => base_layer;
 }
 
 public sealed class BitFitMethod : IPeftMethod

@@ -54,6 +54,13 @@ public abstract class LoraLayer : AdapterLayer, IAutocastLayer
     /// <summary>ΔW of one adapter in the base weight's layout (scaling included), detached.</summary>
     public abstract Tensor DeltaWeight(string adapter);
 
+    /// <summary>
+    /// ΔW up to layout and scaling as Left·Right ([rows, r]·[r, cols]: B and A), so its rank can be taken from the r-wide
+    /// factors; null for DoRA, whose ΔW also rescales W.
+    /// </summary>
+    public (Tensor Left, Tensor Right)? DeltaFactors(string adapter) =>
+        SettingsOf(adapter).UseDora ? null : (BOf(adapter).flatten(1), AOf(adapter).flatten(1));
+
     /// <summary>The base weight as merging <paramref name="adapter"/> would leave it (float32 or wider), without changing it.</summary>
     public Tensor MergedWeight(string adapter, ScalarType? dtype = null)
     {

@@ -15,7 +15,7 @@ namespace PeftSharp.Tuners.Lora;
 /// top; DoRA norms use the dequantized weight. Merging replaces such a base by its dequantized float Linear first
 /// (W' = dequant(W) + ΔW is kept in float, never re-quantized; see docs/qlora.md).
 /// </summary>
-public sealed class LoraLinear : LoraLayer
+public sealed class LoraLinear : LoraLayer, ILowRankLayer
 {
     readonly AdapterModules<Linear> lora_A = new();
     readonly AdapterModules<Linear> lora_B = new();
@@ -59,6 +59,10 @@ public sealed class LoraLinear : LoraLayer
     Tensor WeightOI => FanInFanOut ? BaseWeight.t() : BaseWeight;
 
     public Tensor A(string adapter) => lora_A[adapter].weight!;
+
+    // B·A is the update in [out, in] layout whether the base is a Linear or a Conv1D (whose weight is its transpose).
+    public (Tensor Down, Tensor Up, double Scale)? LowRankFactors(string adapter) =>
+        SettingsOf(adapter) is { UseDora: false } s ? (A(adapter), B(adapter), s.Scaling) : null;
     public Tensor B(string adapter) => lora_B[adapter].weight!;
     public Tensor? Magnitude(string adapter) => lora_magnitude_vector.Contains(adapter) ? lora_magnitude_vector[adapter].weight : null;
 

@@ -17,7 +17,7 @@ public static class LoraRecipes
         R = ctx.Settings.LoraRank,
         LoraAlpha = ctx.Settings.LoraAlpha ?? 2.0 * ctx.Settings.LoraRank,
         LoraDropout = ctx.Settings.LoraDropout,
-        TargetModules = ctx.Settings.LoraTargets(),
+        TargetModules = ctx.Settings.LoraTargets(ctx.Model),
         UseDora = ctx.Keys.Bool("use_dora", false),
         UseRsLora = ctx.Keys.Bool("use_rslora", false),
         TaskType = ctx.TaskType,

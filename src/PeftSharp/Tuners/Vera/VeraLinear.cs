@@ -124,6 +124,12 @@ public sealed class VeraLinear : LinearAdapterLayer
         return (lb * b.to(dtype)).matmul(ld * a.to(dtype));
     }
 
+    public override (Tensor Left, Tensor Right)? DeltaFactors(string adapter)
+    {
+        var (a, b) = Sliced(adapter, BaseWeight.device);
+        return (vera_lambda_b[adapter].unsqueeze(-1) * b, vera_lambda_d[adapter].unsqueeze(-1) * a);
+    }
+
     public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter)
     {
         if (!Has(adapter)) yield break;

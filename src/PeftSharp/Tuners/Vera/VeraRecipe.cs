@@ -29,7 +29,7 @@ public static class VeraRecipe
             var k = ctx.Keys;
             var c = new VeraConfig
             {
-                R = k.Int("vera_rank", 256), TargetModules = ctx.Settings.LoraTargets(), VeraDropout = ctx.Settings.LoraDropout,
+                R = k.Int("vera_rank", 256), TargetModules = ctx.Settings.LoraTargets(ctx.Model), VeraDropout = ctx.Settings.LoraDropout,
                 DInitial = k.Double("vera_d_initial", 0.1), ProjectionPrngKey = k.Long("vera_projection_prng_key", 0),
                 SaveProjection = k.Bool("vera_save_projection", true), TaskType = ctx.TaskType, BaseModelNameOrPath = ctx.ModelDir,
             };

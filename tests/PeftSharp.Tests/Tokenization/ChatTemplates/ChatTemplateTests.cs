@@ -92,8 +92,9 @@ public class ChatTemplateTests
     [Fact]
     public void Runaway_macro_recursion_is_an_error_not_a_stack_overflow()
     {
-        var e = Assert.ThrowsAny<ChatTemplateException>(() => Render("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}"));
-        Assert.Contains("recursed more than", e.Message);
+        var e = Assert.Throws<PeftLimitException>(() => Render("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}"));
+        Assert.Contains("macro 'm' recursion exceeds the limit of 200 levels", e.Message);
+        Assert.Contains("PEFTSHARP_JINJA_MAX_DEPTH", e.Message);
         Assert.Equal("3", Render("{% macro f(n) %}{{ n if n >= 3 else f(n + 1) }}{% endmacro %}{{ f(0) }}"));
     }
 

@@ -57,14 +57,15 @@ public class LlamaFactoryRecipeTests
     [Fact]
     public void Rerun_resumes_from_the_last_checkpoint_and_says_so()
     {
-        var (code, _, err, outDir) = Train("qwen3_lora_sft.yaml", "max_samples=4");
+        // A run that was killed after checkpoint-2 of 3 (its checkpoint-3 never finished).
+        var (code, _, err, outDir) = Train("qwen3_lora_sft.yaml", "max_samples=4", "max_steps=3", "save_steps=1");
         Assert.True(code == 0, err);
-        var outDir2 = outDir;
+        Directory.Delete(Path.Combine(outDir, "checkpoint-3"), true);
         var (code2, stdout, err2) = CliRunner.Run("train", TestPaths.RepoFile("samples/llamafactory/qwen3_lora_sft.yaml"), $"model_name_or_path={Model.Value}",
-            $"output_dir={outDir2}", $"dataset_dir={TestPaths.RepoFile("samples/llamafactory/data")}", "max_steps=3", "max_samples=4", "overwrite_output_dir=false");
+            $"output_dir={outDir}", $"dataset_dir={TestPaths.RepoFile("samples/llamafactory/data")}", "max_steps=3", "save_steps=1", "max_samples=4", "overwrite_output_dir=false");
         Assert.True(code2 == 0, err2);
-        Assert.Contains($"resumed from {Path.Combine(outDir2, "checkpoint-2")} at step 2", stdout);
-        Assert.Equal(3, JsonNode.Parse(File.ReadAllText(Path.Combine(outDir2, "trainer_state.json")))!["global_step"]!.GetValue<int>());
+        Assert.Contains($"resumed from {Path.Combine(outDir, "checkpoint-2")} at step 2", stdout);
+        Assert.Equal(3, JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "trainer_state.json")))!["global_step"]!.GetValue<int>());
     }
 
     [Theory]

@@ -1,3 +1,4 @@
+using PeftSharp.Runtime;
 using System.Globalization;
 using System.Text;
 
@@ -50,6 +51,8 @@ internal static class Globals
         for (long i = start; step > 0 ? i < stop : i > stop; i += step)
         {
             if (list.Count >= MaxRange) throw new JinjaError($"range too big, at most {MaxRange} items are allowed");
+            if (list.Count >= ResourceLimits.JinjaMaxIterations.Value)
+                throw new PeftLimitException("chat template: a range()", ResourceLimits.JinjaMaxIterations);
             list.Add(i);
         }
         return list;

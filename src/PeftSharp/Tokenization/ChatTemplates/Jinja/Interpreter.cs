@@ -1,4 +1,5 @@
 using System.Text;
+using PeftSharp.Runtime;
 
 namespace PeftSharp.Tokenization.ChatTemplates.Jinja;
 
@@ -63,17 +64,41 @@ internal sealed class Interpreter(Func<DateTime> clock)
 {
     internal enum Flow { Normal, Break, Continue }
 
-    // Deep enough for any real template; stops runaway macro recursion before the stack does.
-    private const int MaxCallDepth = 256;
     private int _callDepth;
+
+    // One render's budget (ResourceLimits): loop iterations, output size, wall-clock time.
+    private readonly long _maxIterations = ResourceLimits.JinjaMaxIterations.Value;
+    private readonly long _maxOutput = ResourceLimits.JinjaMaxOutput.Value;
+    private readonly long _deadline = Environment.TickCount64 + ResourceLimits.JinjaTimeoutMs.Value;
+    private long _iterations;
 
     public DateTime Now() => clock();
 
     public IDisposable EnterCall(string name)
     {
-        if (_callDepth >= MaxCallDepth) throw new JinjaError($"macro '{name}' recursed more than {MaxCallDepth} levels");
+        if (_callDepth >= ResourceLimits.JinjaMaxDepth.Value)
+            throw new PeftLimitException($"chat template: macro '{name}' recursion", ResourceLimits.JinjaMaxDepth);
+        Tick();
         _callDepth++;
         return new CallFrame(this);
+    }
+
+    /// <summary>One unit of work (a loop iteration, a macro call): counts against the iteration budget and the clock.</summary>
+    public void Tick()
+    {
+        if (++_iterations > _maxIterations) throw new PeftLimitException("chat template: loop iterations", ResourceLimits.JinjaMaxIterations);
+        CheckClock();
+    }
+
+    private void CheckClock()
+    {
+        if (Environment.TickCount64 > _deadline) throw new PeftLimitException("chat template: rendering time", ResourceLimits.JinjaTimeoutMs);
+    }
+
+    private void CheckSize(object? value)
+    {
+        long size = value switch { string s => s.Length, StringBuilder b => b.Length, List<object?> l => l.Count, _ => 0 };
+        if (size > _maxOutput) throw new PeftLimitException("chat template: a rendered string or list", ResourceLimits.JinjaMaxOutput);
     }
 
     private sealed class CallFrame(Interpreter it) : IDisposable
@@ -105,6 +130,22 @@ internal sealed class Interpreter(Func<DateTime> clock)
 
     private Flow Exec(Node node, Scope scope, StringBuilder sb)
     {
+        CheckClock();
+        try
+        {
+            var flow = ExecNode(node, scope, sb);
+            CheckSize(sb);
+            return flow;
+        }
+        catch (InsufficientExecutionStackException)
+        {
+            throw new PeftLimitException($"chat template line {node.Line}: nesting", ResourceLimits.JinjaMaxDepth);
+        }
+    }
+
+    private Flow ExecNode(Node node, Scope scope, StringBuilder sb)
+    {
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
         try
         {
             switch (node)
@@ -167,6 +208,7 @@ internal sealed class Interpreter(Func<DateTime> clock)
         if (f.Filter is not null)
             items = items.Where(item =>
             {
+                Tick();
                 var s = new Scope(scope);
                 Assign(f.Target, item, s);
                 return Py.Truthy(Eval(f.Filter, s));
@@ -175,6 +217,7 @@ internal sealed class Interpreter(Func<DateTime> clock)
         var loop = new LoopInfo(items);
         for (int i = 0; i < items.Count; i++)
         {
+            Tick();
             loop.Index0 = i;
             var s = new Scope(scope);
             s.Vars["loop"] = loop;
@@ -212,6 +255,14 @@ internal sealed class Interpreter(Func<DateTime> clock)
 
     public object? Eval(Expr e, Scope scope)
     {
+        var value = EvalCore(e, scope);
+        CheckSize(value);
+        return value;
+    }
+
+    private object? EvalCore(Expr e, Scope scope)
+    {
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
         switch (e)
         {
             case ConstExpr c: return c.Value;

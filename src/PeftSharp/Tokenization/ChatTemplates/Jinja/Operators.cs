@@ -1,3 +1,4 @@
+using PeftSharp.Runtime;
 using System.Globalization;
 using System.Text;
 
@@ -90,6 +91,10 @@ internal static class Operators
 
     private static object Repeat(object seq, long n)
     {
+        // Checked before building: 'x' * 10000000000 must fail fast, not exhaust memory.
+        long unit = seq is string str ? str.Length : ((List<object?>)seq).Count;
+        if (n > 0 && unit > 0 && n > ResourceLimits.JinjaMaxOutput.Value / unit)
+            throw new PeftLimitException($"chat template: repeating a {Py.TypeName(seq)} of length {unit} {n} times", ResourceLimits.JinjaMaxOutput);
         if (seq is string s)
         {
             var sb = new StringBuilder();

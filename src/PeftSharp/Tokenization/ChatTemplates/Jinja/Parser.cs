@@ -1,3 +1,4 @@
+using PeftSharp.Runtime;
 namespace PeftSharp.Tokenization.ChatTemplates.Jinja;
 
 /// <summary>Recursive-descent parser with Jinja2's grammar and operator precedence (filters bind tighter than arithmetic).</summary>
@@ -98,6 +99,13 @@ internal sealed class Parser
     }
 
     private Node ParseStatement()
+    {
+        Enter(Cur);
+        try { return ParseStatementCore(); }
+        finally { _depth--; }
+    }
+
+    private Node ParseStatementCore()
     {
         var tok = Cur;
         if (tok.Kind != TokenKind.Name) throw Error($"expected a tag name after '{{%', found {tok}", tok);
@@ -392,7 +400,23 @@ internal sealed class Parser
         return left;
     }
 
+    // Every nested expression and block passes through here: bounded, so 20,000 '(' cannot overflow the stack.
+    private int _depth;
+
+    private void Enter(Token at)
+    {
+        if (++_depth > ResourceLimits.JinjaMaxDepth.Value)
+            throw new PeftLimitException($"chat template line {at.Line}: nesting", ResourceLimits.JinjaMaxDepth);
+    }
+
     private Expr ParseUnary(bool withFilter = true)
+    {
+        Enter(Cur);
+        try { return ParseUnaryCore(withFilter); }
+        finally { _depth--; }
+    }
+
+    private Expr ParseUnaryCore(bool withFilter)
     {
         var line = Cur.Line;
         Expr node;

@@ -1,0 +1,55 @@
+using System.Text.Json.Nodes;
+using PeftSharp.Tests.Cli;
+using PeftSharp.Tuners;
+
+namespace PeftSharp.Tests.Bench;
+
+/// <summary>
+/// `peftbench --quick` on its smallest size as CI's smoke test of every method (the second quick size would double
+/// CI's time): each registered method's benchmark rows, full fine-tuning, QLoRA and the AdapterFusion stage train
+/// through `peft train`'s recipe path, and every column of every row is filled; the report (tables.md, plots) is drawn
+/// from results.json.
+/// </summary>
+public class PeftBenchSmokeTests
+{
+    static readonly string[] Sizes = { "1m" };
+
+    [Fact]
+    public void Quick_run_gives_every_method_a_filled_row_at_each_size()
+    {
+        var dir = TestPaths.TempDir();
+        var (code, output) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
+            "--", "peftbench", "--quick", "--sizes", string.Join(',', Sizes), "--json", "--out", dir, "--cache", Path.Combine(dir, "cache"));
+        Assert.True(code == 0, output);
+
+        var results = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
+        var rows = results["rows"]!.AsArray().Select(r => r!.AsObject()).ToList();
+        var expected = PeftMethods.All.SelectMany(m => m.Bench).Where(e => e.Create is null).Select(e => e.Name)
+            .Concat(new[] { "Full fine-tuning", "QLoRA (NF4)", "AdapterFusion" }).ToList();
+        Assert.Contains("IA3", expected);
+        foreach (var size in Sizes)
+            foreach (var method in expected)
+            {
+                var row = rows.SingleOrDefault(r => (string?)r["method"] == method && (string?)r["base"] == size);
+                Assert.True(row is not null, $"no row for {method} at {size}");
+                Assert.Null(row!["error"]);
+                Assert.True(row["trainable"]!.GetValue<long>() > 0, $"{method} at {size}: no trainable parameters");
+                Assert.True(row["step_ms"]!.GetValue<double>() > 0 && row["tokens_per_second"]!.GetValue<double>() > 0, $"{method} at {size}: no timing");
+                Assert.True(row["peak_memory_mb"] is not null && row["forward_vs_base"]!.GetValue<double>() > 0, $"{method} at {size}: no memory or latency");
+                Assert.True(row["adapter_kb"]!.GetValue<double>() > 0, $"{method} at {size}: nothing saved");
+                Assert.True(row["seconds_to90"] is not null || row["to90_note"] is not null, $"{method} at {size}: no time-to-90% entry");
+                var acc = row["accuracy"]!.GetValue<double>();
+                Assert.InRange(acc, 0, 1);
+            }
+        // The printed table has the same rows, every cell filled.
+        var printed = JsonNode.Parse(output[output.IndexOf('{')..(output.LastIndexOf('}') + 1)])!;
+        var table = printed["rows"]!.AsArray();
+        Assert.Equal(rows.Count, table.Count);
+        Assert.All(table, r => Assert.All(r!.AsObject(), cell => Assert.False(string.IsNullOrEmpty(cell.Value?.ToString()), $"empty {cell.Key}")));
+
+        var tables = File.ReadAllText(Path.Combine(dir, "tables.md"));
+        Assert.Contains("| Full fine-tuning |", tables);
+        foreach (var plot in Sizes.SelectMany(s => new[] { $"accuracy-vs-trainable-{s}.png", $"step-time-{s}.png", $"memory-{s}.png" }))
+            Assert.True(new FileInfo(Path.Combine(dir, plot)).Length > 1000, $"{plot} missing");
+    }
+}

@@ -1,0 +1,72 @@
+using System.Text;
+using CsCheck;
+using PeftSharp.Training;
+
+namespace PeftSharp.Tests.Fuzz;
+
+/// <summary>Generated and mutated training YAML: parsed, or refused with a PeftSharp error; alias bombs and deep nesting bounded.</summary>
+public class YamlFuzzTests
+{
+    static readonly string[] Scalars = ["1", "0", "-3", "1.5", "1e-4", "true", "no", "null", "~", "q_proj", "'x'", "\"a: b\"", "all", "[]", "{}", "&a 5", "*a", "*missing", "|\n  text", "1e400", "!!binary aGk="];
+
+    static string Value(Random rng, int depth)
+    {
+        int kind = rng.Next(depth > 3 ? 1 : 5);
+        return kind switch
+        {
+            0 => Scalars[rng.Next(Scalars.Length)],
+            1 => "[" + string.Join(", ", Enumerable.Range(0, rng.Next(4)).Select(_ => Value(rng, depth + 1))) + "]",
+            2 => "{" + string.Join(", ", Enumerable.Range(0, rng.Next(3)).Select(i => $"k{i}: {Value(rng, depth + 1)}")) + "}",
+            3 => $"&n{rng.Next(3)} [{Value(rng, depth + 1)}, {Value(rng, depth + 1)}]",
+            _ => $"*n{rng.Next(3)}",
+        };
+    }
+
+    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs.
+    [Theory]
+    [InlineData("save_steps: &s 5\neval_steps: *s|eval_steps: *s\n: x\n")]
+    [InlineData("*s: 1\n")]
+    public void An_alias_where_a_key_belongs_is_refused_naming_the_file(string tail)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "alias.yaml"));
+        Assert.Contains("alias.yaml", e.Message);
+    }
+
+    [Fact]
+    public void Generated_yaml_parses_or_is_refused_clearly()
+    {
+        var keys = TrainConfig.ValidKeys.ToArray();
+        var h = new FuzzHarness("yaml", TimeSpan.FromSeconds(3));
+        Gen.Select(Gen.Int, Gen.Int[1, 8]).Sample((seed, lines) =>
+        {
+            var rng = new Random(seed);
+            var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\n");
+            string[] good = ["learning_rate: 1.0e-4", "lora_rank: 8", "lora_target: [q_proj, v_proj]", "max_steps: 10", "cutoff_len: 256",
+                "save_steps: &s 5", "eval_steps: *s", "bf16: true", "output_dir: out", "lora_dropout: 0.05", "seed: 3", "plot_loss: false"];
+            for (int i = 0; i < lines; i++)
+                if (rng.Next(2) == 0) yaml.Append(good[rng.Next(good.Length)]).Append('\n');
+                else yaml.Append(rng.Next(10) == 0 ? $"unknown_{i}" : keys[rng.Next(keys.Length)]).Append(": ").Append(Value(rng, 0)).Append('\n');
+            var text = yaml.ToString();
+            if (rng.Next(4) == 0)
+            {
+                var chars = text.ToCharArray();
+                const string special = ":[]{}&*!|>-'\"#\t\n";
+                chars[rng.Next(chars.Length)] = special[rng.Next(special.Length)];
+                text = new string(chars);
+            }
+            h.Case(text, "fuzz.yaml", () => TrainConfig.Parse(text, "fuzz.yaml"));
+        }, iter: FuzzHarness.Iter(400), threads: 1);
+
+        // Alias bombs of growing fan-out and depth, and nesting far past the limit.
+        Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Sample((fan, levels) =>
+        {
+            var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\nadapter_config: &a0 [x]\n");
+            for (int i = 1; i <= levels; i++) yaml.Append($"leave_out: &a{i} [{string.Join(", ", Enumerable.Repeat($"*a{i - 1}", fan))}]\n");
+            h.Case($"bomb {fan}^{levels}", "bomb.yaml", () => TrainConfig.Parse(yaml.ToString(), "bomb.yaml"));
+        }, iter: FuzzHarness.Iter(40), threads: 1);
+        Gen.Int[1, 3000].Sample(depth =>
+            h.Case($"depth {depth}", "deep.yaml", () => TrainConfig.Parse($"model_name_or_path: m\ndataset: d\nlora_target: {new string('[', depth)}q{new string(']', depth)}\n", "deep.yaml")),
+            iter: FuzzHarness.Iter(30), threads: 1);
+        h.Report(minRejected: 100);
+    }
+}
