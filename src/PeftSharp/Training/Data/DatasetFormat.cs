@@ -83,9 +83,8 @@ public static class DatasetFormats
                 }
             var query = new[] { Opt(attr.Prompt), Opt(attr.Query) }.Where(x => x.Length > 0);
             turns.Add(new("user", string.Join("\n", query)));
-            if (attr.Response is null || r.Json[attr.Response] is not JsonValue v || v.GetValueKind() != JsonValueKind.String)
-                throw r.Error($"missing string field '{attr.Response ?? "output"}' (the answer)");
-            turns.Add(new("assistant", v.GetValue<string>()));
+            var response = attr.Response ?? "output";
+            turns.Add(new("assistant", r.Json[response] is null ? throw r.Error($"missing string field '{response}' (the answer)") : RequiredString(r, response)));
             return (new Conversation(turns, Opt(attr.System), Tools()), null);
         }
         var column = attr.Messages ?? (r.Json.ContainsKey("conversations") ? "conversations" : "messages");

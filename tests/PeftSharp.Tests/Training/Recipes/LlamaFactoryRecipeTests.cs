@@ -249,6 +249,18 @@ public class LlamaFactoryRecipeTests
     }
 
     [Fact]
+    public void Malformed_recipe_and_records_name_file_and_line()
+    {
+        var yaml = File.ReadAllText(TestPaths.RepoFile("samples/llamafactory/qwen3_lora_sft.yaml")).Replace("cutoff_len: 2048", "cutoff_len: [2048");
+        Assert.StartsWith("x.yaml:16: not valid YAML", Assert.Throws<PeftFormatException>(() => TrainConfig.Parse(yaml, "x.yaml")).Message);
+        var path = Path.Combine(TestPaths.TempDir(), "a.json");
+        File.WriteAllText(path, "[\n  {\"instruction\": \"a\", \"output\": \"b\"},\n  {\"instruction\": \"c\",\n   \"output\": 5}\n]\n");
+        var records = DatasetReader.Read(path);
+        var e = Assert.Throws<PeftFormatException>(() => DatasetFormats.ToConversation(records[1], DatasetFormat.Alpaca, new DatasetAttr()));
+        Assert.Contains($"{path}:3: field 'output' must be a string (found Number)", e.Message);
+    }
+
+    [Fact]
     public void Openai_tool_calls_that_are_not_objects_are_a_clear_error()
     {
         var dir = TestPaths.TempDir();
