@@ -162,7 +162,9 @@ public sealed class Trainer : IDisposable
         using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
-            if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
+            bool stop = cancel.IsCancellationRequested;
+            if (_sync is not null) stop = _sync.AnyRank(stop); // every rank stops after the same step
+            if (stop) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
             int step = GlobalStep;
             double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;

@@ -79,6 +79,17 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
         return tail[^1];
     }
 
+    public bool AnyRank(bool mine)
+    {
+        var flag = new[] { mine ? 1f : 0f };
+        fixed (float* f = flag)
+        {
+            var ptr = (nint)f;
+            Guard("agreement on stopping", () => _mpi.AllreduceMax((float*)ptr, 1));
+        }
+        return flag[0] > 0;
+    }
+
     public void Barrier() => Guard("end-of-training barrier", _mpi.Barrier);
 
     public void Fail() => _failed = true;
