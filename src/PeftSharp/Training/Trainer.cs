@@ -158,7 +158,8 @@ public sealed class Trainer : IDisposable
             _sync?.Barrier();
             return result;
         }
-        catch when (_sync is not null) { _sync.Fail(); throw; }
+        // A stop request is no failure: every rank stops after the same step and the job ends normally.
+        catch (Exception e) when (_sync is not null && e is not TrainingStoppedException) { _sync.Fail(); throw; }
     }
 
     TrainResult TrainLoop(Stopwatch clock, int resumedFrom, List<Tensor> trainable, CancellationToken cancel)

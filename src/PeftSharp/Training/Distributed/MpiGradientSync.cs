@@ -24,7 +24,7 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
     readonly OpenMpi _mpi;
     readonly TimeSpan _timeout;
     string? _inFlight; long _inFlightSince;
-    volatile bool _failed, _done;
+    volatile bool _failed, _done, _stopped;
 
     public int Rank { get; }
     public int WorldSize { get; }
@@ -87,7 +87,8 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
             var ptr = (nint)f;
             Guard("agreement on stopping", () => _mpi.AllreduceMax((float*)ptr, 1));
         }
-        return flag[0] > 0;
+        // Every rank agreed to stop: exiting with the stop's code (130) is then no failure.
+        return _stopped = flag[0] > 0;
     }
 
     public void Barrier() => Guard("end-of-training barrier", _mpi.Barrier);
@@ -215,7 +216,7 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
         _done = true;
         if (_mpi.Finalized) return;
         // A rank that failed must not wait in MPI_Finalize for ranks that wait in a collective for it.
-        if (_failed || Environment.ExitCode != 0) _mpi.Abort(1);
+        if (_failed || Environment.ExitCode != 0 && !_stopped) _mpi.Abort(1);
         else _mpi.Finalize();
     }
 }
