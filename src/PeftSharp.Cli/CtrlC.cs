@@ -12,6 +12,7 @@ public sealed class CtrlC : IDisposable
     readonly TextWriter _stderr;
     readonly string _what;
     readonly System.Runtime.InteropServices.PosixSignalRegistration? _usr1;
+    bool _disposed;
 
     public CtrlC(TextWriter stderr, string what)
     {
@@ -36,10 +37,15 @@ public sealed class CtrlC : IDisposable
         Request("Ctrl+C");
     }
 
+    // A signal's handler runs on the thread pool and may come after the command ended (a rank that stopped because
+    // another rank was asked first): then there is nothing left to stop.
     void Request(string by)
     {
-        if (_cts.IsCancellationRequested) return;
-        _cts.Cancel();
+        lock (_cts)
+        {
+            if (_disposed || _cts.IsCancellationRequested) return;
+            _cts.Cancel();
+        }
         _stderr.WriteLine(by == "Ctrl+C" ? $"Ctrl+C: {_what} (press it again to abort at once)" : $"{by}: {_what}");
     }
 
@@ -47,6 +53,7 @@ public sealed class CtrlC : IDisposable
     {
         Console.CancelKeyPress -= OnCancel;
         _usr1?.Dispose();
+        lock (_cts) _disposed = true;
         _cts.Dispose();
     }
 }
