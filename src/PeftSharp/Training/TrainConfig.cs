@@ -65,7 +65,8 @@ public sealed record TrainConfig
         YamlScalarNode s when s.Style is YamlDotNet.Core.ScalarStyle.SingleQuoted or YamlDotNet.Core.ScalarStyle.DoubleQuoted => s.Value,
         YamlScalarNode s when bool.TryParse(s.Value, out var b) => b,
         YamlScalarNode s when long.TryParse(s.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) => l,
-        YamlScalarNode s when double.TryParse(s.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) => d,
+        // 1e400 stays text (a readers' error names it): an infinite JSON number cannot even be printed.
+        YamlScalarNode s when double.TryParse(s.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d) => d,
         YamlScalarNode s => s.Value,
         _ => throw new PeftConfigException($"line {node.Start.Line}: expected a value or a list"),
     };
@@ -109,7 +110,7 @@ public sealed record TrainConfig
             return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s.ReplaceLineEndings("\\n")}'; expected {expected}");
         }
         int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
-        double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
+        double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v : null, "a finite number")!.Value;
         double? OptDbl(string key) => Str(key) is null ? null : Dbl(key, 0);
         bool Bool(string key, bool fallback) => Get<bool?>(key, fallback, s => s.ToLowerInvariant() switch { "true" or "yes" or "1" => true, "false" or "no" or "0" => false, _ => null }, "true or false")!.Value;
         string Required(string key) => Str(key) ?? throw new PeftConfigException($"{source}: missing required key '{key}'");

@@ -32,12 +32,37 @@ public class YamlFuzzTests
         Assert.Contains("alias.yaml", e.Message);
     }
 
+    // Found by the soak (seed 5ZvtrhIuyO41): a block scalar's line break split the error into two lines.
+    [Theory]
+    [InlineData("lr_scheduler_type: |\n  text\n")]
+    [InlineData("finetuning_type: |\n  lo\n  ra\n")]
+    public void A_multi_line_value_in_an_error_stays_on_one_line(string tail)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "fuzz.yaml"));
+        Assert.Contains("fuzz.yaml", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Contains("\\n", e.Message);
+    }
+
+    // Found by CI's draw (seed 1DzfonMm4fD1): 1e400 became an infinite JSON number, which crashed the error message that printed it.
+    [Theory]
+    [InlineData("use_dora: 1e400\n", "use_dora")]
+    [InlineData("learning_rate: 1e400\n", "learning_rate")]
+    [InlineData("lora_alpha: -1e400\n", "lora_alpha")]
+    [InlineData("lora_dropout: 1e400\n", "lora_dropout")]
+    public void An_infinite_number_is_refused_naming_the_file_and_key(string tail, string key)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "inf.yaml"));
+        Assert.Contains("inf.yaml", e.Message);
+        Assert.Contains(key, e.Message);
+    }
+
     [Fact]
     public void Generated_yaml_parses_or_is_refused_clearly()
     {
         var keys = TrainConfig.ValidKeys.ToArray();
         var h = new FuzzHarness("yaml", TimeSpan.FromSeconds(3));
-        Gen.Select(Gen.Int, Gen.Int[1, 8]).Sample((seed, lines) =>
+        Gen.Select(Gen.Int, Gen.Int[1, 8]).Fuzz((seed, lines) =>
         {
             var rng = new Random(seed);
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\n");
@@ -55,18 +80,18 @@ public class YamlFuzzTests
                 text = new string(chars);
             }
             h.Case(text, "fuzz.yaml", () => TrainConfig.Parse(text, "fuzz.yaml"));
-        }, iter: FuzzHarness.Iter(400), threads: 1);
+        }, iter: FuzzHarness.Iter(400));
 
         // Alias bombs of growing fan-out and depth, and nesting far past the limit.
-        Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Sample((fan, levels) =>
+        Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Fuzz((fan, levels) =>
         {
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\nadapter_config: &a0 [x]\n");
             for (int i = 1; i <= levels; i++) yaml.Append($"leave_out: &a{i} [{string.Join(", ", Enumerable.Repeat($"*a{i - 1}", fan))}]\n");
             h.Case($"bomb {fan}^{levels}", "bomb.yaml", () => TrainConfig.Parse(yaml.ToString(), "bomb.yaml"));
-        }, iter: FuzzHarness.Iter(40), threads: 1);
-        Gen.Int[1, 3000].Sample(depth =>
+        }, iter: FuzzHarness.Iter(40));
+        Gen.Int[1, 3000].Fuzz(depth =>
             h.Case($"depth {depth}", "deep.yaml", () => TrainConfig.Parse($"model_name_or_path: m\ndataset: d\nlora_target: {new string('[', depth)}q{new string(']', depth)}\n", "deep.yaml")),
-            iter: FuzzHarness.Iter(30), threads: 1);
+            iter: FuzzHarness.Iter(30));
         h.Report(minRejected: 100);
     }
 }
