@@ -175,18 +175,18 @@ public class TrainingReportingTests
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         var log = Path.Combine(dir, "out", "trainer_log.jsonl");
+        // Generous limits: on a loaded 2-core CI machine starting dotnet, loading and tokenizing can take minutes.
         var clock = Stopwatch.StartNew();
         while (!(File.Exists(log) && File.ReadAllLines(log).Length >= 2))
         {
-            if (p.HasExited) Assert.Fail($"peft train ended early: {stderr.Result}");
-            if (clock.Elapsed > TimeSpan.FromMinutes(3)) { p.Kill(); Assert.Fail("training did not log two steps in 3 minutes"); }
-            Thread.Sleep(100);
+            if (p.WaitForExit(200)) Assert.Fail($"peft train ended early: {stderr.Result}");
+            if (clock.Elapsed > TimeSpan.FromMinutes(10)) { p.Kill(); Assert.Fail("training did not log two steps in 10 minutes"); }
         }
         Assert.Equal(0, kill(p.Id, 2)); // SIGINT, what Ctrl+C sends
-        if (!p.WaitForExit(120_000))
+        if (!p.WaitForExit(600_000))
         {
             p.Kill();
-            Assert.Fail("peft train did not stop within 2 minutes of SIGINT");
+            Assert.Fail("peft train did not stop within 10 minutes of SIGINT");
         }
         Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {stdout.Result} {stderr.Result}");
         Assert.Contains("stopped at step", stdout.Result);
