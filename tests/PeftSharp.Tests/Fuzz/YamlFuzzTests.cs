@@ -22,14 +22,29 @@ public class YamlFuzzTests
         };
     }
 
-    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs.
+    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs, and for a tag that is no URI.
     [Theory]
     [InlineData("save_steps: &s 5\neval_steps: *s|eval_steps: *s\n: x\n")]
     [InlineData("*s: 1\n")]
-    public void An_alias_where_a_key_belongs_is_refused_naming_the_file(string tail)
+    // Found by the soak (seed 6kUG2KYr4rM1): a tag that is not a URI made YamlDotNet throw ArgumentException.
+    [InlineData("is_parallel: [{k0: !!]inary aGk=}]\n")]
+    public void Aliases_and_tags_YamlDotNet_rejects_with_other_exceptions_are_refused_naming_the_file(string tail)
     {
         var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "alias.yaml"));
         Assert.Contains("alias.yaml", e.Message);
+    }
+
+    // Found by the soak as "Test Run Aborted" (stack overflow): YamlDotNet resolves an alias to a later anchor at the end
+    // of the document, so two anchored lists that name each other became a cycle that walking the tree never left.
+    [Theory]
+    [InlineData("lora_target: &n0 [*n1]\nadapter_config: &n1 [*n0]\n")]
+    [InlineData("lora_target: [*n2, &n2 [q_proj]]\n")]
+    [InlineData("leave_out: &a [&b [*c], &c [*b]]\n")]
+    public void An_alias_to_a_later_anchor_is_refused_instead_of_building_a_cycle(string tail)
+    {
+        var e = Assert.Throws<PeftFormatException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "forward.yaml"));
+        Assert.Contains("forward.yaml:", e.Message);
+        Assert.Contains("no earlier anchor", e.Message);
     }
 
     // Found by the soak (seed 5ZvtrhIuyO41): a block scalar's line break split the error into two lines.

@@ -50,8 +50,8 @@ public class MpiLoadTests
         psi.Environment["OMPI_COMM_WORLD_LOCAL_RANK"] = "0";
         psi.Environment[OpenMpi.LibraryVariable] = Missing;
         using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = PipeDrain.Start(p.StandardOutput);
+        var stderr = PipeDrain.Start(p.StandardError);
         if (!p.WaitForExit(600_000)) { p.Kill(); Assert.Fail("peft train did not end within 10 minutes"); }
         var errors = stderr.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.StartsWith("error:")).ToList();
         Assert.True(p.ExitCode == 1, $"exit {p.ExitCode}: {stdout.Result} {stderr.Result}");

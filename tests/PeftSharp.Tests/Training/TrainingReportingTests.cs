@@ -163,6 +163,8 @@ public class TrainingReportingTests
 
     [DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
 
+    static string Tail(string text) => text.Length > 2000 ? "..." + text[^2000..] : text;
+
     [Fact]
     public void Sigint_stops_training_after_a_step_and_saves_a_checkpoint_to_resume_from()
     {
@@ -172,8 +174,10 @@ public class TrainingReportingTests
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "train", yaml }) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
+        // Drained on their own threads: in a busy test host a thread-pool reader can be starved, the child then blocks
+        // writing its step lines to a full pipe and never reaches the point where it stops (the full-suite flake).
+        var stdout = PipeDrain.Start(p.StandardOutput);
+        var stderr = PipeDrain.Start(p.StandardError);
         var log = Path.Combine(dir, "out", "trainer_log.jsonl");
         // Generous limits: on a loaded 2-core CI machine starting dotnet, loading and tokenizing can take minutes.
         var clock = Stopwatch.StartNew();
@@ -186,7 +190,8 @@ public class TrainingReportingTests
         if (!p.WaitForExit(600_000))
         {
             p.Kill();
-            Assert.Fail("peft train did not stop within 10 minutes of SIGINT");
+            p.WaitForExit();
+            Assert.Fail($"peft train did not stop within 10 minutes of SIGINT; stdout: {Tail(stdout.Result)} stderr: {Tail(stderr.Result)}");
         }
         Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {stdout.Result} {stderr.Result}");
         Assert.Contains("stopped at step", stdout.Result);
