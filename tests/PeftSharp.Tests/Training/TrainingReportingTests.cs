@@ -171,8 +171,13 @@ public class TrainingReportingTests
         if (!OperatingSystem.IsLinux()) return;
         var dir = TestPaths.TempDir();
         var yaml = WriteRun(dir, "", maxSteps: 100000);
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "train", yaml }) psi.ArgumentList.Add(a);
+        // A child inherits an ignored SIGINT, and .NET then (as shells expect of background jobs) never raises
+        // Ctrl+C: when the test host runs in the background (`./test.sh &`, nohup, some CI runners) SIGINT is
+        // ignored here, so the child gets its default disposition back through env (this was the suite's flake).
+        bool sigintIgnored = File.ReadLines("/proc/self/status").First(l => l.StartsWith("SigIgn:")) is var ign && (Convert.ToUInt64(ign[7..].Trim(), 16) & 2) != 0;
+        var psi = new ProcessStartInfo(sigintIgnored ? "env" : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in (sigintIgnored ? ["--default-signal=INT", "dotnet"] : Array.Empty<string>()).Concat([Path.Combine(AppContext.BaseDirectory, "peft.dll"), "train", yaml]))
+            psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         // Drained on their own threads: in a busy test host a thread-pool reader can be starved, the child then blocks
         // writing its step lines to a full pipe and never reaches the point where it stops (the full-suite flake).
