@@ -3,8 +3,14 @@ namespace PeftSharp;
 /// <summary>Base of every error PeftSharp raises on purpose: the message says what was wrong and what was expected.</summary>
 public class PeftSharpException : Exception
 {
-    public PeftSharpException(string message) : base(message) { }
-    public PeftSharpException(string message, Exception inner) : base(message, inner) { }
+    public PeftSharpException(string message) : base(OneLine(message)) { }
+    public PeftSharpException(string message, Exception inner) : base(OneLine(message), inner) { }
+
+    /// <summary>
+    /// The CLI prints an error as one line, so line breaks a message quotes from the input (a YAML block scalar, a
+    /// template) are shown escaped as \n instead of splitting it (the fuzzer found such values in several messages).
+    /// </summary>
+    static string OneLine(string message) => message.ReplaceLineEndings("\\n");
 }
 
 /// <summary>A file (checkpoint, adapter, config, dataset) is missing, malformed or inconsistent.</summary>

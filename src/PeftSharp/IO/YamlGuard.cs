@@ -21,16 +21,27 @@ public static class YamlGuard
             return stream;
         }
         catch (YamlException e) { throw new PeftFormatException(source, e.Start.Line, $"not valid YAML ({e.Message})"); }
-        // YamlDotNet's scanner throws this on some malformed input instead of a YamlException.
-        catch (InvalidOperationException e) { throw new PeftFormatException(source, $"not valid YAML ({e.Message})"); }
-        // And this one when an alias stands where it cannot (as a mapping key).
-        catch (ArgumentException e) when (e.ParamName == "parser") { throw new PeftFormatException(source, $"not valid YAML (an alias or tag where a plain key or value was expected)"); }
+        catch (Exception e) when (IsParserRejection(e)) { throw new PeftFormatException(source, $"not valid YAML ({e.Message})"); }
     }
+
+    /// <summary>
+    /// YamlDotNet rejects some malformed input with other exceptions than YamlException (InvalidOperationException from
+    /// the scanner, ArgumentException for an alias as a mapping key or a tag like <c>!!]x</c> that is not a URI, ...; the
+    /// fuzzer found them one by one): anything but our own errors and running out of memory is the input's fault.
+    /// </summary>
+    static bool IsParserRejection(Exception e) => e is not (PeftSharpException or OutOfMemoryException or YamlException);
 
     // Counts nodes as they would be after expanding every alias (an anchor's subtree size is known when it closes).
     static void CheckLimits(string yaml, string source)
     {
         var parser = new Parser(new StringReader(yaml));
+        var last = Mark.Empty;
+        // The line of the last event parsed is the best position a non-YamlException rejection has.
+        bool Next()
+        {
+            try { return parser.MoveNext(); }
+            catch (Exception e) when (IsParserRejection(e)) { throw new PeftFormatException(source, Math.Max(1, last.Line), $"not valid YAML at or after this line ({e.Message})"); }
+        }
         long maxNodes = ResourceLimits.YamlMaxNodes.Value, maxDepth = ResourceLimits.YamlMaxDepth.Value;
         var anchors = new Dictionary<string, long>();
         var open = new Stack<(string? Anchor, long Size)>();
@@ -42,22 +53,20 @@ public static class YamlGuard
             if (total > maxNodes) throw new PeftLimitException($"{source}:{at.Line}: the YAML (aliases expanded)", ResourceLimits.YamlMaxNodes);
             if (open.Count > 0) { var (a, size) = open.Pop(); open.Push((a, size + n)); }
         }
-        long line = 1;
-        // YamlDotNet's scanner throws InvalidOperationException (no position) on some malformed input: name the last good line.
-        bool Next()
-        {
-            try { return parser.MoveNext() && (line = Math.Max(line, parser.Current!.End.Line)) > 0; }
-            catch (InvalidOperationException e) { throw new PeftFormatException(source, (int)line, $"not valid YAML at or after this line ({e.Message})"); }
-        }
         while (Next())
         {
+            last = parser.Current!.End;
             switch (parser.Current)
             {
                 case AnchorAlias a when open.Any(o => o.Anchor == a.Value.Value):
                     // YamlDotNet would build a cycle that anything walking the tree follows forever.
                     throw new PeftFormatException(source, a.Start.Line, $"alias *{a.Value.Value} refers to the list or mapping that contains it (a cycle)");
+                case AnchorAlias a when !anchors.ContainsKey(a.Value.Value):
+                    // YAML requires the anchor earlier in the document. YamlDotNet instead resolves a forward alias at the
+                    // document's end, so `a: &x [*y]` then `b: &y [*x]` became a cycle that overflowed the stack (soak).
+                    throw new PeftFormatException(source, a.Start.Line, $"alias *{a.Value.Value} refers to no earlier anchor &{a.Value.Value}");
                 case AnchorAlias a:
-                    Add(anchors.TryGetValue(a.Value.Value, out var n) ? n : 1, a.Start);
+                    Add(anchors[a.Value.Value], a.Start);
                     break;
                 case Scalar sc:
                     if (!sc.Anchor.IsEmpty) anchors[sc.Anchor.Value] = 1;

@@ -69,7 +69,9 @@ public static class ResourceLimits
         "values in one YAML file, counted with every alias (*name) expanded");
     public static readonly ResourceLimit YamlMaxDepth = new("PEFTSHARP_YAML_MAX_DEPTH", 64, "levels",
         "nesting of YAML mappings and sequences");
+    public static readonly ResourceLimit MaxAdapterBytes = new("PEFTSHARP_MAX_ADAPTER_BYTES", 16L << 30, "bytes",
+        "float32 parameters of one adapter, computed from its adapter_config.json and the model before allocating");
 
     public static IReadOnlyList<ResourceLimit> All { get; } =
-        [JinjaMaxOutput, JinjaMaxIterations, JinjaMaxDepth, JinjaTimeoutMs, RegexTimeoutMs, MaxPromptBytes, YamlMaxNodes, YamlMaxDepth];
+        [JinjaMaxOutput, JinjaMaxIterations, JinjaMaxDepth, JinjaTimeoutMs, RegexTimeoutMs, MaxPromptBytes, YamlMaxNodes, YamlMaxDepth, MaxAdapterBytes];
 }

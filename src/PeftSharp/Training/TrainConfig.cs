@@ -69,7 +69,8 @@ public sealed record TrainConfig
         YamlScalarNode s when s.Style is YamlDotNet.Core.ScalarStyle.SingleQuoted or YamlDotNet.Core.ScalarStyle.DoubleQuoted => s.Value,
         YamlScalarNode s when bool.TryParse(s.Value, out var b) => b,
         YamlScalarNode s when long.TryParse(s.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) => l,
-        YamlScalarNode s when double.TryParse(s.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) => d,
+        // 1e400 stays text (a readers' error names it): an infinite JSON number cannot even be printed.
+        YamlScalarNode s when double.TryParse(s.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d) => d,
         YamlScalarNode s => s.Value,
         _ => throw new PeftConfigException($"line {node.Start.Line}: expected a value or a list"),
     };

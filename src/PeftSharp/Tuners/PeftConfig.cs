@@ -125,8 +125,29 @@ public sealed class ConfigReader
         _read.Add(key);
         var n = _o[key];
         if (n is null) return fallback;
-        if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number) return v.GetValue<double>();
-        throw Bad(key, "a number");
+        if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<double>(out var d) && double.IsFinite(d)) return d;
+        throw Bad(key, "a finite number");
+    }
+
+    /// <summary>An integer exactly representable in a double (±2^53), e.g. a seed.</summary>
+    public long Long(string key, long fallback)
+    {
+        var d = Double(key, fallback);
+        return d == Math.Floor(d) && Math.Abs(d) <= 1L << 53 ? (long)d : throw Bad(key, "an integer (at most 2^53 in magnitude)");
+    }
+
+    /// <summary>A number in [min, max] (a hostile value is refused here, before the adapter allocates anything).</summary>
+    public double Double(string key, double fallback, double min, double max)
+    {
+        var d = Double(key, fallback);
+        return d >= min && d <= max ? d : throw Bad(key, $"a number in [{min}, {max}]");
+    }
+
+    /// <summary>An integer in [min, max] (sizes an adapter allocates: checked before anything is).</summary>
+    public int Int(string key, int fallback, int min, int max)
+    {
+        var i = Int(key, fallback);
+        return i >= min && i <= max ? i : throw Bad(key, $"an integer in {min}..{max}");
     }
 
     public int Int(string key, int fallback)
@@ -173,7 +194,8 @@ public sealed class ConfigReader
         if (n is null) return Array.Empty<KeyValuePair<string, double>>();
         if (n is not JsonObject obj) throw Bad(key, "an object of numbers");
         return obj.Select(kv => new KeyValuePair<string, double>(kv.Key,
-            kv.Value is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? v.GetValue<double>() : throw Bad(key, "an object of numbers"))).ToList();
+            kv.Value is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<double>(out var d) && double.IsFinite(d) ? d
+            : throw Bad(key, "an object of finite numbers"))).ToList();
     }
 }
 

@@ -24,6 +24,13 @@ public interface IPeftMethod
     /// <summary>Adds adapter <paramref name="adapterName"/> to the model's modules. Returns the wrapped module names.</summary>
     IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName);
 
+    /// <summary>
+    /// Elements of the tensors one adapter of the prepared <paramref name="config"/> will hold on <paramref name="model"/>
+    /// (its wrappers and prompt learner), computed from shapes without allocating: <see cref="PeftModel"/> checks it
+    /// against <see cref="AdapterSize.Check"/> before <see cref="Inject"/>, so a hostile size is refused, not allocated.
+    /// </summary>
+    long AdapterElements(PreTrainedModel model, PeftConfig config);
+
     // ---- what the rest of the product asks a method (training, serving, inspect, bf16, bench); defaults in brackets ----
 
     /// <summary>The <c>finetuning_type</c> values of <c>peft train</c> that build this method's adapters [none].</summary>

@@ -84,11 +84,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     // ---- creation and loading ----
 
     /// <summary>get_peft_model: freezes the model and adds a trainable adapter (inactive adapters are added by <see cref="AddAdapter"/>).</summary>
-    public static PeftModel Create(PreTrainedModel model, PeftConfig config, string adapterName = "default")
+    public static PeftModel Create(PreTrainedModel model, PeftConfig config, string adapterName = "default") => Create(model, config, adapterName, null);
+
+    static PeftModel Create(PreTrainedModel model, PeftConfig config, string adapterName, string? source)
     {
         foreach (var p in model.parameters()) p.requires_grad = false;
         var peft = new PeftModel(model) { BaseModelPath = config.BaseModelNameOrPath };
-        peft.Inject(adapterName, config);
+        peft.Inject(adapterName, config, source: source);
         peft.ActiveAdapter = adapterName;
         peft.ApplyActive();
         peft.ApplyBiasTrainability(adapterName);
@@ -100,7 +102,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     {
         adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
-        var peft = Create(model, config, adapterName);
+        var peft = Create(model, config, adapterName, Path.Combine(adapterDir, AdapterFiles.ConfigFile));
         peft.LoadWeights(adapterDir, adapterName);
         if (!isTrainable) peft.eval();
         return peft;
@@ -117,11 +119,13 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     }
 
     /// <summary>add_adapter: injects a new, inactive and frozen adapter of the same method.</summary>
-    public void AddAdapter(string adapterName, PeftConfig config)
+    public void AddAdapter(string adapterName, PeftConfig config) => AddAdapter(adapterName, config, null);
+
+    void AddAdapter(string adapterName, PeftConfig config, string? source)
     {
         if (_configs.Count > 0 && config.PeftType != _configs[_order[0]].PeftType)
             throw new PeftConfigException($"adapter '{adapterName}' is {config.PeftType} but this model holds {_configs[_order[0]].PeftType} adapters; one method per PeftModel");
-        Inject(adapterName, config, trainable: false);
+        Inject(adapterName, config, trainable: false, source: source);
         ApplyActive();
     }
 
@@ -130,7 +134,7 @@ public sealed class PeftModel : nn.Module, ILanguageModel
     {
         adapterDir = HfHubCache.ResolveFolder(adapterDir, "adapter");
         var config = PeftMethods.LoadConfig(adapterDir) with { InferenceMode = !isTrainable };
-        AddAdapter(adapterName, config);
+        AddAdapter(adapterName, config, Path.Combine(adapterDir, AdapterFiles.ConfigFile));
         LoadWeights(adapterDir, adapterName);
         if (!isTrainable) eval();
     }
@@ -144,12 +148,14 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         _configs[adapterName] = config;
     }
 
-    void Inject(string adapterName, PeftConfig config, bool trainable = true)
+    /// <param name="source">The adapter_config.json the config came from (named by errors), or null.</param>
+    void Inject(string adapterName, PeftConfig config, bool trainable = true, string? source = null)
     {
         if (_configs.ContainsKey(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' already exists (adapters: {string.Join(", ", _order)})");
         if (adapterName.Length == 0 || adapterName.Contains('.')) throw new PeftSharpException($"adapter name '{adapterName}' must be non-empty and contain no '.'");
         var method = PeftMethods.For(config);
         var prepared = method.Prepare(Model, config);
+        AdapterSize.Check(method.AdapterElements(Model, prepared), source ?? $"adapter '{adapterName}'", prepared.PeftType);
         try
         {
             method.Inject(Model, prepared, adapterName);

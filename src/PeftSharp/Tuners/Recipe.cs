@@ -36,7 +36,7 @@ public sealed class RecipeKeys
     public double Double(string key, double fallback)
     {
         if (!Has(key)) return fallback;
-        return double.TryParse(Text(Values[key]), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : throw Bad(key, "a number");
+        return double.TryParse(Text(Values[key]), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d) ? d : throw Bad(key, "a finite number");
     }
 
     public long Long(string key, long fallback)

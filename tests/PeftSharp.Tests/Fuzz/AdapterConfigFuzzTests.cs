@@ -25,7 +25,7 @@ public class AdapterConfigFuzzTests
         var path = Path.Combine(dir, "adapter_config.json");
         var h = new FuzzHarness("adapter_config.json", TimeSpan.FromSeconds(10));
         Gen.Select(Gen.Int[0, Keys.Length - 1], Gen.Int[0, Values.Length - 1], Gen.Int[0, Keys.Length - 1], Gen.Int[0, Values.Length - 1])
-            .Sample((k1, v1, k2, v2) =>
+            .Fuzz((k1, v1, k2, v2) =>
             {
                 var json = (JsonObject)original.DeepClone();
                 json[Keys[k1]] = JsonNode.Parse(Values[v1]);
@@ -33,7 +33,7 @@ public class AdapterConfigFuzzTests
                 File.WriteAllText(path, json.ToJsonString());
                 using var model = AutoModel.FromPretrained(TestPaths.Model("llama-tiny"));
                 h.Case($"{Keys[k1]}={Values[v1]}, {Keys[k2]}={Values[v2]}", null, () => PeftModel.FromPretrained(model, dir));
-            }, iter: FuzzHarness.Iter(120), threads: 1);
+            }, iter: FuzzHarness.Iter(120));
         h.Report(minRejected: 30);
     }
 }

@@ -41,12 +41,12 @@ public class ChatTemplateFuzzTests
         var h = new FuzzHarness("chat-templates", TimeSpan.FromSeconds(3), allocationBudget: 1L << 30);
         // A tighter clock than the default keeps the whole run short; the budget above is what a case may take.
         using var clock = ResourceLimits.JinjaTimeoutMs.Override(500);
-        Gen.Select(Gen.Int, Gen.Int[1, 4]).Sample((seed, parts) =>
+        Gen.Select(Gen.Int, Gen.Int[1, 4]).Fuzz((seed, parts) =>
         {
             var rng = new Random(seed);
             var source = "{% set ns = namespace(v='ab') %}" + string.Concat(Enumerable.Range(0, parts).Select(_ => Node(rng, 0)));
             h.Case(source.Length > 300 ? source[..300] + "..." : source, null, () => new ChatTemplate(source).Render(messages, addGenerationPrompt: true));
-        }, iter: FuzzHarness.Iter(200), threads: 1);
+        }, iter: FuzzHarness.Iter(200));
         h.Report(minRejected: 60);
     }
 }

@@ -31,7 +31,7 @@ public class ConfigFuzzTests
         using var checkpoint = Checkpoint.Open(dir);
         var h = new FuzzHarness("config.json", TimeSpan.FromSeconds(5));
         Gen.Select(Gen.Int[0, Keys.Length - 1], Gen.Int[0, Values.Length - 1], Gen.Int[0, Keys.Length - 1], Gen.Int[0, Values.Length - 1])
-            .Sample((k1, v1, k2, v2) =>
+            .Fuzz((k1, v1, k2, v2) =>
             {
                 var raw = (JsonObject)original.DeepClone();
                 raw[Keys[k1]] = JsonNode.Parse(Values[v1]);
@@ -48,7 +48,7 @@ public class ConfigFuzzTests
                         Assert.True(l.RopeTheta > 0 && l.RmsNormEps > 0 && double.IsFinite(l.RopeTheta));
                     }
                 });
-            }, iter: FuzzHarness.Iter(500), threads: 1);
+            }, iter: FuzzHarness.Iter(500));
         h.Report(minRejected: 200);
     }
 }

@@ -33,7 +33,7 @@ public class DatasetFuzzTests
     {
         var dir = TestPaths.TempDir();
         var h = new FuzzHarness("datasets", TimeSpan.FromSeconds(5));
-        Gen.Select(Gen.Int, Gen.Int[1, 6], Gen.Bool, Gen.Int[0, 5]).Sample((seed, count, array, format) =>
+        Gen.Select(Gen.Int, Gen.Int[1, 6], Gen.Bool, Gen.Int[0, 5]).Fuzz((seed, count, array, format) =>
         {
             var rng = new Random(seed);
             // Half the files are valid pre-tokenized data with at most one hostile record, half are random records.
@@ -50,7 +50,7 @@ public class DatasetFuzzTests
                 var (train, _) = DatasetBuilder.Load(path, null, options);
                 Assert.All(train, r => Assert.All(r.InputIds, id => Assert.InRange(id, 0, 319)));
             });
-        }, iter: FuzzHarness.Iter(400), threads: 1);
+        }, iter: FuzzHarness.Iter(400));
         h.Report(minRejected: 200);
     }
 

@@ -73,25 +73,25 @@ public class SafetensorsFuzzTests
         var path = Path.Combine(TestPaths.TempDir(), "fuzz.safetensors");
 
         Gen.Select(Gen.Int[0, 3], Gen.Int[0, 5], Gen.Int[0, 1000])
-            .Sample((t, f, p) => OpenAndRead(h, path, WithHeader(valid, s => MutateEntry(s, t, f, p)), $"entry {t} field {f} pick {p}"), iter: FuzzHarness.Iter(300), threads: 1);
+            .Fuzz((t, f, p) => OpenAndRead(h, path, WithHeader(valid, s => MutateEntry(s, t, f, p)), $"entry {t} field {f} pick {p}"), iter: FuzzHarness.Iter(300));
 
         Gen.Select(Gen.Int[-9, 9], Gen.Int[0, 2])
-            .Sample((delta, pad) => OpenAndRead(h, path, WithHeader(valid, s => s + new string(' ', pad * 4), delta), $"length {delta:+#;-#;0} pad {pad * 4}"), iter: FuzzHarness.Iter(60), threads: 1);
+            .Fuzz((delta, pad) => OpenAndRead(h, path, WithHeader(valid, s => s + new string(' ', pad * 4), delta), $"length {delta:+#;-#;0} pad {pad * 4}"), iter: FuzzHarness.Iter(60));
 
         long headerLen = BinaryPrimitives.ReadInt64LittleEndian(valid);
         Gen.Select(Gen.Int[0, (int)headerLen + 7], Gen.Byte)
-            .Sample((at, b) =>
+            .Fuzz((at, b) =>
             {
                 var bytes = (byte[])valid.Clone();
                 bytes[at] = b;
                 OpenAndRead(h, path, bytes, $"byte {at} = {b}");
-            }, iter: FuzzHarness.Iter(300), threads: 1);
+            }, iter: FuzzHarness.Iter(300));
 
-        Gen.Int[-40, 40].Sample(cut =>
+        Gen.Int[-40, 40].Fuzz(cut =>
         {
             var bytes = cut < 0 ? valid[..^(-cut)] : valid.Concat(new byte[cut]).ToArray();
             OpenAndRead(h, path, bytes, $"size {cut:+#;-#;0}");
-        }, iter: FuzzHarness.Iter(40), threads: 1);
+        }, iter: FuzzHarness.Iter(40));
 
         h.Report(minRejected: 300);
     }

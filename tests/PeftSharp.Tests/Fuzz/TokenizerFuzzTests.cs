@@ -41,7 +41,7 @@ public class TokenizerFuzzTests
         var h = new FuzzHarness("tokenizer.json", TimeSpan.FromSeconds(8));
         string[] texts = [new string('a', 3000) + "!", "hello world", new string('x', 40) + "y", "<s> é 🙂 </s>", ""];
         Gen.Select(Gen.Int[0, Sections.Length - 1], Gen.Int[0, Values.Length - 1], Gen.Int[0, Sections.Length - 1], Gen.Int[0, Values.Length - 1])
-            .Sample((s1, v1, s2, v2) =>
+            .Fuzz((s1, v1, s2, v2) =>
             {
                 var dir = TestPaths.TempDir();
                 File.Copy(Path.Combine(seedDir, HfTokenizer.ConfigFile), Path.Combine(dir, HfTokenizer.ConfigFile));
@@ -56,7 +56,7 @@ public class TokenizerFuzzTests
                     foreach (var t in texts) tok.Decode(tok.Encode(t));
                 });
                 Directory.Delete(dir, true);
-            }, iter: FuzzHarness.Iter(150), threads: 1);
+            }, iter: FuzzHarness.Iter(150));
         h.Report(minRejected: 50);
     }
 }

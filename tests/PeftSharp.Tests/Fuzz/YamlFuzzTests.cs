@@ -22,14 +22,54 @@ public class YamlFuzzTests
         };
     }
 
-    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs.
+    // Found by the fuzzer in CI: YamlDotNet throws ArgumentException for an alias where a mapping key belongs, and for a tag that is no URI.
     [Theory]
     [InlineData("save_steps: &s 5\neval_steps: *s|eval_steps: *s\n: x\n")]
     [InlineData("*s: 1\n")]
-    public void An_alias_where_a_key_belongs_is_refused_naming_the_file(string tail)
+    // Found by the soak (seed 6kUG2KYr4rM1): a tag that is not a URI made YamlDotNet throw ArgumentException.
+    [InlineData("is_parallel: [{k0: !!]inary aGk=}]\n")]
+    public void Aliases_and_tags_YamlDotNet_rejects_with_other_exceptions_are_refused_naming_the_file(string tail)
     {
         var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "alias.yaml"));
         Assert.Contains("alias.yaml", e.Message);
+    }
+
+    // Found by the soak as "Test Run Aborted" (stack overflow): YamlDotNet resolves an alias to a later anchor at the end
+    // of the document, so two anchored lists that name each other became a cycle that walking the tree never left.
+    [Theory]
+    [InlineData("lora_target: &n0 [*n1]\nadapter_config: &n1 [*n0]\n")]
+    [InlineData("lora_target: [*n2, &n2 [q_proj]]\n")]
+    [InlineData("leave_out: &a [&b [*c], &c [*b]]\n")]
+    public void An_alias_to_a_later_anchor_is_refused_instead_of_building_a_cycle(string tail)
+    {
+        var e = Assert.Throws<PeftFormatException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "forward.yaml"));
+        Assert.Contains("forward.yaml:", e.Message);
+        Assert.Contains("no earlier anchor", e.Message);
+    }
+
+    // Found by the soak (seed 5ZvtrhIuyO41): a block scalar's line break split the error into two lines.
+    [Theory]
+    [InlineData("lr_scheduler_type: |\n  text\n")]
+    [InlineData("finetuning_type: |\n  lo\n  ra\n")]
+    public void A_multi_line_value_in_an_error_stays_on_one_line(string tail)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "fuzz.yaml"));
+        Assert.Contains("fuzz.yaml", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Contains("\\n", e.Message);
+    }
+
+    // Found by CI's draw (seed 1DzfonMm4fD1): 1e400 became an infinite JSON number, which crashed the error message that printed it.
+    [Theory]
+    [InlineData("use_dora: 1e400\n", "use_dora")]
+    [InlineData("learning_rate: 1e400\n", "learning_rate")]
+    [InlineData("lora_alpha: -1e400\n", "lora_alpha")]
+    [InlineData("lora_dropout: 1e400\n", "lora_dropout")]
+    public void An_infinite_number_is_refused_naming_the_file_and_key(string tail, string key)
+    {
+        var e = Assert.ThrowsAny<PeftSharpException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\n" + tail, "inf.yaml"));
+        Assert.Contains("inf.yaml", e.Message);
+        Assert.Contains(key, e.Message);
     }
 
     [Fact]
@@ -37,7 +77,7 @@ public class YamlFuzzTests
     {
         var keys = TrainConfig.ValidKeys.ToArray();
         var h = new FuzzHarness("yaml", TimeSpan.FromSeconds(3));
-        Gen.Select(Gen.Int, Gen.Int[1, 8]).Sample((seed, lines) =>
+        Gen.Select(Gen.Int, Gen.Int[1, 8]).Fuzz((seed, lines) =>
         {
             var rng = new Random(seed);
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\n");
@@ -55,18 +95,18 @@ public class YamlFuzzTests
                 text = new string(chars);
             }
             h.Case(text, "fuzz.yaml", () => TrainConfig.Parse(text, "fuzz.yaml"));
-        }, iter: FuzzHarness.Iter(400), threads: 1);
+        }, iter: FuzzHarness.Iter(400));
 
         // Alias bombs of growing fan-out and depth, and nesting far past the limit.
-        Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Sample((fan, levels) =>
+        Gen.Select(Gen.Int[2, 12], Gen.Int[2, 12]).Fuzz((fan, levels) =>
         {
             var yaml = new StringBuilder("model_name_or_path: m\ndataset: d\nadapter_config: &a0 [x]\n");
             for (int i = 1; i <= levels; i++) yaml.Append($"leave_out: &a{i} [{string.Join(", ", Enumerable.Repeat($"*a{i - 1}", fan))}]\n");
             h.Case($"bomb {fan}^{levels}", "bomb.yaml", () => TrainConfig.Parse(yaml.ToString(), "bomb.yaml"));
-        }, iter: FuzzHarness.Iter(40), threads: 1);
-        Gen.Int[1, 3000].Sample(depth =>
+        }, iter: FuzzHarness.Iter(40));
+        Gen.Int[1, 3000].Fuzz(depth =>
             h.Case($"depth {depth}", "deep.yaml", () => TrainConfig.Parse($"model_name_or_path: m\ndataset: d\nlora_target: {new string('[', depth)}q{new string(']', depth)}\n", "deep.yaml")),
-            iter: FuzzHarness.Iter(30), threads: 1);
+            iter: FuzzHarness.Iter(30));
         h.Report(minRejected: 100);
     }
 }

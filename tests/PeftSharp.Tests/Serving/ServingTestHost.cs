@@ -17,7 +17,8 @@ public sealed class ServingTestHost : IAsyncDisposable
     {
         Engine = engine;
         Server = server;
-        Http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(60) };
+        // Generous: on a loaded 2-core machine a queued request can wait minutes; a real hang still fails.
+        Http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(5) };
     }
 
     public static string Multi(string name) => TestPaths.Data("multi", "llama-tiny", name);

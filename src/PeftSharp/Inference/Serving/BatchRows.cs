@@ -14,6 +14,8 @@ internal sealed class PendingRequest(ServingRequest request, GenerationOptions o
     public readonly Channel<ServedToken> Channel = channel;
     public readonly CancellationToken Token = token;
     public readonly TaskCompletionSource<ServedCompletion> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>1 once the request has ended (set by <see cref="ServingCounters"/> before its result is visible).</summary>
+    public int Ended;
     public string Adapter => Request.Adapter;
 
     /// <summary>The result of a request cancelled before it ran.</summary>

@@ -36,21 +36,28 @@ internal sealed class ServingCounters
     void Trim(long now) { while (_recent.Count > 0 && now - _recent.Peek().Ms > 10_000) _recent.Dequeue(); }
 
     /// <summary>Ends a request with its result (once; later calls do nothing).</summary>
+    /// <remarks>Counted before the stream ends and the result is set, so a client that sees its completion sees it in the metrics too.</remarks>
     public void Complete(PendingRequest p, ServedCompletion result)
     {
+        if (Interlocked.Exchange(ref p.Ended, 1) == 0)
+        {
+            if (result.Cancelled) Interlocked.Increment(ref Cancelled);
+            else Interlocked.Increment(ref Finished);
+            Interlocked.Decrement(ref Outstanding);
+        }
         p.Channel.Writer.TryComplete();
-        if (!p.Done.TrySetResult(result)) return;
-        if (result.Cancelled) Interlocked.Increment(ref Cancelled);
-        else Interlocked.Increment(ref Finished);
-        Interlocked.Decrement(ref Outstanding);
+        p.Done.TrySetResult(result);
     }
 
     /// <summary>Ends a request with an error (once).</summary>
     public void Fail(PendingRequest p, Exception e)
     {
+        if (Interlocked.Exchange(ref p.Ended, 1) == 0)
+        {
+            Interlocked.Increment(ref Finished);
+            Interlocked.Decrement(ref Outstanding);
+        }
         p.Channel.Writer.TryComplete(e);
-        if (!p.Done.TrySetException(e)) return;
-        Interlocked.Increment(ref Finished);
-        Interlocked.Decrement(ref Outstanding);
+        p.Done.TrySetException(e);
     }
 }

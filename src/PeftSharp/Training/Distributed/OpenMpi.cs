@@ -11,6 +11,8 @@ namespace PeftSharp.Training.Distributed;
 internal sealed unsafe class OpenMpi
 {
     public const string Library = "libmpi.so.40";
+    /// <summary>Another libmpi to load (a file name or path), e.g. an Open MPI installed outside the library path.</summary>
+    public const string LibraryVariable = "PEFTSHARP_MPI_LIBRARY";
     const int Success = 0, ThreadMultiple = 3, MaxErrorString = 256;
 
     readonly nint _world, _float, _byte, _sum, _max;
@@ -30,9 +32,10 @@ internal sealed unsafe class OpenMpi
     [DllImport("libc", EntryPoint = "dlerror")] static extern nint DlError();
     const int RtldNow = 2, RtldGlobal = 0x100;
 
-    OpenMpi(nint lib)
+    OpenMpi(nint lib, string library)
     {
-        nint Sym(string name) => NativeLibrary.GetExport(lib, name);
+        nint Sym(string name) => NativeLibrary.TryGetExport(lib, name, out var address) ? address
+            : throw new PeftPlatformException($"{library} was loaded but has no '{name}': it is not Open MPI 4.x/5.x (MPICH and others are not supported). " + Install);
         _world = Sym("ompi_mpi_comm_world"); _float = Sym("ompi_mpi_float"); _byte = Sym("ompi_mpi_byte");
         _sum = Sym("ompi_mpi_op_sum"); _max = Sym("ompi_mpi_op_max");
         ErrorsReturn = Sym("ompi_mpi_errors_return");
@@ -53,18 +56,23 @@ internal sealed unsafe class OpenMpi
 
     nint ErrorsReturn { get; }
 
-    /// <summary>Loads libmpi (RTLD_GLOBAL: Open MPI's plugins resolve their symbols against it) or explains why it cannot.</summary>
-    public static OpenMpi Load()
+    const string Install = "Install Open MPI with scripts/setup.sh --mpi (or apt-get install openmpi-bin libopenmpi-dev), or run without mpirun.";
+
+    /// <summary>
+    /// Loads libmpi (<see cref="LibraryVariable"/> or <see cref="Library"/>; RTLD_GLOBAL: Open MPI's plugins resolve
+    /// their symbols against it) or says in one line why it cannot and what to install.
+    /// </summary>
+    public static OpenMpi Load(string? library = null)
     {
-        var lib = DlOpen(Library, RtldNow | RtldGlobal);
+        library ??= Environment.GetEnvironmentVariable(LibraryVariable) is { Length: > 0 } chosen ? chosen : Library;
+        var lib = DlOpen(library, RtldNow | RtldGlobal);
         if (lib == 0)
         {
             var why = Marshal.PtrToStringAnsi(DlError()) ?? "unknown reason";
-            throw new PeftPlatformException($"this process was started by mpirun (OMPI_COMM_WORLD_SIZE is set) but Open MPI's {Library} " +
-                $"cannot be loaded ({why}). Install Open MPI (scripts/setup.sh --mpi, or apt-get install openmpi-bin libopenmpi-dev) " +
-                "or run without mpirun.");
+            throw new PeftPlatformException($"this process is one rank of a data-parallel job (a launcher such as mpirun set its variables) but Open MPI's {library} " +
+                $"cannot be loaded ({why}). " + Install);
         }
-        return new OpenMpi(lib);
+        return new OpenMpi(lib, library);
     }
 
     /// <summary>MPI_Init_thread (asks for MPI_THREAD_MULTIPLE: the watchdog may abort from its own thread) and MPI_ERRORS_RETURN on the world.</summary>

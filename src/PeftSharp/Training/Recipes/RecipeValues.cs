@@ -81,7 +81,7 @@ public sealed class RecipeValues
         Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
     public int? OptInt(string key) => Str(key) is null ? null : Int(key, 0);
     public double Dbl(string key, double fallback) =>
-        Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
+        Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v : null, "a finite number")!.Value;
     public double? OptDbl(string key) => Str(key) is null ? null : Dbl(key, 0);
     public bool Bool(string key, bool fallback) => Get<bool?>(key, fallback, s => s.ToLowerInvariant() switch
     {
@@ -109,7 +109,7 @@ public sealed class RecipeValues
         foreach (var (k, v) in map.Children)
         {
             var name = PeftSharp.IO.YamlGuard.Scalar(k, Source, $"a key of '{key}'") ?? "";
-            if (v is not YamlScalarNode { Value: { } vs } || !double.TryParse(vs, NumberStyles.Float, CultureInfo.InvariantCulture, out var d))
+            if (v is not YamlScalarNode { Value: { } vs } || !double.TryParse(vs, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) || !double.IsFinite(d))
                 throw Bad(key, $"{name}: {v}", "numbers as values");
             result[name] = d;
         }

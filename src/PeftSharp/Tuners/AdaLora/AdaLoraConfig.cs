@@ -35,7 +35,10 @@ public sealed record AdaLoraConfig : PeftConfig
 
     public void Validate(string source = "AdaLoraConfig")
     {
-        if (InitR <= 0 || TargetR <= 0) throw new PeftConfigException($"{source}: init_r and target_r must be positive; found init_r={InitR}, target_r={TargetR}");
+        if (InitR is <= 0 or > AdapterSize.MaxRank || TargetR is <= 0 or > AdapterSize.MaxRank)
+            throw new PeftConfigException($"{source}: 'init_r' and 'target_r' must be integers in 1..{AdapterSize.MaxRank}; found init_r={InitR}, target_r={TargetR}");
+        if (Tinit < 0 || Tfinal < 0) throw new PeftConfigException($"{source}: 'tinit' and 'tfinal' must be >= 0; found tinit={Tinit}, tfinal={Tfinal}");
+        if (!double.IsFinite(OrthRegWeight) || OrthRegWeight < 0) throw new PeftConfigException($"{source}: 'orth_reg_weight' must be a finite number >= 0; found {OrthRegWeight}");
         if (DeltaT <= 0) throw new PeftConfigException($"{source}: 'deltaT' must be positive; found {DeltaT}");
         if (Beta1 is <= 0 or >= 1 || Beta2 is <= 0 or >= 1) throw new PeftConfigException($"{source}: beta1 and beta2 must be in (0, 1); found {Beta1}, {Beta2}");
         if (Lora.UseDora) throw new PeftConfigException($"{source}: AdaLoRA does not support DoRA (use_dora)");

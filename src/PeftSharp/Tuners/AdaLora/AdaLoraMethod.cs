@@ -44,6 +44,13 @@ public sealed class AdaLoraMethod : IPeftMethod
         return c with { Lora = lora };
     }
 
+    /// <summary>P [init_r, in], Q [out, init_r] and the init_r singular values per target.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        return AdapterSize.Sum(model, TargetMatcher.Resolve(model, c.Lora.Targets, Supports, "AdaLoRA"), (_, i, o) => AdapterSize.Mul(c.InitR, i + o + 1));
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

@@ -57,7 +57,7 @@ public sealed record AdapterHubConfig : PeftConfig
         var c = new AdapterHubConfig
         {
             Parts = parts, RawConfig = config,
-            Name = r.String("name"), HiddenSize = r.Has("hidden_size") ? r.Int("hidden_size", 0) : null,
+            Name = r.String("name"), HiddenSize = r.Has("hidden_size") ? r.Int("hidden_size", 0, 1, AdapterSize.MaxWidth) : null,
             ModelClass = r.String("model_class"), ModelName = r.String("model_name"), ModelType = r.String("model_type"),
             Version = r.String("version") ?? "adapters.1.2.0",
         };

@@ -62,14 +62,34 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
         return names;
     }
 
+    /// <summary>Per part: a bottleneck adapter per slot it fills, LoRA's A and B per target, the prefix generator.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        long hidden = model.Config.HiddenSize;
+        var (heads, headDim) = model.KvShape;
+        long total = 0;
+        foreach (var part in Cast(config).Parts)
+            total = AdapterSize.Add(total, part switch
+            {
+                BottleneckConfig b => AdapterSize.Mul(BottleneckSlots(model, b).Count, BottleneckAdapter.Elements(b, hidden)),
+                HubLoraConfig l => AdapterSize.Sum(model, LoraTargets(model, l).Select(t => t.Name), (_, i, o) => AdapterSize.Mul(l.R, i + o)),
+                HubPrefixConfig p => AdapterSize.Add(AdapterSize.Mul(p.PrefixLength + 1 + hidden, p.BottleneckSize + 1),
+                    AdapterSize.Mul(p.BottleneckSize + 1, 2L * model.Config.NumHiddenLayers * heads * headDim)),
+                _ => 0,
+            });
+        return total;
+    }
+
+    static List<(string Name, BlockSlot Slot)> BottleneckSlots(PreTrainedModel model, BottleneckConfig b) =>
+        model.named_modules().Where(m => m.module is BlockSlot s && !b.LeaveOut.Contains(s.Layer) && (s.Location == SlotLocation.Attention ? b.MhAdapter : b.OutputAdapter))
+            .Select(m => (m.name, (BlockSlot)m.module)).ToList();
+
     static IEnumerable<string> InjectBottleneck(PreTrainedModel model, BottleneckConfig b, string adapterName)
     {
-        var slots = model.named_modules().Where(m => m.module is BlockSlot).Select(m => (m.name, Slot: (BlockSlot)m.module)).ToList();
-        if (slots.Count == 0) throw new PeftSharpException($"{model.GetType().Name} has no adapter slots (BlockSlot); bottleneck adapters cannot be placed");
-        foreach (var (name, slot) in slots)
+        if (!model.named_modules().Any(m => m.module is BlockSlot))
+            throw new PeftSharpException($"{model.GetType().Name} has no adapter slots (BlockSlot); bottleneck adapters cannot be placed");
+        foreach (var (name, slot) in BottleneckSlots(model, b))
         {
-            if (b.LeaveOut.Contains(slot.Layer)) continue;
-            if (!(slot.Location == SlotLocation.Attention ? b.MhAdapter : b.OutputAdapter)) continue;
             var filled = slot as AdapterSlot ?? new AdapterSlot(slot);
             if (!ReferenceEquals(filled, slot)) ModuleSurgery.Replace(model, name, filled);
             var adapter = new BottleneckAdapter(b, model.Config.HiddenSize);
@@ -111,13 +131,15 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
         return -1;
     }
 
+    static List<(string Name, nn.Module Module)> LoraTargets(PreTrainedModel model, HubLoraConfig l) =>
+        model.named_modules()
+            .Where(m => m.module is Linear or HubLoraLinear or HubPrefixProbe && IsLoraTarget(model.Config.ModelType, m.name, l) && !l.LeaveOut.Contains(LayerOf(m.name)))
+            .Select(m => (m.name, m.module)).ToList();
+
     static IEnumerable<string> InjectLora(PreTrainedModel model, HubLoraConfig l, string adapterName)
     {
-        var type = model.Config.ModelType;
-        var targets = model.named_modules()
-            .Where(m => m.module is Linear or HubLoraLinear or HubPrefixProbe && IsLoraTarget(type, m.name, l) && !l.LeaveOut.Contains(LayerOf(m.name)))
-            .Select(m => (m.name, m.module)).ToList();
-        if (targets.FirstOrDefault(t => t.module is HubPrefixProbe).name is { } probed)
+        var targets = LoraTargets(model, l);
+        if (targets.FirstOrDefault(t => t.Module is HubPrefixProbe).Name is { } probed)
             throw new PeftConfigException($"AdapterHub LoRA on {probed} together with prefix tuning on the same module is not supported; add the LoRA adapter first");
         foreach (var (name, module) in targets)
         {

@@ -32,7 +32,7 @@ public sealed record HubLoraConfig
             if (r.Node(k) is not null) throw new PeftConfigException($"{r.Source}: AdapterHub '{k}' (VeRA) is not supported by PeftSharp");
         var c = new HubLoraConfig
         {
-            R = r.Int("r", d.R), Alpha = r.Double("alpha", d.Alpha), Dropout = r.Double("dropout", 0),
+            R = r.Int("r", d.R, 1, AdapterSize.MaxRank), Alpha = r.Double("alpha", d.Alpha), Dropout = r.Double("dropout", 0, 0, 0.999999),
             AttnMatrices = r.StringOrList("attn_matrices")?.Items ?? d.AttnMatrices,
             SelfattnLora = r.Bool("selfattn_lora", true), IntermediateLora = r.Bool("intermediate_lora", false), OutputLora = r.Bool("output_lora", false),
             CompositionMode = r.String("composition_mode") ?? "add", InitWeights = r.String("init_weights") ?? "lora",

@@ -27,8 +27,8 @@ public sealed record HubPrefixConfig
         if (r.Bool("flat", false)) throw new PeftConfigException($"{r.Source}: AdapterHub prefix tuning 'flat' true is not supported by PeftSharp");
         var c = new HubPrefixConfig
         {
-            PrefixLength = r.Int("prefix_length", 30), BottleneckSize = r.Int("bottleneck_size", 512),
-            NonLinearity = r.String("non_linearity") ?? "tanh", Dropout = r.Double("dropout", 0),
+            PrefixLength = r.Int("prefix_length", 30, 1, AdapterSize.MaxTokens), BottleneckSize = r.Int("bottleneck_size", 512, 1, AdapterSize.MaxWidth),
+            NonLinearity = r.String("non_linearity") ?? "tanh", Dropout = r.Double("dropout", 0, 0, 0.999999),
             UseGating = r.Bool("use_gating", false), SharedGating = r.Bool("shared_gating", true),
             EncoderPrefix = r.Bool("encoder_prefix", true), CrossPrefix = r.Bool("cross_prefix", true),
             LeaveOut = r.IntOrList("leave_out") ?? Array.Empty<int>(),

@@ -31,8 +31,8 @@ public sealed record AdaptionPromptConfig : PeftConfig
 
     public void Validate(string source = "AdaptionPromptConfig")
     {
-        if (AdapterLen <= 0) throw new PeftConfigException($"{source}: 'adapter_len' must be positive; found {AdapterLen}");
-        if (AdapterLayers <= 0) throw new PeftConfigException($"{source}: 'adapter_layers' must be positive; found {AdapterLayers}");
+        if (AdapterLen is <= 0 or > AdapterSize.MaxTokens) throw new PeftConfigException($"{source}: 'adapter_len' must be an integer in 1..{AdapterSize.MaxTokens}; found {AdapterLen}");
+        if (AdapterLayers is <= 0 or > AdapterSize.MaxLayers) throw new PeftConfigException($"{source}: 'adapter_layers' must be an integer in 1..{AdapterSize.MaxLayers}; found {AdapterLayers}");
     }
 
     protected override void WriteFields(JsonObject o)

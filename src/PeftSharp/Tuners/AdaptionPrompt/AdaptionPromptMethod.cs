@@ -42,6 +42,13 @@ public sealed class AdaptionPromptMethod : IPeftMethod
     static List<(string Name, nn.Module Module)> Targets(PreTrainedModel model, AdaptionPromptConfig c) =>
         model.named_modules().Where(m => m.name.EndsWith("." + c.TargetModules, StringComparison.Ordinal)).Select(m => (m.name, m.module)).ToList();
 
+    /// <summary>An [adapter_len, hidden] prompt and a gate per adapted layer.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        return AdapterSize.Mul(c.AdapterLayers, AdapterSize.Mul(c.AdapterLen, model.Config.HiddenSize) + 1);
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

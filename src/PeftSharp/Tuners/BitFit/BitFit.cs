@@ -147,6 +147,10 @@ public sealed class BitFitMethod : IPeftMethod
         return c;
     }
 
+    /// <summary>At most one bias per module output: bounded by the model's own sizes, whatever the config says.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config) =>
+        TargetMatcher.Candidates(model).Aggregate(0L, (sum, m) => AdapterSize.Add(sum, AdapterSize.Dims(m.Module).Out));
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

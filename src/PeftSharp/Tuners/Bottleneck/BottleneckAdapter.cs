@@ -30,10 +30,17 @@ public sealed class BottleneckAdapter : nn.Module
 
     public BottleneckConfig Config { get; }
 
+    /// <summary>The bottleneck width: hidden / reduction_factor, at least 1.</summary>
+    public static long DownSize(BottleneckConfig c, long hidden) => Math.Max(1, (long)Math.Floor(hidden / c.ReductionFactor));
+
+    /// <summary>Elements of one adapter: down and up projections with biases, plus layer norms, scaling and gate at most.</summary>
+    public static long Elements(BottleneckConfig c, long hidden) =>
+        AdapterSize.Add(AdapterSize.Mul(DownSize(c, hidden), 2 * hidden + 1), 6 * hidden + 1);
+
     public BottleneckAdapter(BottleneckConfig c, long hidden) : base("Adapter")
     {
         Config = c;
-        long down = Math.Max(1, (long)Math.Floor(hidden / c.ReductionFactor));
+        long down = DownSize(c, hidden);
         var seq = new List<(string, Module<Tensor, Tensor>)>();
         if (c.LnBefore) seq.Add(("0", LayerNorm(hidden)));
         var downLinear = Linear(hidden, down);

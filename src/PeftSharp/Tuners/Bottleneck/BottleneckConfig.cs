@@ -68,12 +68,13 @@ public sealed record BottleneckConfig
         double reduction = rf switch
         {
             null => d.ReductionFactor,
-            JsonValue v when v.GetValueKind() == System.Text.Json.JsonValueKind.Number => v.GetValue<double>(),
+            JsonValue v when v.GetValueKind() == System.Text.Json.JsonValueKind.Number && v.TryGetValue<double>(out var value) => value,
             _ => throw new PeftConfigException($"{r.Source}: 'reduction_factor' must be a number (per-layer mappings are not supported); found {rf.ToJsonString()}"),
         };
         var scaling = r.Node("scaling") ?? d.Scaling;
-        if (!(scaling is JsonValue sv && (sv.GetValueKind() == System.Text.Json.JsonValueKind.Number || sv.TryGetValue<string>(out var ss) && ss is "learned" or "channel")))
-            throw new PeftConfigException($"{r.Source}: 'scaling' must be a number, \"learned\" or \"channel\"; found {scaling.ToJsonString()}");
+        if (!(scaling is JsonValue sv && (sv.GetValueKind() == System.Text.Json.JsonValueKind.Number && sv.TryGetValue<double>(out var sd) && double.IsFinite(sd)
+                || sv.TryGetValue<string>(out var ss) && ss is "learned" or "channel")))
+            throw new PeftConfigException($"{r.Source}: 'scaling' must be a finite number, \"learned\" or \"channel\"; found {scaling.ToJsonString()}");
         var residual = r.Node("residual_before_ln") ?? d.ResidualBeforeLn;
         if (!(residual is JsonValue rv && (rv.TryGetValue<bool>(out _) || rv.TryGetValue<string>(out var rs) && rs == "post_add")))
             throw new PeftConfigException($"{r.Source}: 'residual_before_ln' must be true, false or \"post_add\"; found {residual.ToJsonString()}");
@@ -102,7 +103,12 @@ public sealed record BottleneckConfig
 
     public void Validate(string source)
     {
-        if (ReductionFactor <= 0) throw new PeftConfigException($"{source}: 'reduction_factor' must be positive; found {ReductionFactor}");
+        // Below 1/64 the bottleneck would be 64× wider than the model: a typo, not a design.
+        if (!(ReductionFactor >= 1.0 / 64 && ReductionFactor <= AdapterSize.MaxWidth))
+            throw new PeftConfigException($"{source}: 'reduction_factor' must be a number in [{1.0 / 64}, {AdapterSize.MaxWidth}]; found {ReductionFactor}");
+        if (Dropout is < 0 or >= 1) throw new PeftConfigException($"{source}: 'dropout' must be in [0, 1); found {Dropout}");
+        if (LeaveOut.Where(l => l is < 0 or >= AdapterSize.MaxLayers).Select(l => (int?)l).FirstOrDefault() is int bad)
+            throw new PeftConfigException($"{source}: 'leave_out' entries must be layer indices in 0..{AdapterSize.MaxLayers - 1}; found {bad}");
         if (InitWeights is not ("bert" or "mam_adapter" or "houlsby"))
             throw new PeftConfigException($"{source}: 'init_weights' must be bert, mam_adapter or houlsby; found '{InitWeights}'");
         if (!MhAdapter && !OutputAdapter) throw new PeftConfigException($"{source}: neither 'mh_adapter' nor 'output_adapter' is set, so the adapter would sit nowhere");

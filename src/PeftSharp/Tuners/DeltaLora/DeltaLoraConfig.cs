@@ -42,6 +42,7 @@ public sealed record DeltaLoraConfig : PeftConfig
             UpdateRatio = r.Double("update_ratio", 2),
             StartSteps = r.Int("start_steps", 500),
         };
+        c.Validate(source);
         return c;
     }
 

@@ -41,6 +41,13 @@ public sealed class DeltaLoraMethod : IPeftMethod
         return c;
     }
 
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        return AdapterSize.Sum(model, TargetMatcher.Resolve(model, c.Lora.Targets, Supports, "Delta-LoRA"),
+            (name, i, o) => AdapterSize.Mul(c.Lora.RankAndAlphaFor(name).R, i + o));
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

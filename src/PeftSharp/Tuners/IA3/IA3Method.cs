@@ -61,6 +61,13 @@ public sealed class IA3Method : IPeftMethod, IWeightedCombination
         return c with { FanInFanOut = conv1D };
     }
 
+    /// <summary>One vector per target: its input width (feed-forward) or its output width.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        return AdapterSize.Sum(model, TargetMatcher.Resolve(model, c.Targets, Supports, "IA3"), (name, i, o) => c.IsFeedforward(name) ? i : o);
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

@@ -76,7 +76,10 @@ public sealed record LoraConfig : PeftConfig
 
     public void Validate(string source = "LoraConfig")
     {
-        if (R <= 0) throw new PeftConfigException($"{source}: 'r' must be a positive integer; found {R}");
+        if (R is <= 0 or > AdapterSize.MaxRank) throw new PeftConfigException($"{source}: 'r' must be an integer in 1..{AdapterSize.MaxRank}; found {R}");
+        if (!double.IsFinite(LoraAlpha)) throw new PeftConfigException($"{source}: 'lora_alpha' must be a finite number; found {LoraAlpha}");
+        if (LayersToTransform?.Where(l => l is < 0 or >= AdapterSize.MaxLayers).Select(l => (int?)l).FirstOrDefault() is int bad)
+            throw new PeftConfigException($"{source}: 'layers_to_transform' entries must be layer indices in 0..{AdapterSize.MaxLayers - 1}; found {bad}");
         if (Bias is not ("none" or "all" or "lora_only")) throw new PeftConfigException($"{source}: 'bias' must be none, all or lora_only; found '{Bias}'");
         if (LoraDropout is < 0 or >= 1) throw new PeftConfigException($"{source}: 'lora_dropout' must be in [0, 1); found {LoraDropout}");
         if (InitLoraWeights is not ("true" or "false" or "gaussian"))
@@ -95,7 +98,9 @@ public sealed record LoraConfig : PeftConfig
             if (!isDefault) throw new PeftConfigException($"{source}: '{key}' = {v!.ToJsonString()} is not supported by PeftSharp");
         }
         foreach (var (k, v) in RankPattern)
-            if (v <= 0 || v != Math.Floor(v)) throw new PeftConfigException($"{source}: rank_pattern['{k}'] must be a positive integer; found {v}");
+            if (v <= 0 || v > AdapterSize.MaxRank || v != Math.Floor(v)) throw new PeftConfigException($"{source}: rank_pattern['{k}'] must be an integer in 1..{AdapterSize.MaxRank}; found {v}");
+        foreach (var (k, v) in AlphaPattern)
+            if (!double.IsFinite(v)) throw new PeftConfigException($"{source}: alpha_pattern['{k}'] must be a finite number; found {v}");
     }
 
     public bool IsAllLinear => TargetModules is { IsString: true } t && string.Equals(t.Pattern, TargetMatcher.AllLinear, StringComparison.OrdinalIgnoreCase);

@@ -65,6 +65,14 @@ public sealed class LoraMethod : IPeftMethod, IWeightedCombination
         return c;
     }
 
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        // A [r, in], B [out, r]; DoRA adds a magnitude per output.
+        return AdapterSize.Sum(model, TargetMatcher.Resolve(model, c.Targets, Supports, "LoRA"),
+            (name, i, o) => AdapterSize.Mul(c.RankAndAlphaFor(name).R, i + o) + (c.UseDora ? o : 0));
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

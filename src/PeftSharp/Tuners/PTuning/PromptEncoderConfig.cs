@@ -22,8 +22,8 @@ public sealed record PromptEncoderConfig : PromptLearningConfig
         var c = ReadPrompt(new PromptEncoderConfig(), r) with
         {
             EncoderReparameterizationType = r.String("encoder_reparameterization_type") ?? "MLP",
-            EncoderHiddenSize = NullableInt(r, "encoder_hidden_size"),
-            EncoderNumLayers = r.Int("encoder_num_layers", 2),
+            EncoderHiddenSize = NullableInt(r, "encoder_hidden_size", AdapterSize.MaxWidth),
+            EncoderNumLayers = r.Int("encoder_num_layers", 2, 1, AdapterSize.MaxLayers),
             EncoderDropout = r.Double("encoder_dropout", 0.0),
         };
         PeftMethods.WarnUnknown(r);
@@ -37,6 +37,18 @@ public sealed record PromptEncoderConfig : PromptLearningConfig
             throw new PeftConfigException($"{source}: 'encoder_reparameterization_type' must be MLP or LSTM; found '{EncoderReparameterizationType}'");
         if (EncoderNumLayers <= 0) throw new PeftConfigException($"{source}: 'encoder_num_layers' must be positive; found {EncoderNumLayers}");
         if (EncoderDropout is < 0 or >= 1) throw new PeftConfigException($"{source}: 'encoder_dropout' must be in [0, 1); found {EncoderDropout}");
+    }
+
+    /// <summary>The virtual-token table, plus (training) the MLP's three linears or the bidirectional LSTM and its MLP.</summary>
+    public override long LearnerElements()
+    {
+        long d = TokenDim ?? 0, h = EncoderHiddenSize ?? d;
+        long table = AdapterSize.Mul(TotalVirtualTokens, d);
+        if (InferenceMode) return table;
+        long encoder = EncoderReparameterizationType == "LSTM"
+            ? AdapterSize.Add(AdapterSize.Mul(AdapterSize.Mul(EncoderNumLayers, 8 * h), Math.Max(d, 2 * h) + h + 2), AdapterSize.Mul(2 * h + 1, 2 * h + d))
+            : AdapterSize.Mul(h + 1, 2 * d + h + 1);
+        return AdapterSize.Add(table, encoder);
     }
 
     protected override void WriteFields(JsonObject o)

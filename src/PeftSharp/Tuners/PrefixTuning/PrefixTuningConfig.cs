@@ -26,7 +26,7 @@ public sealed record PrefixTuningConfig : PromptLearningConfig
         var r = new ConfigReader(json, source);
         var c = ReadPrompt(new PrefixTuningConfig(), r) with
         {
-            EncoderHiddenSize = NullableInt(r, "encoder_hidden_size"),
+            EncoderHiddenSize = NullableInt(r, "encoder_hidden_size", AdapterSize.MaxWidth),
             PrefixProjection = r.Bool("prefix_projection", false),
             InitWeights = r.String("init_weights"),
         };
@@ -39,6 +39,15 @@ public sealed record PrefixTuningConfig : PromptLearningConfig
     {
         if (InitWeights is not (null or "zero"))
             throw new PeftConfigException($"{source}: 'init_weights' must be null or \"zero\"; found '{InitWeights}'");
+    }
+
+    /// <summary>Keys and values for every layer per virtual token, or (training with prefix_projection) a token table and the projection MLP.</summary>
+    public override long LearnerElements()
+    {
+        long d = TokenDim ?? 0, h = EncoderHiddenSize ?? d, width = AdapterSize.Mul(2L * (NumLayers ?? 0), d);
+        return PrefixProjection && !InferenceMode
+            ? AdapterSize.Add(AdapterSize.Mul(NumVirtualTokens + 1, d) + AdapterSize.Mul(d, h), AdapterSize.Mul(h + 1, width))
+            : AdapterSize.Mul(NumVirtualTokens, width);
     }
 
     protected override void WriteFields(JsonObject o)

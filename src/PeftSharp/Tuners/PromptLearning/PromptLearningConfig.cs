@@ -23,19 +23,23 @@ public abstract record PromptLearningConfig : PeftConfig
     {
         var c = ReadCommon(config, r) with
         {
-            NumVirtualTokens = r.Has("num_virtual_tokens") ? r.Int("num_virtual_tokens", 0)
+            NumVirtualTokens = r.Has("num_virtual_tokens") ? r.Int("num_virtual_tokens", 0, 1, AdapterSize.MaxTokens)
                 : throw new PeftConfigException($"{r.Source}: 'num_virtual_tokens' is required"),
-            TokenDim = NullableInt(r, "token_dim"),
-            NumTransformerSubmodules = NullableInt(r, "num_transformer_submodules"),
-            NumAttentionHeads = NullableInt(r, "num_attention_heads"),
-            NumLayers = NullableInt(r, "num_layers"),
+            TokenDim = NullableInt(r, "token_dim", AdapterSize.MaxWidth),
+            NumTransformerSubmodules = NullableInt(r, "num_transformer_submodules", 2),
+            NumAttentionHeads = NullableInt(r, "num_attention_heads", AdapterSize.MaxLayers),
+            NumLayers = NullableInt(r, "num_layers", AdapterSize.MaxLayers),
             ModulesToSave = r.StringOrList("modules_to_save") is { } m ? (m.IsString ? new[] { m.Pattern! } : m.Items) : null,
         };
         if (c.NumVirtualTokens <= 0) throw new PeftConfigException($"{r.Source}: 'num_virtual_tokens' must be positive; found {c.NumVirtualTokens}");
         return c;
     }
 
-    protected static int? NullableInt(ConfigReader r, string key) => r.Has(key) ? r.Int(key, 0) : null;
+    /// <summary>An optional size in 1..<paramref name="max"/> (null: filled from the model).</summary>
+    protected static int? NullableInt(ConfigReader r, string key, int max) => r.Has(key) ? r.Int(key, 0, 1, max) : null;
+
+    /// <summary>Elements of the prompt learner this prepared config builds (sizes filled), for <see cref="AdapterSize.Check"/>.</summary>
+    public abstract long LearnerElements();
 
     protected override void WriteFields(JsonObject o)
     {

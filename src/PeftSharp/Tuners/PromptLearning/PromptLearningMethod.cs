@@ -60,6 +60,9 @@ public abstract class PromptLearningMethod<TConfig> : IPromptLearningMethod wher
         return Complete(model, c);
     }
 
+    /// <summary>The prompt learner, plus the classifier copies (bounded by the model's own sizes).</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config) => Cast(config).LearnerElements();
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);

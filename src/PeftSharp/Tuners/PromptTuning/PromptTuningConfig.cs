@@ -39,6 +39,9 @@ public sealed record PromptTuningConfig : PromptLearningConfig
             throw new PeftConfigException($"{source}: prompt_tuning_init TEXT needs 'prompt_tuning_init_text' and 'tokenizer_name_or_path'");
     }
 
+    /// <summary>The virtual-token embedding table.</summary>
+    public override long LearnerElements() => AdapterSize.Mul(TotalVirtualTokens, TokenDim ?? 0);
+
     protected override void WriteFields(JsonObject o)
     {
         base.WriteFields(o);

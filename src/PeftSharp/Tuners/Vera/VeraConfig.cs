@@ -36,7 +36,8 @@ public sealed record VeraConfig : PeftConfig
 
     public void Validate(string source = "VeraConfig")
     {
-        if (R <= 0) throw new PeftConfigException($"{source}: 'r' must be a positive integer; found {R}");
+        if (R is <= 0 or > AdapterSize.MaxRank) throw new PeftConfigException($"{source}: 'r' (the shared projections' rank) must be an integer in 1..{AdapterSize.MaxRank}; found {R}");
+        if (!double.IsFinite(DInitial)) throw new PeftConfigException($"{source}: 'd_initial' must be a finite number; found {DInitial}");
         if (Bias != "none") throw new PeftConfigException($"{source}: 'bias' = '{Bias}' is not supported by PeftSharp's VeRA (supported: none)");
         if (VeraDropout is < 0 or >= 1) throw new PeftConfigException($"{source}: 'vera_dropout' must be in [0, 1); found {VeraDropout}");
         if (LayersPattern is not null && LayersToTransform is null) throw new PeftConfigException($"{source}: 'layers_pattern' needs 'layers_to_transform'");
@@ -49,7 +50,7 @@ public sealed record VeraConfig : PeftConfig
         {
             R = r.Int("r", 256),
             TargetModules = r.StringOrList("target_modules"),
-            ProjectionPrngKey = (long)r.Double("projection_prng_key", 0),
+            ProjectionPrngKey = r.Long("projection_prng_key", 0),
             SaveProjection = r.Bool("save_projection", true),
             VeraDropout = r.Double("vera_dropout", 0),
             DInitial = r.Double("d_initial", 0.1),

@@ -43,6 +43,15 @@ public sealed class VeraMethod : IPeftMethod, IModelLevelState
         return c;
     }
 
+    /// <summary>The shared projections A [r, max in], B [max out, r] plus λ_b [out] and λ_d [r] per target.</summary>
+    public long AdapterElements(PreTrainedModel model, PeftConfig config)
+    {
+        var c = Cast(config);
+        var dims = TargetMatcher.Resolve(model, c.Targets, Supports, "VeRA").Select(n => AdapterSize.Dims(ModuleSurgery.Get(model, n))).ToList();
+        long shared = dims.Count == 0 ? 0 : AdapterSize.Mul(c.R, dims.Max(d => d.In) + dims.Max(d => d.Out));
+        return dims.Aggregate(shared, (sum, d) => AdapterSize.Add(sum, d.Out + c.R));
+    }
+
     public IReadOnlyList<string> Inject(PreTrainedModel model, PeftConfig config, string adapterName)
     {
         var c = Cast(config);
