@@ -15,7 +15,7 @@ public sealed record BenchMachine(
         catch (IOException) { }
         return new BenchMachine(cpu.Model, cpu.ClassName, cpu.Forced, cpu.Avx2, cpu.Avx512, cpu.Avx512Bf16, cpu.AmxBf16, cpu.ArmBf16,
             MklAmdDispatch.Status, Bf16Policy.ComputeDtype == TorchSharp.torch.ScalarType.BFloat16 ? "bfloat16" : "float32",
-            TorchSharp.torch.get_num_threads(), Environment.ProcessorCount, load, FastPaths.Describe());
+            TorchSharp.torch.get_num_threads(), Environment.ProcessorCount, load, PeftSharp.Runtime.FastPaths.Describe());
     }
 
     [System.Text.Json.Serialization.JsonIgnore]
