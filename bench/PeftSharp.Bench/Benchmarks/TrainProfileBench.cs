@@ -53,6 +53,7 @@ public sealed class TrainProfileBench : IBenchmark
             var micro = new BenchResult { Columns = new[] { "section", "wall ms (median)", "CPU ms (median)", "calls" } };
             Seq = o.GetInt("seq", 256);
             Micro(micro, o.GetInt("reps", 5));
+            micro.Notes.Add($"MKL code path (mkl_serv_cpu_detect): {MklAmdDispatch.MklCpuBranch()?.ToString() ?? "n/a"}");
             return micro;
         }
         int steps = o.GetInt("steps", 4), warmup = o.GetInt("warmup", 1), reps = o.GetInt("reps", 5);
@@ -144,6 +145,7 @@ public sealed class TrainProfileBench : IBenchmark
         result.Add("  forward: attention core + residuals (remainder)", fw - topWall, fc - topCpu, 8);
 
         Micro(result, reps);
+        result.Notes.Add($"MKL code path (mkl_serv_cpu_detect): {MklAmdDispatch.MklCpuBranch()?.ToString() ?? "n/a"}");
         result.Notes.Add($"{mode}: {steps} profiled steps after {warmup} warm-up, batch 4 x 256, torch threads {ThreadPolicy.Status}; " +
             "forward rows are inclusive hook times (mlp includes its projections); micro rows: one layer's op on the step's shapes, forward + backward, median of " + reps + ".");
         return result;

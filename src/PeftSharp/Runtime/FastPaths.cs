@@ -10,7 +10,10 @@ public static class FastPaths
     /// <summary>Rotary embedding in 3 passes over q/k instead of 5 (<c>ROPE</c>; <c>Models/Llama.cs</c> Rope.Apply).</summary>
     public static bool Rope { get; } = On("ROPE");
 
-    static readonly (string Name, Func<bool> IsOn)[] All = { ("ROPE", () => Rope) };
+    /// <summary>AdamW's update in one SIMD pass per float32 CPU parameter (<c>ADAMW</c>; <c>Training/AdamWKernel.cs</c>).</summary>
+    public static bool AdamW { get; } = On("ADAMW");
+
+    static readonly (string Name, Func<bool> IsOn)[] All = { ("ROPE", () => Rope), ("ADAMW", () => AdamW) };
 
     static bool On(string name) =>
         Environment.GetEnvironmentVariable("PEFTSHARP_FAST") != "0" && Environment.GetEnvironmentVariable("PEFTSHARP_FAST_" + name) != "0";
