@@ -9,7 +9,10 @@ namespace PeftSharp.Runtime;
 /// and a LoRA fp32 train step of 1.08 s against 0.59 s. Before libtorch loads, we put a one-function shim
 /// (<c>Native/mkl_amd_avx512.c</c>) into the global symbol scope; it answers MKL's vendor test, so MKL dispatches
 /// on the CPUID feature bits alone, in its reproducible mode for that branch (<c>MKL_CBWR=AVX512</c> unless set).
-/// Only on Linux x64, AMD, AVX-512F/BW/DQ/VL; <c>PEFTSHARP_MKL_AMD_AVX512=0</c> opts out.
+/// On AMD CPUs with AVX2 but no AVX-512 (Zen 1-3, or <c>PEFTSHARP_CPU_CLASS=avx2</c>) the same shim gives MKL's Intel
+/// AVX2 kernels instead of its vendor default (<c>MKL_CBWR=AVX2</c>): the train-step's GEMMs, forward+backward, took
+/// 10-20 % less CPU time on Zen 5 capped at AVX2 (docs/benchmarks.md).
+/// Only on Linux x64, AMD, AVX2+FMA; <c>PEFTSHARP_MKL_AMD_AVX512=0</c> opts out (either branch).
 /// </summary>
 public static class MklAmdDispatch
 {
@@ -18,6 +21,11 @@ public static class MklAmdDispatch
 
     /// <summary>What MKL's <c>mkl_serv_cpu_detect</c> returns for its AVX-512 path (0 on Zen 5 without the shim).</summary>
     public const int MklAvx512Branch = 7;
+    /// <summary>... and for its AVX2 path (0 on AMD without the shim).</summary>
+    public const int MklAvx2Branch = 5;
+
+    /// <summary>The branch MKL takes once <see cref="Enabled"/>: AVX-512 where the CPU class has it, else AVX2.</summary>
+    public static int? ExpectedBranch { get; private set; }
 
     const int RTLD_LAZY = 1, RTLD_NOW = 2, RTLD_NOLOAD = 4, RTLD_GLOBAL = 0x100;
 
@@ -32,22 +40,26 @@ public static class MklAmdDispatch
     /// <summary>One line for logs and benchmark footers.</summary>
     public static string Status { get; private set; } = "vendor default";
 
-    /// <summary>Linux x64 on an AMD CPU with the AVX-512 subsets MKL's kernels use.</summary>
+    /// <summary>Linux x64 on an AMD CPU with AVX2 and FMA (MKL's AVX2 kernels; AVX-512 ones where F/BW/DQ/VL are there too).</summary>
     public static bool CpuQualifies =>
         OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64 && IsAmd()
-        && Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported;
+        && Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Whether <see cref="CpuQualifies"/> and no lower CPU class is being emulated (<c>PEFTSHARP_CPU_CLASS</c>).</summary>
-    static bool ClassAllows(out string? why)
+    static bool HasAvx512Subsets => Avx512F.IsSupported && Avx512BW.IsSupported && Avx512DQ.IsSupported && Avx512F.VL.IsSupported;
+
+    /// <summary>The MKL branch the CPU class (real or emulated by <c>PEFTSHARP_CPU_CLASS</c>) allows, or null with why not.</summary>
+    static int? BranchFor(out string? why)
     {
         why = null;
         try
         {
-            if (CpuCapabilities.Detected.Avx512) return true;
-            why = $"{CpuCapabilities.ClassVariable}={CpuCapabilities.Detected.ClassName}";
+            var cpu = CpuCapabilities.Detected;
+            if (cpu.Avx512 && HasAvx512Subsets) return MklAvx512Branch;
+            if (cpu.Avx2) return MklAvx2Branch;
+            why = $"{CpuCapabilities.ClassVariable}={cpu.ClassName}";
         }
         catch (PeftConfigException e) { why = e.Message; }
-        return false;
+        return null;
     }
 
     static bool IsAmd()
@@ -63,7 +75,7 @@ public static class MklAmdDispatch
     {
         if (!CpuQualifies) return;
         if (Environment.GetEnvironmentVariable(OptOutVariable) == "0") { Status = $"vendor default ({OptOutVariable}=0)"; return; }
-        if (!ClassAllows(out var why)) { Status = $"vendor default ({why})"; return; }
+        if (BranchFor(out var why) is not { } branch) { Status = $"vendor default ({why})"; return; }
         try
         {
             var path = ShimCandidates().FirstOrDefault(File.Exists);
@@ -75,9 +87,11 @@ public static class MklAmdDispatch
             }
             // MKL's reproducibility mode for this branch (same results run to run at a given thread count); no
             // measurable cost here. A user's own MKL_CBWR wins.
-            SetEnv("MKL_CBWR", "AVX512", 0);
+            bool avx512 = branch == MklAvx512Branch;
+            SetEnv("MKL_CBWR", avx512 ? "AVX512" : "AVX2", 0);
             Enabled = true;
-            Status = "AVX-512 on AMD";
+            ExpectedBranch = branch;
+            Status = avx512 ? "AVX-512 on AMD" : "AVX2 on AMD (MKL's Intel AVX2 kernels)";
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {

@@ -44,13 +44,21 @@ public sealed class AdamW : IOptimizer
                     s = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
                     _state[name] = s;
                 }
-                if (g.WeightDecay != 0) p.mul_(1 - g.Lr * g.WeightDecay);
-                s.M.lerp_(grad, 1 - _beta1);
-                s.V.mul_(_beta2).addcmul_(grad, grad, 1 - _beta2);
-                var denom = (s.V.sqrt() / bc2Sqrt).add_(_eps);
-                p.addcdiv_(s.M, denom, -stepSize);
+                var c = new AdamWKernel.Coefficients((float)(1 - g.Lr * g.WeightDecay), (float)(1 - _beta1), (float)_beta2, (float)(1 - _beta2), (float)bc2Sqrt, (float)_eps, (float)-stepSize);
+                if (!Runtime.FastPaths.AdamW || !AdamWKernel.TryStep(p, grad, s.M, s.V, c)) Reference(p, grad, s.M, s.V, c);
             }
         }
+    }
+
+    /// <summary>The update as libtorch ops (any device or dtype; <c>PEFTSHARP_FAST_ADAMW=0</c>).</summary>
+    internal static void Reference(Tensor p, Tensor grad, Tensor m, Tensor v, AdamWKernel.Coefficients c)
+    {
+        using var scope = NewDisposeScope();
+        if (c.Decay != 1) p.mul_(c.Decay);
+        m.lerp_(grad, c.LerpWeight);
+        v.mul_(c.Beta2).addcmul_(grad, grad, c.OneMinusBeta2);
+        var denom = (v.sqrt() / c.Bc2Sqrt).add_(c.Eps);
+        p.addcdiv_(m, denom, c.NegStepSize);
     }
 
     public void ZeroGrad()
