@@ -296,9 +296,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
         if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
         if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
-        foreach (var l in layers) l.RowAdapters = rows;
-        try { return Model.Forward(inputs); }
-        finally { foreach (var l in layers) l.RowAdapters = null; }
+        using var ctx = ForwardContext.Enter(rows);
+        return Model.Forward(inputs);
     }
 
     // ---- merging ----

@@ -21,7 +21,7 @@ public sealed record LoraAdapterSettings(int R, double Alpha, double Dropout, bo
 /// primitives a layer gives in one [out, in] layout: A, B, the base weight, the low-rank term. <see cref="LoraLinear"/>
 /// and <see cref="LoraEmbedding"/> give those for their base.
 /// </summary>
-public abstract class LoraLayer : AdapterLayer, IAutocastLayer
+public abstract class LoraLayer : AdapterLayer
 {
     protected readonly Dictionary<string, LoraAdapterSettings> Settings = new();
     // A variant's vectors besides A and B (DoRA's magnitude); the subclass registers it after A and B (peft's order).
@@ -32,10 +32,11 @@ public abstract class LoraLayer : AdapterLayer, IAutocastLayer
     protected LoraLayer(string name, Module<Tensor, Tensor> baseLayer) : base(name, baseLayer) { }
 
     /// <summary>
-    /// Set by the trainer's bf16 mode: A and B run in this dtype as torch.autocast runs them (the float32 weights are cast
-    /// for each forward and get float32 gradients). Null: they run in their own dtype, as peft casts the input to it.
+    /// The running forward's autocast dtype (<see cref="ForwardContext"/>, the trainer's bf16 mode): A and B run in it as
+    /// torch.autocast runs them (the float32 weights are cast for each forward and get float32 gradients). Null: they run
+    /// in their own dtype, as peft casts the input to it.
     /// </summary>
-    public ScalarType? AutocastDtype { get; set; }
+    public ScalarType? AutocastDtype => ForwardContext.Current?.AutocastDtype;
 
     public LoraAdapterSettings SettingsOf(string adapter) =>
         Settings.TryGetValue(adapter, out var s) ? s : throw new PeftSharpException($"adapter '{adapter}' is not in this layer");
