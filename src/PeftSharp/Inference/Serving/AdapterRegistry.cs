@@ -10,11 +10,12 @@ namespace PeftSharp.Inference.Serving;
 /// <summary>
 /// The adapters a server knows (name → folder) and which of them are loaded into the model: at most
 /// <see cref="ServingOptions.MaxLoras"/>, evicting the least recently used one that no running sequence
-/// uses. Adapters of a method whose rows can mix in one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA)
-/// live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one pass. Every other adapter
-/// (prompt family, AdapterHub, bottleneck, a second mixable method, ...) gets a PeftModel of its own over the same
-/// base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in the
-/// mixed batches. Name queries are thread-safe; loading, evicting and forwards run under the engine's model lock,
+/// uses. Adapters of every method whose rows can mix in one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA,
+/// IA³, VeRA, ...) live in one mixed <see cref="PeftModel"/> over the base, so a batch applies each row's adapter in one
+/// pass whatever its method. The others (prompt family, AdapterHub, bottleneck) change the inputs or attention and get
+/// a PeftModel of their own, run in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in
+/// the mixed batches. Two adapters of module-replacing methods on one module are refused at load (one line naming
+/// both and the module), never silently half-applied. Name queries are thread-safe; loading, evicting and forwards run under the engine's model lock,
 /// and files are read before it is taken (<see cref="Prepare"/>).
 /// </summary>
 internal sealed class AdapterRegistry
@@ -101,11 +102,8 @@ internal sealed class AdapterRegistry
         foreach (var layer in _model.modules().OfType<IAdapterLayer>()) layer.SetActiveAdapters(names);
     }
 
-    // The mixed batch holds adapters of one method whose rows can mix (the first such method registered, LoRA in practice):
-    // their layers apply each row's adapter in one pass. Others get a PeftModel of their own.
-    bool SharesBatch(PeftConfig config) =>
-        PeftMethods.For(config).Capabilities.MixedBatch
-        && (_known.Values.FirstOrDefault(e => e.Batched)?.PeftType ?? config.PeftType) == config.PeftType;
+    // The mixed container holds every adapter whose rows can mix: each layer applies its adapters to their rows in one pass.
+    static bool SharesBatch(PeftConfig config) => PeftMethods.For(config).Capabilities.MixedBatch;
 
     public static void ValidateName(string name)
     {

@@ -114,6 +114,8 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
     static IEnumerable<string> InjectLora(PreTrainedModel model, HubLoraConfig l, string adapterName)
     {
         var type = model.Config.ModelType;
+        foreach (var (name, module) in model.named_modules().Where(m => m.module is AdapterLayer and not HubLoraLinear && IsLoraTarget(type, m.name, l)))
+            TargetMatcher.RefuseWrapped(name, module, "AdapterHub LoRA");
         var targets = model.named_modules()
             .Where(m => m.module is Linear or HubLoraLinear or HubPrefixProbe && IsLoraTarget(type, m.name, l) && !l.LeaveOut.Contains(LayerOf(m.name)))
             .Select(m => (m.name, m.module)).ToList();
