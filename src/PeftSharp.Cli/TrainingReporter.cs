@@ -71,6 +71,20 @@ public sealed class TrainingReporter
         }
     }
 
+    /// <summary>LLaMA-Factory's plot_loss files: training_loss.png and, when evaluated, training_eval_loss.png.</summary>
+    public void SaveLlamaFactoryPlots(string dir)
+    {
+        try
+        {
+            if (_train.Count > 0) LossPlot.Save(Path.Combine(dir, "training_loss.png"), _train, [], _title + " · loss");
+            if (_eval.Count > 0) LossPlot.Save(Path.Combine(dir, "training_eval_loss.png"), _eval, [], _title + " · eval_loss");
+        }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or IOException)
+        {
+            if (!_quiet) _out.WriteLine($"note: training_loss.png was not drawn ({e.GetBaseException().Message})");
+        }
+    }
+
     public sealed record Summary(string OutputDir, int Steps, double FinalLoss, double Seconds, double TokensPerSecond, long TrainableParams,
         long AllParams, long? PeakRssBytes, long ArtifactBytes, string? LossPlot, double? EvalLoss, double? EvalAccuracy);
 

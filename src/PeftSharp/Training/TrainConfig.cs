@@ -35,6 +35,10 @@ public sealed record TrainConfig
     public string Source { get; init; } = "config.yaml";
     /// <summary>From quantization_bit (4) / quantization_type / double_quantization: load the base 4-bit (QLoRA).</summary>
     public PeftSharp.Quantization.BitsAndBytesConfig? Quantization { get; init; }
+    /// <summary>LLaMA-Factory's generic data and run keys (dataset_dir, mixing, eval_dataset, templates' system/thinking/tools, freeze, outputs).</summary>
+    public Recipes.RecipeSettings Recipe { get; init; } = new();
+    /// <summary>One line per accepted key that has no effect here, saying why.</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
     /// <summary>Folder of the YAML file; relative paths that do not exist from the working folder are tried from here.</summary>
     public string BaseDir { get; init; } = ".";
 
@@ -55,7 +59,7 @@ public sealed record TrainConfig
     static readonly HashSet<string> MethodKeyNames = Tuners.PeftMethods.RecipeKeyNames.ToHashSet();
 
     /// <summary>finetuning_type values that are not a method's (no adapter).</summary>
-    static readonly string[] GenericTypes = ["full"];
+    static readonly string[] GenericTypes = ["full", "freeze"];
 
     // A YAML scalar or list as the JSON value an adapter config expects (bool, number, string, list).
     static System.Text.Json.Nodes.JsonNode? ToJson(YamlNode node) => node switch
@@ -70,53 +74,34 @@ public sealed record TrainConfig
         _ => throw new PeftConfigException($"line {node.Start.Line}: expected a value or a list"),
     };
 
-    public static IReadOnlyList<string> ValidKeys => Keys;
+    /// <summary>The keys the tuning methods read (the generic rest is <see cref="Recipes.RecipeKeys"/>).</summary>
+    public static IReadOnlyList<string> KnownKeys => Keys;
 
-    public static TrainConfig Load(string path)
+    /// <summary>Every key this parser acts on (method keys and the honoured generic ones).</summary>
+    public static IReadOnlyList<string> ValidKeys => Keys.Concat(Recipes.RecipeKeys.Honoured).ToList();
+
+    public static TrainConfig Load(string path, IReadOnlyList<string>? overrides = null)
     {
         if (!File.Exists(path)) throw new PeftFormatException(path, "config file not found");
-        return Parse(File.ReadAllText(path), path);
+        return Parse(File.ReadAllText(path), path, overrides);
     }
 
-    public static TrainConfig Parse(string yaml, string source = "config.yaml")
+    /// <summary>Parses a YAML recipe; <paramref name="overrides"/> are <c>key=value</c> pairs applied on top (llamafactory-cli style).</summary>
+    public static TrainConfig Parse(string yaml, string source = "config.yaml", IReadOnlyList<string>? overrides = null)
     {
-        var stream = PeftSharp.IO.YamlGuard.Load(yaml, source);
-        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
-            throw new PeftFormatException(source, "expected a mapping of key: value");
-        var values = new Dictionary<string, YamlNode>();
-        foreach (var (k, v) in root.Children)
-        {
-            var key = PeftSharp.IO.YamlGuard.Scalar(k, source, "a key") ?? "";
-            if (!Keys.Contains(key))
-                throw new PeftConfigException($"{source}: unknown key '{key}' (line {k.Start.Line}). Valid keys: {string.Join(", ", Keys)}");
-            values[key] = v;
-        }
-
-        string? Str(string key)
-        {
-            if (!values.TryGetValue(key, out var node)) return null;
-            return node switch
-            {
-                YamlScalarNode s => s.Value is null or "" or "null" or "~" ? null : s.Value,
-                YamlSequenceNode seq => string.Join(",", seq.Children.Select(c => PeftSharp.IO.YamlGuard.Scalar(c, source, $"each item of '{key}'"))),
-                _ => throw new PeftConfigException($"{source}: '{key}' must be a value or a list"),
-            };
-        }
-        T Get<T>(string key, T fallback, Func<string, T?> parse, string expected)
-        {
-            var s = Str(key);
-            if (s is null) return fallback;
-            return parse(s) is { } v ? v : throw new PeftConfigException($"{source}: '{key}' is '{s.ReplaceLineEndings("\\n")}'; expected {expected}");
-        }
-        int Int(string key, int fallback) => Get<int?>(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null, "an integer")!.Value;
-        double Dbl(string key, double fallback) => Get<double?>(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : null, "a number")!.Value;
-        double? OptDbl(string key) => Str(key) is null ? null : Dbl(key, 0);
-        bool Bool(string key, bool fallback) => Get<bool?>(key, fallback, s => s.ToLowerInvariant() switch { "true" or "yes" or "1" => true, "false" or "no" or "0" => false, _ => null }, "true or false")!.Value;
-        string Required(string key) => Str(key) ?? throw new PeftConfigException($"{source}: missing required key '{key}'");
+        var rv = Recipes.RecipeValues.Read(yaml, source, overrides);
+        var values = rv.Keys.ToDictionary(k => k, rv.Node);
+        string? Str(string key) => rv.Str(key);
+        int Int(string key, int fallback) => rv.Int(key, fallback);
+        double Dbl(string key, double fallback) => rv.Dbl(key, fallback);
+        double? OptDbl(string key) => rv.OptDbl(key);
+        bool Bool(string key, bool fallback) => rv.Bool(key, fallback);
+        string Required(string key) => rv.Required(key);
 
         var stage = Str("stage");
         if (stage is not null and not "sft" and not "pt")
-            throw new PeftConfigException($"{source}: stage '{stage}' is not supported (supported: sft, pt)");
+            throw new PeftConfigException($"{source}: stage '{stage}' ({rv.Where("stage")}) is not supported: " +
+                (stage is "dpo" or "kto" or "rm" or "ppo" ? "preference and reward training are not available; " : "") + "supported: sft, pt");
         if (!Bool("do_train", true)) throw new PeftConfigException($"{source}: do_train is false; use `peft eval` to evaluate");
         var finetuning = Str("finetuning_type") ?? "lora";
         var recipe = Tuners.PeftMethods.FindRecipe(finetuning)?.Recipe;
@@ -140,7 +125,18 @@ public sealed record TrainConfig
             EvalSteps = Int("eval_steps", 0),
             SaveTotalLimit = Int("save_total_limit", 0),
             Seed = Int("seed", 42),
-            Shuffle = Bool("shuffle", true),
+            Shuffle = Bool("shuffle", true) && !Bool("disable_shuffling", false) && rv.Choice("train_sampling_strategy", "random", "random", "sequential") == "random",
+            EvalStrategy = rv.Choice("eval_strategy", Str("evaluation_strategy") ?? "no", "no", "steps", "epoch"),
+            SaveStrategy = rv.Choice("save_strategy", "steps", "no", "steps", "epoch", "best"),
+            EvalDelay = Dbl("eval_delay", 0),
+            EvalOnStart = Bool("eval_on_start", false),
+            LoggingFirstStep = Bool("logging_first_step", false) && rv.Choice("logging_strategy", "steps", "steps") == "steps",
+            LoadBestModelAtEnd = Bool("load_best_model_at_end", false),
+            MetricForBestModel = Str("metric_for_best_model"),
+            GreaterIsBetter = rv.OptBool("greater_is_better"),
+            LrSchedulerKwargs = rv.NumberMap("lr_scheduler_kwargs"),
+            NeftuneNoiseAlpha = OptDbl("neftune_noise_alpha"),
+            LoraPlusLrEmbedding = Dbl("loraplus_lr_embedding", 1e-6),
             Bf16 = Bool("bf16", false),
             GradientCheckpointing = Bool("gradient_checkpointing", false),
             LoraPlusLrRatio = OptDbl("loraplus_lr_ratio"),
@@ -158,11 +154,12 @@ public sealed record TrainConfig
         try { training.Validate(); }
         catch (PeftConfigException e) { throw new PeftConfigException($"{source}: {e.Message}"); }
         var format = Str("dataset_format");
-        if ((Str("quantization_method") ?? "bnb") != "bnb")
-            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' is not supported (supported: bnb)");
+        // LLaMA-Factory names bitsandbytes "bnb" (older releases and its examples: "bitsandbytes").
+        if ((Str("quantization_method") ?? "bnb") is not ("bnb" or "bitsandbytes"))
+            throw new PeftConfigException($"{source}: quantization_method '{Str("quantization_method")}' ({rv.Where("quantization_method")}) is not supported (supported: bnb, also spelled bitsandbytes)");
         var quantization = PeftSharp.Quantization.BitsAndBytesConfig.FromLlamaFactory(Str("quantization_bit") is null ? null : Int("quantization_bit", 0),
             Str("quantization_type") ?? "nf4", Bool("double_quantization", true), training.Bf16 ? "bfloat16" : "float32", source);
-        if (quantization is not null && finetuning == "full")
+        if (quantization is not null && GenericTypes.Contains(finetuning))
             throw new PeftConfigException($"{source}: quantization_bit needs finetuning_type lora (4-bit weights cannot be trained)");
         var config = new TrainConfig
         {
@@ -186,6 +183,8 @@ public sealed record TrainConfig
             KeysSet = values.Keys.ToHashSet(),
             Source = source,
             BaseDir = Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".",
+            Recipe = Recipes.RecipeSettings.Parse(rv, Dbl("val_size", 0), Bool("train_on_prompt", false)),
+            Warnings = rv.Warnings,
         };
         config.CheckMethodKeys(recipe);
         return config;
@@ -219,7 +218,8 @@ public sealed record TrainConfig
 
     public DataOptions DataOptions(IReadOnlyDictionary<string, int>? labelMap) => new()
     {
-        Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Packing,
-        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap,
+        Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Recipe.Packing,
+        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap, Stage = Recipe.Stage, MaskHistory = Recipe.MaskHistory,
+        MaxSamples = Recipe.MaxSamples, MixStrategy = Recipe.MixStrategy, InterleaveProbs = Recipe.InterleaveProbs,
     };
 }

@@ -30,10 +30,14 @@ public sealed class TrainSetup : IDisposable
             if (c.Quantization is not null) kbit = Quantization.KbitTraining.Prepare(model, c.Training.GradientCheckpointing);
             var files = IO.HfHubCache.ResolveFolder(modelDir); // modelDir stays as given (a repo id) for base_model_name_or_path
             var tokenizer = File.Exists(Path.Combine(files, HfTokenizer.TokenizerFile)) ? HfTokenizer.FromFolder(files) : null;
-            var data = c.DataOptions(LabelMap(model)) with { Template = PromptTemplate.Resolve(c.Template, files, tokenizer), VocabSize = model.Config.VocabSize };
-            var (train, eval) = DatasetBuilder.Load(c.ResolvePath(c.Dataset), tokenizer, data);
-            ClassificationData.RequireHead(model, files, c.ResolvePath(c.Dataset), train.Concat(eval));
+            var data = c.DataOptions(LabelMap(model)) with
+            {
+                Template = PromptTemplate.Resolve(c.Template, files, tokenizer, c.Recipe), Warn = PeftMethods.Warn, VocabSize = model.Config.VocabSize,
+            };
+            var (train, eval) = Recipes.RecipeData.Load(c, model, tokenizer, data);
+            ClassificationData.RequireHead(model, files, c.Dataset, train.Concat(eval));
             var target = c.FinetuningType == "full" ? TrainingTarget.Full(model)
+                : c.FinetuningType == "freeze" ? Recipes.FreezeTuning.Target(model, c.Recipe.Freeze)
                 : AdapterTargets.Method(model, c, modelDir, Trainer.Schedule(c.Training, train.Count).TotalSteps);
             int pad = model.Config.PadTokenId ?? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0;
             target = target with { PadTokenId = pad };

@@ -36,6 +36,8 @@ public sealed class Trainer : IDisposable
     readonly IOptimizer _optimizer;
     readonly List<JsonObject> _logHistory = new();
     readonly int _batchesPerEpoch;
+    readonly TrainingStrategies _strategies;
+    readonly IDisposable? _neftune;
     readonly IGradientSync? _sync;
 
     /// <param name="sync">Data parallelism; by default the MPI one when mpirun (or srun) started this process as one rank of several, else none.</param>
@@ -67,6 +69,8 @@ public sealed class Trainer : IDisposable
         (StepsPerEpoch, TotalSteps) = Schedule(args, train.Count, WorldSize);
         _batchesPerEpoch = (train.Count + GlobalMicroBatch - 1) / GlobalMicroBatch;
         WarmupSteps = args.WarmupStepsFor(TotalSteps);
+        _strategies = new TrainingStrategies(args, StepsPerEpoch, TotalSteps);
+        if (args.NeftuneNoiseAlpha is > 0 and var alpha) _neftune = Neftune.Attach(target.Model, alpha);
     }
 
     /// <summary>
@@ -92,6 +96,10 @@ public sealed class Trainer : IDisposable
     int GlobalMicroBatch => _args.PerDeviceTrainBatchSize * WorldSize;
     public IReadOnlyList<ParamGroup> ParamGroups => _optimizer.Groups;
     public IReadOnlyList<JsonObject> LogHistory => _logHistory;
+    /// <summary>Eval/save intervals and the best checkpoint so far (load_best_model_at_end).</summary>
+    public TrainingStrategies Strategies => _strategies;
+    /// <summary>The checkpoint folder this run resumed from (null for a fresh run).</summary>
+    public string? ResumedFrom { get; private set; }
 
     /// <summary>Raised after every optimizer step.</summary>
     public event Action<StepRecord>? StepCompleted;
@@ -143,7 +151,7 @@ public sealed class Trainer : IDisposable
         {
             if (IsMainProcess) RunGuard.PrepareOutputDir(_args);
             if (_args.ResumeFromCheckpoint is { Length: > 0 } resume && resume != "false")
-                resumedFrom = LoadCheckpoint(ResolveCheckpoint(resume));
+                resumedFrom = LoadCheckpoint(ResumedFrom = ResolveCheckpoint(resume));
             var trainable = _optimizer.Groups.SelectMany(g => g.Params).Select(p => p.Param).ToList();
             _sync?.Start(Distributed.RunFingerprint.Of(_args, _target.Root, _train), trainable);
             var result = TrainLoop(clock, resumedFrom, trainable, cancel);
@@ -155,16 +163,18 @@ public sealed class Trainer : IDisposable
 
     TrainResult TrainLoop(Stopwatch clock, int resumedFrom, List<Tensor> trainable, CancellationToken cancel)
     {
+        if (_eval is not null && _args.EvalOnStart && GlobalStep == 0 && IsMainProcess) EmitEval();
         double pendingLoss = _pendingLoss; int pendingSteps = _pendingSteps;
         long tokens = 0;
-        double lastLoss = double.NaN;
+        // A run resumed at its last step takes no step; its final loss is the last one logged.
+        double lastLoss = _logHistory.LastOrDefault(e => e["loss"] is not null)?["loss"]!.GetValue<double>() ?? double.NaN;
         var collector = new PeriodicCollector();
         using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
             if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
             int step = GlobalStep;
-            double factor = LrSchedule.Factor(_args.LrSchedulerType, step, WarmupSteps, TotalSteps);
+            double factor = LrSchedule.Factor(_args, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;
             foreach (var c in Callbacks) c.OnStepBegin(step);
             var (loss, gradNorm, stepTokens) = TrainStep(step, trainable);
@@ -177,34 +187,42 @@ public sealed class Trainer : IDisposable
             tokens += stepTokens;
             lastLoss = loss;
             pendingLoss += loss; pendingSteps++;
+            _runLoss += loss; _runSteps++;
             double epoch = (double)GlobalStep / StepsPerEpoch;
             var lrs = _optimizer.Groups.Select(g => g.Lr).ToList();
             double lr = _optimizer.Groups.First(g => g.Params.Count > 0).Lr;
             StepCompleted?.Invoke(new StepRecord(GlobalStep, TotalSteps, epoch, loss, gradNorm, lr, lrs, stepTokens, clock.Elapsed));
 
-            if (GlobalStep % _args.LoggingSteps == 0 || GlobalStep == TotalSteps)
+            if (GlobalStep % _args.LoggingSteps == 0 || GlobalStep == TotalSteps || (GlobalStep == 1 && _args.LoggingFirstStep))
             {
                 Emit(new JsonObject
                 {
                     ["step"] = GlobalStep, ["total_steps"] = TotalSteps, ["epoch"] = Math.Round(epoch, 4),
                     ["loss"] = pendingLoss / pendingSteps, ["learning_rate"] = lr, ["grad_norm"] = gradNorm,
                     ["elapsed_s"] = Math.Round(clock.Elapsed.TotalSeconds, 3),
-                });
+                }.WithLlamaFactoryFields(GlobalStep - resumedFrom, TotalSteps - resumedFrom, GlobalStep, TotalSteps, lr, clock.Elapsed));
                 pendingLoss = 0; pendingSteps = 0;
             }
             _pendingLoss = pendingLoss; _pendingSteps = pendingSteps;
-            if (_eval is not null && _args.EvalSteps > 0 && GlobalStep % _args.EvalSteps == 0 && GlobalStep != TotalSteps && IsMainProcess) EmitEval();
-            if (_args.SaveSteps > 0 && GlobalStep % _args.SaveSteps == 0 && GlobalStep != TotalSteps) SaveCheckpoint();
+            bool improved = _eval is not null && IsMainProcess && _strategies.EvalAfter(GlobalStep) && EmitEval();
+            if (_strategies.SaveAfter(GlobalStep, improved)) SaveCheckpoint();
             if (_args.TrimMemorySteps > 0 && GlobalStep % _args.TrimMemorySteps == 0) TorchRuntime.TrimMemory();
         }
-        if (_eval is not null && IsMainProcess) EmitEval();
-        if (_args.SaveSteps > 0) SaveCheckpoint();
-        if (IsMainProcess) AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
+        bool best = _eval is not null && IsMainProcess && EmitEval();
+        if (_strategies.SaveAtEnd(best)) SaveCheckpoint();
+        if (IsMainProcess)
+        {
+            if (_args.LoadBestModelAtEnd && _strategies.BestCheckpoint is { } bestDir && _strategies.BestStep != GlobalStep) LoadTrainable(bestDir);
+            _logHistory.Add(TrainerStateFile.TrainSummary(this, _args, clock.Elapsed, _runSteps > 0 ? _runLoss / _runSteps : double.NaN, _train.Count));
+            AtomicFolder.Write(_args.OutputDir, _target.Save, TrainerOutputs.KeepOnFinalSave(_args.OutputDir));
+            TrainerStateFile.Write(_args.OutputDir, TrainerStateFile.Build(this, _args));
+        }
         TorchRuntime.TrimMemory();
         return new TrainResult(GlobalStep, lastLoss, clock.Elapsed, tokens, resumedFrom);
     }
 
     double _pendingLoss; int _pendingSteps;
+    double _runLoss; int _runSteps;
 
     (double Loss, double GradNorm, long Tokens) TrainStep(int step, IReadOnlyList<Tensor> trainable)
     {
@@ -272,12 +290,16 @@ public sealed class Trainer : IDisposable
 
     // ---- evaluation ----
 
-    void EmitEval()
+    /// <summary>Evaluates, logs, and returns whether the tracked metric (metric_for_best_model) improved.</summary>
+    bool EmitEval()
     {
+        var clock = Stopwatch.StartNew();
         var r = Evaluate(_eval!);
         var entry = new JsonObject { ["step"] = GlobalStep, ["epoch"] = Math.Round((double)GlobalStep / StepsPerEpoch, 4), ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity };
         if (r.Accuracy is { } acc) entry["eval_accuracy"] = acc;
+        entry["eval_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4);
         Emit(entry);
+        return _strategies.Record(GlobalStep, entry);
     }
 
     /// <summary>HF's evaluation loss: each batch's mean loss, averaged with the batch's row count as weight.</summary>
@@ -310,13 +332,14 @@ public sealed class Trainer : IDisposable
     {
         var final = Path.Combine(_args.OutputDir, $"checkpoint-{GlobalStep}");
         if (!IsMainProcess) return final;
-        AtomicFolder.Write(final, tmp => WriteCheckpoint(tmp));
+        AtomicFolder.Write(final, tmp => WriteCheckpoint(tmp, final));
+        _strategies.Saved(GlobalStep, final);
         Prune();
         CheckpointSaved?.Invoke(final);
         return final;
     }
 
-    void WriteCheckpoint(string tmp)
+    void WriteCheckpoint(string tmp, string final)
     {
         _target.Save(tmp);
         SafetensorsWriter.Save(Path.Combine(tmp, TrainableFile),
@@ -329,15 +352,14 @@ public sealed class Trainer : IDisposable
                 .SelectMany(c => c.Callback.SaveState().Select(kv => new KeyValuePair<string, Tensor>(c.Prefix + kv.Key, kv.Value))).ToList());
         }
         using (var rng = get_rng_state()) SafetensorsWriter.Save(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
-        var state = new JsonObject
-        {
-            ["global_step"] = GlobalStep, ["total_steps"] = TotalSteps, ["steps_per_epoch"] = StepsPerEpoch,
-            ["seed"] = _args.Seed, ["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize,
-            ["gradient_accumulation_steps"] = _args.GradientAccumulationSteps, ["train_rows"] = _train.Count, ["world_size"] = WorldSize,
-            ["pending_loss"] = _pendingLoss, ["pending_steps"] = _pendingSteps,
-            ["log_history"] = new JsonArray(_logHistory.Select(e => (JsonNode)e.DeepClone()).ToArray()),
-            ["run"] = RunFingerprint(),
-        };
+        // HF's trainer_state.json fields, plus what an exact resume needs and the run it belongs to.
+        var state = TrainerStateFile.Build(this, _args);
+        state["total_steps"] = TotalSteps; state["steps_per_epoch"] = StepsPerEpoch;
+        state["seed"] = _args.Seed; state["per_device_train_batch_size"] = _args.PerDeviceTrainBatchSize;
+        state["gradient_accumulation_steps"] = _args.GradientAccumulationSteps; state["train_rows"] = _train.Count; state["world_size"] = WorldSize;
+        state["pending_loss"] = _pendingLoss; state["pending_steps"] = _pendingSteps;
+        state["run"] = RunFingerprint();
+        if (_strategies.BestStep == GlobalStep) state["best_model_checkpoint"] = final;
         AtomicFile.WriteAllText(Path.Combine(tmp, StateFile), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
@@ -350,7 +372,8 @@ public sealed class Trainer : IDisposable
     void Prune()
     {
         if (_args.SaveTotalLimit <= 0) return;
-        var all = Checkpoints(_args.OutputDir).ToList();
+        // As HF, the best checkpoint is never pruned.
+        var all = Checkpoints(_args.OutputDir).Where(c => c.Dir != _strategies.BestCheckpoint).ToList();
         foreach (var (_, dir) in all.Take(Math.Max(0, all.Count - _args.SaveTotalLimit))) Directory.Delete(dir, true);
     }
 
@@ -387,16 +410,7 @@ public sealed class Trainer : IDisposable
                 $"but is {_args.PerDeviceTrainBatchSize} × {WorldSize} = {GlobalMicroBatch} now; resuming would not continue the same run");
         Same("gradient_accumulation_steps", _args.GradientAccumulationSteps);
         Same("train_rows", _train.Count);
-        using (var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile)))
-        using (no_grad())
-        {
-            foreach (var (name, p) in _target.Root.named_parameters().Where(p => p.parameter.requires_grad))
-            {
-                if (!file.Contains(name)) throw new PeftFormatException(file.FilePath, $"no tensor for trainable parameter '{name}'");
-                using var t = file.Load(name, p.device, p.dtype);
-                p.copy_(t);
-            }
-        }
+        LoadTrainable(dir);
         _optimizer.Load(Path.Combine(dir, OptimizerFile));
         if (ResumableCallbacks().Any())
         {
@@ -418,12 +432,27 @@ public sealed class Trainer : IDisposable
         _pendingSteps = state["pending_steps"]!.GetValue<int>();
         _logHistory.Clear();
         foreach (var e in state["log_history"]!.AsArray()) _logHistory.Add(e!.DeepClone().AsObject());
+        _strategies.Restore(state, statePath);
         return GlobalStep;
+    }
+
+    /// <summary>Copies a checkpoint's trainable tensors into the model (resume, load_best_model_at_end).</summary>
+    void LoadTrainable(string dir)
+    {
+        using var file = SafetensorsFile.Open(Path.Combine(dir, TrainableFile));
+        using var _ = no_grad();
+        foreach (var (name, p) in _target.Root.named_parameters().Where(p => p.parameter.requires_grad))
+        {
+            if (!file.Contains(name)) throw new PeftFormatException(file.FilePath, $"no tensor for trainable parameter '{name}'");
+            using var t = file.Load(name, p.device, p.dtype);
+            p.copy_(t);
+        }
     }
 
     public void Dispose()
     {
         _optimizer.Dispose();
+        _neftune?.Dispose();
         if (_args.GradientCheckpointing) GradientCheckpointing.Disable(_target.Model);
     }
 }

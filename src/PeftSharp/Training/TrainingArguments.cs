@@ -44,6 +44,24 @@ public sealed record TrainingArguments
     public double LoraPlusLrEmbedding { get; init; } = 1e-6;
     /// <summary>A checkpoint folder, or "true"/"last" for the newest checkpoint-N in <see cref="OutputDir"/>.</summary>
     public string? ResumeFromCheckpoint { get; init; }
+    /// <summary>transformers' lr_scheduler_kwargs (cosine_with_min_lr: min_lr or min_lr_rate; num_cycles; power, lr_end).</summary>
+    public IReadOnlyDictionary<string, double> LrSchedulerKwargs { get; init; } = new Dictionary<string, double>();
+    /// <summary>no (only the final evaluation), steps (every eval_steps, logging_steps when 0) or epoch.</summary>
+    public string EvalStrategy { get; init; } = "no";
+    /// <summary>steps (every save_steps, when > 0), epoch, best (when the tracked metric improves) or no.</summary>
+    public string SaveStrategy { get; init; } = "steps";
+    /// <summary>No periodic evaluation before this step.</summary>
+    public double EvalDelay { get; init; }
+    public bool EvalOnStart { get; init; }
+    public bool LoggingFirstStep { get; init; }
+    /// <summary>After training, restore the checkpoint with the best <see cref="MetricForBestModel"/> before saving.</summary>
+    public bool LoadBestModelAtEnd { get; init; }
+    /// <summary>An evaluation metric (loss, eval_loss, perplexity, accuracy); HF's default "loss" when best-model tracking is on.</summary>
+    public string? MetricForBestModel { get; init; }
+    /// <summary>Null: true unless the metric name ends in "loss" (HF).</summary>
+    public bool? GreaterIsBetter { get; init; }
+    /// <summary>NEFTune: uniform noise of alpha/sqrt(L·d) added to the input embeddings while training.</summary>
+    public double? NeftuneNoiseAlpha { get; init; }
     /// <summary>Clear an output_dir that holds an earlier run's checkpoints instead of refusing it.</summary>
     public bool OverwriteOutputDir { get; init; }
     /// <summary>Where log entries also go: "none", or "tensorboard" (event files in <see cref="LoggingDir"/>; "all" means the same).</summary>
@@ -75,8 +93,12 @@ public sealed record TrainingArguments
         Check(EvalSteps >= 0, "eval_steps", EvalSteps, ">= 0");
         Check(SaveTotalLimit >= 0, "save_total_limit", SaveTotalLimit, ">= 0");
         Check(LoraPlusLrRatio is null or > 0, "loraplus_lr_ratio", LoraPlusLrRatio!, "> 0");
+        Check(EvalStrategy is "no" or "steps" or "epoch", "eval_strategy", EvalStrategy, "no, steps or epoch");
+        Check(SaveStrategy is "no" or "steps" or "epoch" or "best", "save_strategy", SaveStrategy, "no, steps, epoch or best");
+        Check(NeftuneNoiseAlpha is null or >= 0, "neftune_noise_alpha", NeftuneNoiseAlpha!, ">= 0");
+        TrainingStrategies.Validate(this);
+        LrSchedule.Validate(LrSchedulerType, LrSchedulerKwargs);
         foreach (var r in ReportTo) Check(r is "none" or "tensorboard" or "all", "report_to", r, "none or tensorboard (the integration PeftSharp writes)");
-        LrSchedule.Validate(LrSchedulerType);
         Optimizers.BnbAdamWOptions.FromOptimName(Optim);
     }
 

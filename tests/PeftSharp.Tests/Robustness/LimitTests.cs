@@ -128,7 +128,7 @@ public class LimitTests
         var e = Assert.ThrowsAny<PeftSharpException>(() =>
         {
             if (second.Contains("conversations"))
-                foreach (var r in DatasetReader.Read(path)) DatasetFormats.ToMessages(r, DatasetFormat.ShareGpt);
+                foreach (var r in DatasetReader.Read(path)) DatasetFormats.ToConversation(r, DatasetFormat.ShareGpt, DatasetAttr.PlainFile);
             else DatasetBuilder.Load(path, null, options);
         });
         Assert.Contains($"{path}:2: {expected}", e.Message);

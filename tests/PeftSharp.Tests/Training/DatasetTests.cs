@@ -28,8 +28,10 @@ public class DatasetTests
         var (train, eval) = DatasetBuilder.Load(path, tok, new DataOptions { Template = PromptTemplate.BuiltIn("alpaca") });
         Assert.Empty(eval);
         var row = Assert.Single(train);
-        var prompt = tok.Encode("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nhello\n\n### Response:\n", false);
-        var response = tok.Encode("world", false).Append(tok.EosTokenId!.Value).ToArray();
+        // LLaMA-Factory's alpaca template: default system, user slot, answer + eos + "\n\n", each slot tokenized on its own.
+        var prompt = tok.Encode("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n", false)
+            .Concat(tok.Encode("### Instruction:\nhello\n\n### Response:\n", false)).ToList();
+        var response = tok.Encode("world", false).Append(tok.EosTokenId!.Value).Concat(tok.Encode("\n\n", false)).ToArray();
         Assert.Equal(prompt.Concat(response), row.InputIds);
         Assert.Equal(Enumerable.Repeat(-100, prompt.Count).Concat(response), row.Labels!);
 
@@ -50,11 +52,12 @@ public class DatasetTests
         var (train, _) = DatasetBuilder.Load(path, tok, new DataOptions());
         var row = train[0];
         var trained = row.Labels!.Where(l => l != -100).ToArray();
-        var expected = tok.Encode("yo", false).Append(2).Concat(tok.Encode("ok", false)).Append(2);
+        // LLaMA-Factory's "empty" template: answers as they are, no eos.
+        var expected = tok.Encode("yo", false).Concat(tok.Encode("ok", false));
         Assert.Equal(expected, trained);
 
         var (cut, _) = DatasetBuilder.Load(path, tok, new DataOptions { CutoffLen = 4 });
-        Assert.Equal(4, cut[0].InputIds.Length);
+        Assert.True(cut[0].InputIds.Length <= 4);
     }
 
     [Fact]
@@ -76,7 +79,10 @@ public class DatasetTests
         Assert.Contains("cannot tell the dataset format", Assert.Throws<PeftFormatException>(() => DatasetBuilder.Load(unknown, tok, new DataOptions())).Message);
 
         var turns = Write("t.jsonl", "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n");
-        Assert.Contains("end with an assistant", Assert.Throws<PeftFormatException>(() => DatasetBuilder.Load(turns, tok, new DataOptions())).Message);
+        var warnings = new List<string>();
+        var noAnswer = Assert.Throws<PeftFormatException>(() => DatasetBuilder.Load(turns, tok, new DataOptions { Warn = warnings.Add })).Message;
+        Assert.Contains("no row is left", noAnswer);
+        Assert.Contains("t.jsonl: dropped 1 of 1 rows: invalid message count", Assert.Single(warnings));
     }
 
     [Fact]

@@ -12,90 +12,224 @@ public sealed record DataOptions
     public PromptTemplate? Template { get; init; }
     public int CutoffLen { get; init; } = 1024;
     public bool TrainOnPrompt { get; init; }
-    /// <summary>Concatenate rows (each ending in eos) into cutoff_len blocks.</summary>
-    public bool Packing { get; init; }
+    /// <summary>Concatenate rows (each ending in eos) into cutoff_len blocks (null: on for stage pt, off for sft).</summary>
+    public bool? Packing { get; init; }
     /// <summary>Held-out share: a fraction in (0, 1) or a row count (>= 1); 0 for none.</summary>
     public double ValSize { get; init; }
     public int Seed { get; init; } = 42;
     /// <summary>Class names → ids for string labels (config.json's label2id).</summary>
     public IReadOnlyDictionary<string, int>? LabelMap { get; init; }
+    /// <summary>sft (prompt/answer pairs, prompts masked) or pt (documents as plain text).</summary>
+    public string Stage { get; init; } = "sft";
+    /// <summary>Train on the last turn only; earlier turns are kept from the end while they fit.</summary>
+    public bool MaskHistory { get; init; }
+    /// <summary>Keep the first N rows of each dataset.</summary>
+    public int? MaxSamples { get; init; }
+    public string MixStrategy { get; init; } = "concat";
+    public IReadOnlyList<double>? InterleaveProbs { get; init; }
+    /// <summary>Receives one line per dataset that lost rows (how many and why).</summary>
+    public Action<string>? Warn { get; init; }
     /// <summary>The model's vocab_size: pre-tokenized ids and labels must lie below it (null: not checked).</summary>
     public int? VocabSize { get; init; }
 }
 
-/// <summary>Reads a dataset file into tokenized rows with labels masked (-100) on prompts, truncated, optionally packed and split.</summary>
+/// <summary>
+/// Reads datasets into tokenized rows as LLaMA-Factory's processors do: conversations through the template, prompt and
+/// answer of each turn shortened together to fit cutoff_len (infer_seqlen) with prompts masked (-100); stage pt
+/// concatenates documents into cutoff_len blocks. Several datasets are mixed (mix_strategy), then split (val_size).
+/// </summary>
 public static class DatasetBuilder
 {
-    public static (List<TrainExample> Train, List<TrainExample> Eval) Load(string path, HfTokenizer? tokenizer, DataOptions options)
+    public static (List<TrainExample> Train, List<TrainExample> Eval) Load(string path, HfTokenizer? tokenizer, DataOptions options) =>
+        Load([new DatasetSource(path, path, options.Format, DatasetAttr.PlainFile)], null, tokenizer, options);
+
+    public static (List<TrainExample> Train, List<TrainExample> Eval) Load(IReadOnlyList<DatasetSource> sources, IReadOnlyList<DatasetSource>? evalSources,
+        HfTokenizer? tokenizer, DataOptions options)
     {
-        var records = DatasetReader.Read(path);
-        var format = options.Format ?? DatasetFormats.Detect(records[0]);
-        List<TrainExample> rows;
-        using (var progress = Runtime.PeftProgress.Begin($"tokenizing {Path.GetFileName(path)}", records.Count, "rows"))
-            rows = records.Select((r, i) => { progress.Report(i + 1); return Encode(r, format, tokenizer, options); }).ToList();
-        if (format != DatasetFormat.Classification && rows.All(r => r.ClassLabel is null))
+        if (options.CutoffLen <= 0) throw new PeftConfigException($"cutoff_len must be positive (found {options.CutoffLen})");
+        var train = Mix(sources.Select(s => Rows(s, tokenizer, options)).ToList(), options);
+        List<TrainExample> eval;
+        if (evalSources is { Count: > 0 }) eval = Mix(evalSources.Select(s => Rows(s, tokenizer, options)).ToList(), options);
+        else (train, eval) = Split(train, options.ValSize, options.Seed);
+        bool pt = options.Stage == "pt";
+        if ((options.Packing ?? pt) && train.All(r => r.ClassLabel is null))
         {
-            // A row whose response was cut off by cutoff_len has nothing to learn from (and a 0/0 loss alone).
-            rows = rows.Where(r => r.Labels is null || r.Labels.Skip(1).Any(l => l != (int)Losses.IgnoreIndex)).ToList();
-            if (rows.Count == 0)
-                throw new PeftFormatException(path, $"no row has a label token left after truncation to cutoff_len {options.CutoffLen}; raise cutoff_len or shorten the prompts");
+            train = pt ? Blocks(train, options.CutoffLen, tokenizer) : Pack(train, options.CutoffLen);
+            if (train.Count == 0)
+                throw new PeftConfigException($"stage pt: the datasets hold fewer tokens than one block of cutoff_len {options.CutoffLen}; lower cutoff_len or add data");
         }
-        var (train, eval) = Split(rows, options.ValSize, options.Seed);
-        if (options.Packing && rows.All(r => r.ClassLabel is null)) train = Pack(train, options.CutoffLen);
         return (train, eval);
     }
 
-    public static TrainExample Encode(DatasetRecord r, DatasetFormat format, HfTokenizer? tokenizer, DataOptions o)
+    static List<TrainExample> Rows(DatasetSource source, HfTokenizer? tokenizer, DataOptions o)
     {
-        if (o.CutoffLen <= 0) throw new PeftConfigException($"cutoff_len must be positive (found {o.CutoffLen})");
-        if (format == DatasetFormat.Tokenized) return Tokenized(r, o.CutoffLen, o.VocabSize);
-        var tok = tokenizer ?? throw r.Error($"the {format} format needs the model's tokenizer (tokenizer.json in the model folder)");
-        switch (format)
+        var records = DatasetReader.Read(source.File);
+        if (source.Attr.NumSamples is int n)
         {
-            case DatasetFormat.Classification:
-            {
-                var ids = tok.Encode(DatasetFormats.RequiredString(r, "text")).Take(o.CutoffLen).ToArray();
-                return new TrainExample { InputIds = ids, ClassLabel = ClassLabel(r, o.LabelMap) };
-            }
-            case DatasetFormat.Text:
-            {
-                var ids = tok.Encode(DatasetFormats.RequiredString(r, "text")).ToList();
-                if (tok.EosTokenId is int eos) ids.Add(eos);
-                var arr = ids.Take(o.CutoffLen).ToArray();
-                return new TrainExample { InputIds = arr, Labels = arr };
-            }
-            default:
-                return Conversation(r, DatasetFormats.ToMessages(r, format), tok, o);
+            // dataset_info's num_samples: a seeded random subset (with repeats when it asks for more rows than there are).
+            var rng = new Random(o.Seed);
+            var order = Enumerable.Range(0, records.Count).ToArray();
+            rng.Shuffle(order);
+            records = Enumerable.Range(0, n).Select(i => records[i < order.Length ? order[i] : rng.Next(records.Count)]).ToList();
         }
+        if (o.MaxSamples is int max && records.Count > max) records = records.Take(max).ToList();
+        var format = source.Format ?? o.Format ?? DatasetFormats.Detect(records[0]);
+        var dropped = new Dictionary<string, int>();
+        var rows = new List<TrainExample>();
+        using (var progress = Runtime.PeftProgress.Begin($"tokenizing {Path.GetFileName(source.File)}", records.Count, "rows"))
+            for (int i = 0; i < records.Count; i++)
+            {
+                var (row, reason) = Encode(records[i], format, source.Attr, tokenizer, o);
+                if (row is not null) rows.Add(row);
+                else dropped[reason!] = dropped.GetValueOrDefault(reason!) + 1;
+                progress.Report(i + 1);
+            }
+        foreach (var (reason, count) in dropped)
+            o.Warn?.Invoke($"{source.File}: dropped {count} of {records.Count} rows: {reason}");
+        if (rows.Count == 0) throw new PeftFormatException(source.File, $"no row is left to train on ({string.Join("; ", dropped.Keys)})");
+        return rows;
     }
 
-    /// <summary>Prompt segments (system, user turns, assistant headers) get -100 unless train_on_prompt; responses keep their ids.</summary>
-    static TrainExample Conversation(DatasetRecord r, List<ChatMessage> messages, HfTokenizer tok, DataOptions o)
+    /// <summary>LLaMA-Factory's merge_dataset: concat, or interleave until the first (under) or every (over, once) dataset is used up.</summary>
+    static List<TrainExample> Mix(List<List<TrainExample>> sets, DataOptions o)
+    {
+        if (sets.Count == 1 || o.MixStrategy == "concat") return sets.SelectMany(x => x).ToList();
+        var result = new List<TrainExample>();
+        var next = new int[sets.Count];
+        var used = new bool[sets.Count];
+        bool Done() => o.MixStrategy == "interleave_under" ? used.Any(u => u) : used.All(u => u);
+        var rng = new Random(o.Seed);
+        int turn = 0;
+        // Round robin (no probabilities) stops only after a full round, as HF's interleave_datasets does.
+        while (!(Done() && (o.InterleaveProbs is not null || turn % sets.Count == 0)))
+        {
+            int k = o.InterleaveProbs is { } p ? Pick(p, rng) : turn++ % sets.Count;
+            if (o.MixStrategy == "interleave_once" && next[k] >= sets[k].Count) { if (used.All(u => u)) break; continue; }
+            result.Add(sets[k][next[k] % sets[k].Count]);
+            if (++next[k] >= sets[k].Count) used[k] = true;
+        }
+        return result;
+    }
+
+    static int Pick(IReadOnlyList<double> probs, Random rng)
+    {
+        double x = rng.NextDouble(), acc = 0;
+        for (int i = 0; i < probs.Count; i++) if ((acc += probs[i]) > x) return i;
+        return probs.Count - 1;
+    }
+
+    /// <summary>One record as a row, or null with the reason it is dropped.</summary>
+    public static (TrainExample? Row, string? Dropped) Encode(DatasetRecord r, DatasetFormat format, DatasetAttr attr, HfTokenizer? tokenizer, DataOptions o)
+    {
+        if (format == DatasetFormat.Tokenized) return (Tokenized(r, o.CutoffLen, o.VocabSize), null);
+        var tok = tokenizer ?? throw r.Error($"the {format} format needs the model's tokenizer (tokenizer.json in the model folder)");
+        if (format == DatasetFormat.Classification)
+        {
+            var ids = tok.Encode(DatasetFormats.RequiredString(r, "text")).Take(o.CutoffLen).ToArray();
+            return (new TrainExample { InputIds = ids, ClassLabel = ClassLabel(r, o.LabelMap) }, null);
+        }
+        if (o.Stage == "pt" || format == DatasetFormat.Text)
+        {
+            string text = format == DatasetFormat.Text ? DatasetFormats.RequiredString(r, "text") : DatasetFormats.DocumentText(r, format, attr);
+            return (Document(text, tok, o), null);
+        }
+        var (conversation, skipped) = DatasetFormats.ToConversation(r, format, attr);
+        if (conversation is null) return (null, skipped);
+        var row = Supervised(Pairs(r, conversation, tok, o), o);
+        // A row whose answers were all cut off has nothing to learn from (and a 0/0 loss alone).
+        return row.Labels!.Any(l => l != (int)Losses.IgnoreIndex) ? (row, null) : (null, $"no answer token left after truncation to cutoff_len {o.CutoffLen}");
+    }
+
+    /// <summary>Stage pt: the document and eos (bos first when the tokenizer adds one), cut at cutoff_len unless packing joins documents.</summary>
+    static TrainExample Document(string text, HfTokenizer tok, DataOptions o)
+    {
+        if (o.Stage != "pt")
+        {
+            var plain = tok.Encode(text).ToList();
+            if (tok.EosTokenId is int e) plain.Add(e);
+            var cut = plain.Take(o.CutoffLen).ToArray();
+            return new TrainExample { InputIds = cut, Labels = cut };
+        }
+        // LLaMA-Factory ends documents with the eos string ("<|end_of_text|>" for template llama3); bos leads each
+        // document unless packing joins them (then it leads each block).
+        bool packing = o.Packing ?? true;
+        var eos = o.Template?.Name == "llama3" ? "<|end_of_text|>" : tok.EosToken ?? "";
+        var bos = !packing && tok.AddBosToken ? tok.BosToken ?? "" : "";
+        var ids = tok.Encode(bos + text + eos, addSpecialTokens: false).ToArray();
+        if (!packing) ids = ids.Take(o.CutoffLen).ToArray();
+        return new TrainExample { InputIds = ids, Labels = ids };
+    }
+
+    /// <summary>(prompt ids, answer ids) per turn: the LLaMA-Factory template's own encoding, or a Jinja chat template rendered turn by turn.</summary>
+    static List<(int[] Source, int[] Target)> Pairs(DatasetRecord r, Conversation c, HfTokenizer tok, DataOptions o)
     {
         var template = o.Template ?? PromptTemplate.BuiltIn("empty")!;
-        var ids = new List<int>(); var labels = new List<int>();
-        void Add(IEnumerable<int> tokens, bool train)
-        {
-            foreach (var t in tokens) { ids.Add(t); labels.Add(train ? t : (int)Losses.IgnoreIndex); }
-        }
-        if (template.AddBos && tok.AddBosToken && tok.BosTokenId is int bos) Add(new[] { bos }, o.TrainOnPrompt);
+        if (template.LlamaFactory is { } lf)
+            return lf.EncodeMultiturn(tok, c.Turns, c.System, c.Tools, o.MaskHistory && !lf.PreserveThinking);
+        var messages = new List<ChatMessage>();
+        if (c.System.Length > 0) messages.Add(new("system", c.System));
+        messages.AddRange(c.Turns.Select(t => t.Role switch { "function" => t with { Role = "assistant" }, "observation" => t with { Role = "tool" }, _ => t }));
+        int offset = messages.Count - c.Turns.Count;
+        var pairs = new List<(int[], int[])>();
         string done = "";
-        for (int i = 0; i < messages.Count; i++)
+        bool first = true;
+        for (int i = offset + 1; i < messages.Count; i += 2)
         {
-            if (messages[i].Role != "assistant") continue;
             var prompt = template.Render(messages.Take(i).ToList(), true);
             var full = template.Render(messages.Take(i + 1).ToList(), false);
             if (!prompt.StartsWith(done, StringComparison.Ordinal) || !full.StartsWith(prompt, StringComparison.Ordinal))
                 throw r.Error($"template '{template.Name}' does not render this conversation incrementally, so prompt tokens cannot be masked");
-            Add(tok.Encode(prompt[done.Length..], addSpecialTokens: false), o.TrainOnPrompt);
-            var response = tok.Encode(full[prompt.Length..], addSpecialTokens: false).ToList();
-            if (template.AppendEos)
-                response.Add(tok.EosTokenId ?? throw r.Error("the tokenizer has no eos token to end responses with"));
-            Add(response, true);
-            done = full;
+            var source = tok.Encode(prompt[done.Length..], addSpecialTokens: false).ToList();
+            if (first && template.AddBos && tok.AddBosToken && tok.BosTokenId is int bos) source.Insert(0, bos);
+            var target = tok.Encode(full[prompt.Length..], addSpecialTokens: false).ToList();
+            if (template.AppendEos) target.Add(tok.EosTokenId ?? throw r.Error("the tokenizer has no eos token to end responses with"));
+            pairs.Add((source.ToArray(), target.ToArray()));
+            done = full; first = false;
         }
-        int n = Math.Min(ids.Count, o.CutoffLen);
-        return new TrainExample { InputIds = ids.Take(n).ToArray(), Labels = labels.Take(n).ToArray() };
+        return pairs;
+    }
+
+    /// <summary>LLaMA-Factory's infer_seqlen: how much of a prompt and its answer to keep within <paramref name="cutoff"/>.</summary>
+    public static (int Source, int Target) InferSeqlen(int source, int target, int cutoff)
+    {
+        int maxTarget = target * 2 < cutoff ? cutoff : source * 2 < cutoff ? cutoff - source : (int)(cutoff * ((double)target / (source + target)));
+        int newTarget = Math.Min(maxTarget, target);
+        int newSource = Math.Min(Math.Max(cutoff - newTarget, 0), source);
+        return (newSource, newTarget);
+    }
+
+    /// <summary>The supervised processor: turns in order (last first with mask_history) until cutoff_len is used up.</summary>
+    static TrainExample Supervised(List<(int[] Source, int[] Target)> pairs, DataOptions o)
+    {
+        var ids = new List<int>(); var labels = new List<int>();
+        int total = 0, ignore = (int)Losses.IgnoreIndex;
+        var order = o.MaskHistory ? Enumerable.Reverse(pairs).ToList() : pairs;
+        for (int turn = 0; turn < order.Count; turn++)
+        {
+            if (total >= o.CutoffLen) break;
+            var (sl, tl) = InferSeqlen(order[turn].Source.Length, order[turn].Target.Length, o.CutoffLen - total);
+            var source = order[turn].Source[..sl]; var target = order[turn].Target[..tl];
+            total += sl + tl;
+            var sourceLabels = o.TrainOnPrompt ? source : Enumerable.Repeat(ignore, sl).ToArray();
+            var targetLabels = o.MaskHistory && turn != 0 ? Enumerable.Repeat(ignore, tl).ToArray() : target;
+            if (o.MaskHistory) { ids.InsertRange(0, [.. source, .. target]); labels.InsertRange(0, [.. sourceLabels, .. targetLabels]); }
+            else { ids.AddRange(source); ids.AddRange(target); labels.AddRange(sourceLabels); labels.AddRange(targetLabels); }
+        }
+        return new TrainExample { InputIds = ids.ToArray(), Labels = labels.ToArray() };
+    }
+
+    /// <summary>Stage pt with packing: all documents joined and cut into cutoff_len blocks (the remainder dropped), bos first when the tokenizer adds one.</summary>
+    static List<TrainExample> Blocks(List<TrainExample> docs, int cutoff, HfTokenizer? tok)
+    {
+        var ids = docs.SelectMany(d => d.InputIds).ToArray();
+        var blocks = new List<TrainExample>();
+        for (int s = 0; s + cutoff <= ids.Length; s += cutoff)
+        {
+            var block = ids[s..(s + cutoff)];
+            if (tok is { AddBosToken: true, BosTokenId: int bos }) block[0] = bos;
+            blocks.Add(new TrainExample { InputIds = block, Labels = block });
+        }
+        return blocks;
     }
 
     static int[] IntArray(DatasetRecord r, string key, bool required)

@@ -49,55 +49,86 @@ public static class DatasetFormats
         return v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : throw r.Error($"field '{key}' must be a string (found {v.GetValueKind()})");
     }
 
-    static string? MessageString(DatasetRecord r, JsonNode? v, string what) =>
-        v is null ? null
-        : v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
-        : throw r.Error($"a message's {what} must be a string (found {v.ToJsonString()})");
-
-    /// <summary>alpaca (system?, history?, instruction, input, output) or sharegpt/messages as a conversation that ends with the assistant.</summary>
-    public static List<ChatMessage> ToMessages(DatasetRecord r, DatasetFormat format)
+    /// <summary>Stage pt: the document is the record's first prompt (alpaca prompt + "\n" + query, or the first message).</summary>
+    public static string DocumentText(DatasetRecord r, DatasetFormat format, DatasetAttr attr)
     {
-        var messages = new List<ChatMessage>();
+        if (format == DatasetFormat.Alpaca)
+            return string.Join("\n", new[] { attr.Prompt, attr.Query }.Where(c => c is not null).Select(c => OptionalString(r, c!)).Where(x => x.Length > 0));
+        var (c, skipped) = ToConversation(r, format, attr);
+        return c?.Turns[0].Content ?? throw r.Error($"no document text ({skipped})");
+    }
+
+    /// <summary>
+    /// LLaMA-Factory's converters (data/converter.py): an alpaca or sharegpt/openai record as turns (user/observation ↔
+    /// assistant/function, ending with the answer), its system prompt and its tools JSON. <paramref name="attr"/> carries
+    /// dataset_info.json's columns and tags; a plain file uses the usual column names. Null when LLaMA-Factory would
+    /// skip the record as abnormal (the reason is returned).
+    /// </summary>
+    public static (Conversation? Value, string? Skipped) ToConversation(DatasetRecord r, DatasetFormat format, DatasetAttr attr)
+    {
+        string Opt(string? column) => column is null ? "" : OptionalString(r, column);
+        string Tools() => attr.Tools is { } t && r.Json[t] is { } node
+            ? node.GetValueKind() == JsonValueKind.String ? node.GetValue<string>() : Tokenization.ChatTemplates.Jinja.PyJson.Dumps(Tokenization.ChatTemplates.Jinja.Py.FromJson(node), false, null, null, null, false)
+            : "";
+        var turns = new List<ChatMessage>();
         if (format == DatasetFormat.Alpaca)
         {
-            var system = OptionalString(r, "system");
-            if (system.Length > 0) messages.Add(new("system", system));
-            if (r.Json["history"] is JsonArray history)
+            if (attr.History is { } h && r.Json[h] is JsonArray history)
                 foreach (var turn in history)
                 {
                     if (turn is not JsonArray { Count: 2 } pair || pair[0]?.GetValueKind() != JsonValueKind.String || pair[1]?.GetValueKind() != JsonValueKind.String)
-                        throw r.Error("'history' must be a list of [instruction, response] string pairs");
-                    messages.Add(new("user", pair[0]!.GetValue<string>()));
-                    messages.Add(new("assistant", pair[1]!.GetValue<string>()));
+                        throw r.Error($"'{h}' must be a list of [instruction, response] string pairs");
+                    turns.Add(new("user", pair[0]!.GetValue<string>()));
+                    turns.Add(new("assistant", pair[1]!.GetValue<string>()));
                 }
-            var instruction = RequiredString(r, "instruction");
-            var input = OptionalString(r, "input");
-            messages.Add(new("user", input.Length > 0 ? $"{instruction}\n{input}" : instruction));
-            messages.Add(new("assistant", RequiredString(r, "output")));
-            return messages;
+            var query = new[] { Opt(attr.Prompt), Opt(attr.Query) }.Where(x => x.Length > 0);
+            turns.Add(new("user", string.Join("\n", query)));
+            if (attr.Response is null || r.Json[attr.Response] is not JsonValue v || v.GetValueKind() != JsonValueKind.String)
+                throw r.Error($"missing string field '{attr.Response ?? "output"}' (the answer)");
+            turns.Add(new("assistant", v.GetValue<string>()));
+            return (new Conversation(turns, Opt(attr.System), Tools()), null);
         }
-        bool sharegpt = r.Json.ContainsKey("conversations");
-        var list = r.Json[sharegpt ? "conversations" : "messages"] as JsonArray
-            ?? throw r.Error($"'{(sharegpt ? "conversations" : "messages")}' must be a list of messages");
-        foreach (var node in list)
+        var column = attr.Messages ?? (r.Json.ContainsKey("conversations") ? "conversations" : "messages");
+        var list = r.Json[column] as JsonArray ?? throw r.Error($"'{column}' must be a list of messages");
+        var tags = attr.Tags ?? (list.FirstOrDefault() is JsonObject first && first.ContainsKey("role") ? MessageTags.OpenAi : MessageTags.ShareGpt);
+        // A missing or null field is null (an OpenAI tool call has content: null); any other non-string is an error.
+        string? Field(JsonObject m, string key, string what) => m[key] switch
         {
-            if (node is not JsonObject m) throw r.Error("each message must be an object");
-            string? role = MessageString(r, m[sharegpt ? "from" : "role"] ?? m["role"] ?? m["from"], "role");
-            string? content = MessageString(r, m[sharegpt ? "value" : "content"] ?? m["content"] ?? m["value"], "content");
-            if (role is null || content is null) throw r.Error("each message needs role/content (or from/value)");
-            messages.Add(new(role switch
+            null => null,
+            JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+            var other => throw r.Error($"a message's {what} must be a string (found {other.ToJsonString()})"),
+        };
+        string system = Opt(attr.System);
+        var pending = new List<string>();
+        for (int i = 0; i < list.Count; i++)
+        {
+            if (list[i] is not JsonObject m) throw r.Error("each message must be an object");
+            var role = Field(m, tags.Role, "role") ?? throw r.Error($"message {i + 1} has no '{tags.Role}'");
+            var content = Field(m, tags.Content, "content");
+            if (i == 0 && role == tags.System) { system = content ?? ""; continue; }
+            // OpenAI style: an assistant message with tool_calls is a function call; consecutive tool results join.
+            if ((role == tags.Assistant || role == tags.Function) && m["tool_calls"] is JsonArray calls && calls.Count > 0)
             {
-                "human" or "user" => "user",
-                "gpt" or "assistant" or "model" or "bot" => "assistant",
-                "system" => "system",
-                _ => throw r.Error($"unknown message role '{role}' (expected system, user/human or assistant/gpt)"),
-            }, content));
+                content = Tokenization.ChatTemplates.Jinja.PyJson.Dumps(calls.Select(c => c is JsonObject call && call["function"] is JsonObject f
+                    ? Tokenization.ChatTemplates.Jinja.Py.FromJson(f) : throw r.Error($"message {i + 1}: each tool_calls item must be an object with a 'function' object")).ToList(), false, null, null, null, false);
+                role = tags.Function;
+            }
+            if (content is null) throw r.Error($"message {i + 1} has no string '{tags.Content}'");
+            if (tags.JoinObservations && role == tags.Observation) { pending.Add(content); continue; }
+            if (pending.Count > 0) { turns.Add(new("observation", string.Join("\n</tool_response>\n<tool_response>\n", pending))); pending.Clear(); }
+            var mapped = role == tags.User ? "user" : role == tags.Assistant ? "assistant" : role == tags.Observation ? "observation"
+                : role == tags.Function ? "function" : role == tags.System ? "system" : null;
+            if (mapped is null) return (null, $"unknown role '{role}'");
+            turns.Add(new(mapped, content));
         }
-        var turns = messages.SkipWhile(m => m.Role == "system").ToList();
-        if (turns.Count == 0 || turns[^1].Role != "assistant") throw r.Error("a conversation must end with an assistant message");
+        if (pending.Count > 0) turns.Add(new("observation", string.Join("\n</tool_response>\n<tool_response>\n", pending)));
         for (int i = 0; i < turns.Count; i++)
-            if (turns[i].Role != (i % 2 == 0 ? "user" : "assistant"))
-                throw r.Error($"message {i + 1} after the system prompt is '{turns[i].Role}'; turns must alternate user, assistant");
-        return messages;
+            if (!(i % 2 == 0 ? turns[i].Role is "user" or "observation" : turns[i].Role is "assistant" or "function"))
+                return (null, "invalid role order (turns must alternate user/observation and assistant/function)");
+        if (turns.Count == 0 || turns.Count % 2 != 0) return (null, "invalid message count (a conversation must end with an answer)");
+        return (new Conversation(turns, system, Tools()), null);
     }
 }
+
+/// <summary>A record as LLaMA-Factory aligns it: alternating turns that end with the answer, the system prompt, the tools JSON.</summary>
+public sealed record Conversation(List<ChatMessage> Turns, string System, string Tools);

@@ -10,18 +10,34 @@ public sealed record DatasetRecord(string File, int Line, JsonObject Json)
     public PeftFormatException Error(string message) => new(File, Line, message);
 }
 
-/// <summary>Reads JSONL (one object per line) or JSON (an array of objects) dataset files.</summary>
+/// <summary>Reads JSONL (one object per line), JSON (an array of objects) or plain text (.txt: each line a {"text": line} record) dataset files.</summary>
 public static class DatasetReader
 {
     public static List<DatasetRecord> Read(string path)
     {
         if (!File.Exists(path)) throw new PeftFormatException(path, "dataset file not found");
+        var ext = Path.GetExtension(path).ToLowerInvariant();
+        if (ext is ".csv" or ".parquet" or ".arrow")
+            throw new PeftFormatException(path, $"{ext} datasets are not read here; convert it to JSON lines (one object per line) or a JSON array");
         var bytes = File.ReadAllBytes(path);
+        if (ext == ".txt") return NonEmpty(path, ReadText(path, bytes));
         int start = 0;
         while (start < bytes.Length && bytes[start] is (byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n' or 0xEF or 0xBB or 0xBF) start++;
-        var records = start < bytes.Length && bytes[start] == (byte)'[' ? ReadArray(path, bytes) : ReadLines(path, bytes);
-        if (records.Count == 0) throw new PeftFormatException(path, "the dataset has no records");
-        return records;
+        return NonEmpty(path, start < bytes.Length && bytes[start] == (byte)'[' ? ReadArray(path, bytes) : ReadLines(path, bytes));
+    }
+
+    static List<DatasetRecord> NonEmpty(string path, List<DatasetRecord> records) =>
+        records.Count > 0 ? records : throw new PeftFormatException(path, "the dataset has no records");
+
+    // As the datasets library's text loader (LLaMA-Factory's .txt files): one "text" record per line; blank lines carry nothing to learn.
+    static List<DatasetRecord> ReadText(string path, byte[] bytes)
+    {
+        var lines = Encoding.UTF8.GetString(bytes).TrimStart('\uFEFF').Split('\n');
+        var list = new List<DatasetRecord>();
+        for (int i = 0; i < lines.Length; i++)
+            if (lines[i].TrimEnd('\r') is { Length: > 0 } text && !string.IsNullOrWhiteSpace(text))
+                list.Add(new DatasetRecord(path, i + 1, new JsonObject { ["text"] = text }));
+        return list;
     }
 
     static List<DatasetRecord> ReadLines(string path, byte[] bytes)
