@@ -18,9 +18,15 @@ public static class AdapterComposition
     {
         if (compose is null && fusionDirs is not { Count: > 0 }) return;
         if (peft is null) throw new PeftConfigException("a composition (--compose, --fusion) needs loaded adapters (--adapter NAME=DIR)");
-        foreach (var dir in fusionDirs ?? Array.Empty<string>()) HubAdapters.LoadFusion(peft, dir);
+        LoadFusions(peft, fusionDirs ?? Array.Empty<string>());
         if (compose is null) throw new PeftConfigException("a fusion layer (--fusion) needs a composition such as \"Fuse[a,b]\" (--compose) to say where it runs");
         HubAdapters.Activate(peft, Parse(compose));
+    }
+
+    /// <summary>Loads saved AdapterFusion layers (adapter_fusion_config.json folders) over adapters loaded in <paramref name="peft"/>.</summary>
+    public static void LoadFusions(PeftModel peft, IReadOnlyList<string> fusionDirs)
+    {
+        foreach (var dir in fusionDirs) HubAdapters.LoadFusion(peft, dir);
     }
 
     /// <summary>Parses NAME | KIND[child, child, ...] with KIND one of Stack, Fuse, Parallel, Average (case-insensitive).</summary>
