@@ -30,9 +30,19 @@ public static class TestPaths
         throw new FileNotFoundException($"{relative} not found above {AppContext.BaseDirectory}");
     }
 
+    // One folder per test process, removed when the process exits, so repeated runs do not fill the disk
+    // (the tool test alone unpacks ~1 GB of libtorch).
+    static readonly Lazy<string> TempRoot = new(() =>
+    {
+        var root = Path.Combine(Path.GetTempPath(), "peftsharp-tests", $"run-{Environment.ProcessId}");
+        Directory.CreateDirectory(root);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(root, true); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } };
+        return root;
+    });
+
     public static string TempDir()
     {
-        var d = Path.Combine(Path.GetTempPath(), "peftsharp-tests", Guid.NewGuid().ToString("N"));
+        var d = Path.Combine(TempRoot.Value, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(d);
         return d;
     }

@@ -30,6 +30,11 @@ public static class BenchTasks
     public static readonly IReadOnlyList<BenchTask> All = new BenchTask[]
     {
         new("reversal", "rv kqz=zqk: the letters in reverse order", r => { var w = Word(r); return ($"rv {w}=", new string(w.Reverse().ToArray())); }),
+        new("shift", "sh kqz=lra: each letter replaced by the next one (z wraps to a)", r =>
+        {
+            var w = Word(r);
+            return ($"sh {w}=", new string(w.Select(c => c == 'z' ? 'a' : (char)(c + 1)).ToArray()));
+        }),
         new("sort", "st kqza=akqz: the letters sorted", r => { var w = Word(r); return ($"st {w}=", new string(w.Order().ToArray())); }),
         new("carry", "ad 47+85=132: two-digit addition, carries included", r => { int a = r.Next(10, 100), b = r.Next(10, 100); return ($"ad {a}+{b}=", (a + b).ToString()); }),
         new("recall", "kv a7 c2 f9 c=2: the digit stored under the queried key", r =>

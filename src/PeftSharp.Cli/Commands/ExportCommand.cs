@@ -50,6 +50,7 @@ public static class ExportCommand
                     ? Cli.ParseAdapters(adapterList)[0].Dir : dir;
                 writer = GgufExport.Model(merged, tokenizerDir, type, name);
             }
+            foreach (var caveat in GgufExport.Caveats(m.Config)) pr.InvocationConfiguration.Error.WriteLine($"warning: {caveat}");
             writer.Write(outPath);
             long bytes = FileSizes.Of(outPath);
             if (pr.GetValue(Cli.JsonOption))

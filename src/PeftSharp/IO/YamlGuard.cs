@@ -42,7 +42,14 @@ public static class YamlGuard
             if (total > maxNodes) throw new PeftLimitException($"{source}:{at.Line}: the YAML (aliases expanded)", ResourceLimits.YamlMaxNodes);
             if (open.Count > 0) { var (a, size) = open.Pop(); open.Push((a, size + n)); }
         }
-        while (parser.MoveNext())
+        long line = 1;
+        // YamlDotNet's scanner throws InvalidOperationException (no position) on some malformed input: name the last good line.
+        bool Next()
+        {
+            try { return parser.MoveNext() && (line = Math.Max(line, parser.Current!.End.Line)) > 0; }
+            catch (InvalidOperationException e) { throw new PeftFormatException(source, (int)line, $"not valid YAML at or after this line ({e.Message})"); }
+        }
+        while (Next())
         {
             switch (parser.Current)
             {

@@ -107,6 +107,8 @@ public sealed record TrainConfig
         var recipe = Tuners.PeftMethods.FindRecipe(finetuning)?.Recipe;
         if (recipe is null && !GenericTypes.Contains(finetuning))
             throw new PeftConfigException($"{source}: finetuning_type '{finetuning}' is not supported (supported: {string.Join(", ", [.. Tuners.PeftMethods.FinetuningTypes, .. GenericTypes])})");
+        if (Bool("use_llama_pro", false) && finetuning != "freeze")
+            throw new PeftConfigException($"{source}: use_llama_pro ({rv.Where("use_llama_pro")}) trains the expanded layers with finetuning_type freeze here (not {finetuning})");
         var methodKeys = values.Keys.Where(MethodKeyNames.Contains).ToDictionary(k => k, k => ToJson(values[k]));
         var training = new TrainingArguments
         {
@@ -219,7 +221,7 @@ public sealed record TrainConfig
     public DataOptions DataOptions(IReadOnlyDictionary<string, int>? labelMap) => new()
     {
         Format = DatasetFormat, CutoffLen = CutoffLen, TrainOnPrompt = TrainOnPrompt, Packing = Recipe.Packing,
-        ValSize = ValSize, Seed = Training.Seed, LabelMap = labelMap, Stage = Recipe.Stage, MaskHistory = Recipe.MaskHistory,
+        ValSize = ValSize, Seed = Training.Seed, Source = Source, LabelMap = labelMap, Stage = Recipe.Stage, MaskHistory = Recipe.MaskHistory,
         MaxSamples = Recipe.MaxSamples, MixStrategy = Recipe.MixStrategy, InterleaveProbs = Recipe.InterleaveProbs,
     };
 }

@@ -158,7 +158,8 @@ public sealed class Trainer : IDisposable
             _sync?.Barrier();
             return result;
         }
-        catch when (_sync is not null) { _sync.Fail(); throw; }
+        // A stop request is no failure: every rank stops after the same step and the job ends normally.
+        catch (Exception e) when (_sync is not null && e is not TrainingStoppedException) { _sync.Fail(); throw; }
     }
 
     TrainResult TrainLoop(Stopwatch clock, int resumedFrom, List<Tensor> trainable, CancellationToken cancel)
@@ -172,7 +173,9 @@ public sealed class Trainer : IDisposable
         using var tensorboard = IsMainProcess ? TensorBoardLogger.Attach(this, _args) : null;
         while (GlobalStep < TotalSteps)
         {
-            if (cancel.IsCancellationRequested) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
+            bool stop = cancel.IsCancellationRequested;
+            if (_sync is not null) stop = _sync.AnyRank(stop); // every rank stops after the same step
+            if (stop) throw new TrainingStoppedException(GlobalStep, GlobalStep > resumedFrom ? SaveCheckpoint() : null);
             int step = GlobalStep;
             double factor = LrSchedule.Factor(_args, step, WarmupSteps, TotalSteps);
             foreach (var g in _optimizer.Groups) g.Lr = g.BaseLr * factor;

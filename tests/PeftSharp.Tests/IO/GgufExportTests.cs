@@ -123,6 +123,61 @@ public class GgufExportTests
         Directory.Delete(dir, recursive: true);
     }
 
+    /// <summary>
+    /// A model folder for a tiny test model with a real tokenizer cut down to the model's embedding rows (ids below
+    /// <paramref name="vocabSize"/>, merges among them; a byte-level vocabulary's end-of-text token takes the last id),
+    /// so llama.cpp loads the vocabulary the export embeds.
+    /// </summary>
+    static string WithTruncatedTokenizer(string model, string tokenizer, int vocabSize)
+    {
+        var dir = TestPaths.TempDir();
+        foreach (var f in Directory.GetFiles(TestPaths.Model(model))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.Data("tokenizers", tokenizer), "tokenizer.json")))!.AsObject();
+        var m = root["model"]!.AsObject();
+        var added = root["added_tokens"]!.AsArray().Select(t => t!.AsObject()).ToList();
+        bool byteLevel = m["byte_fallback"]?.GetValue<bool>() != true;
+        int last = byteLevel ? vocabSize - 1 : vocabSize;
+        var vocab = m["vocab"]!.AsObject().Where(kv => kv.Value!.GetValue<int>() < last).ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>());
+        var keep = added.Where(t => t["id"]!.GetValue<int>() < last).Select(t => t.DeepClone()).ToList();
+        if (byteLevel)
+        {
+            var eot = added[0].DeepClone().AsObject();
+            eot["id"] = last;
+            keep.Add(eot);
+        }
+        static (string, string) Pair(System.Text.Json.Nodes.JsonNode n) => n is System.Text.Json.Nodes.JsonArray a
+            ? (a[0]!.GetValue<string>(), a[1]!.GetValue<string>())
+            : n.GetValue<string>().Split(' ') is [var x, var y] ? (x, y) : ("", "");
+        var merges = m["merges"]!.AsArray().Where(n => Pair(n!) is var (a, b) && vocab.ContainsKey(a) && vocab.ContainsKey(b) && vocab.ContainsKey(a + b))
+            .Select(n => n!.DeepClone()).ToArray();
+        m["vocab"] = new System.Text.Json.Nodes.JsonObject(vocab.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value)));
+        m["merges"] = new System.Text.Json.Nodes.JsonArray(merges);
+        root["added_tokens"] = new System.Text.Json.Nodes.JsonArray(keep.ToArray());
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), root.ToJsonString());
+        return dir;
+    }
+
+    // GPT-2, Qwen2 (biased q/k/v, tied embeddings) and Mistral (GQA; llama.cpp's llama graph has no sliding window, so
+    // prompt and answer stay within mistral-tiny's window of 6) as llama.cpp's gpt2, qwen2 and llama architectures.
+    [Theory]
+    [InlineData("gpt2-tiny", "gpt2", 12)]
+    [InlineData("qwen2-tiny", "qwen3", 12)]
+    [InlineData("mistral-tiny", "mistral", 3)]
+    public void Llama_cpp_gives_peft_generate_ids_on_gpt2_qwen2_and_mistral_exports(string model, string tokenizer, int maxNew)
+    {
+        var dir = WithTruncatedTokenizer(model, tokenizer, 320);
+        int[] prompt = [1, 57, 211];
+        var expected = PeftGreedy(dir, prompt, maxNew);
+        var (code, stdout, stderr) = CliRunner.Run("export", "--model", dir, "--out", Path.Combine(dir, "model.gguf"), "--dtype", "f32", "--json");
+        Assert.True(code == 0, stderr);
+        var gguf = JsonDocument.Parse(stdout).RootElement.GetProperty("out").GetString()!;
+        // mistral-tiny's window (6) is below its context (128): the export says llama.cpp will not apply it.
+        Assert.Equal(model == "mistral-tiny", stderr.Contains("sliding attention window of 6 tokens"));
+        Assert.True(expected.Length == maxNew && expected.Distinct().Count() > 1, $"a degenerate greedy run: {string.Join(' ', expected)}");
+        Assert.Equal(expected, LlamaCppGreedy(gguf, prompt, maxNew));
+        Directory.Delete(dir, recursive: true);
+    }
+
     [Fact]
     public void Exported_file_reads_back_with_its_metadata_tokenizer_and_weights()
     {

@@ -224,6 +224,41 @@ public class DataParallelTests
         Assert.False(File.Exists(Path.Combine(dir, "out", "adapter_model.safetensors")));
     }
 
+    // Ctrl+C on mpirun terminates the ranks at once (mpirun sends SIGTERM, then SIGKILL); SIGUSR1, which mpirun forwards
+    // to every rank, is the clean stop: the ranks agree before each step, so they stop after the same one.
+    [MpiFact]
+    public void Sigusr1_to_mpirun_stops_every_rank_after_the_same_step_and_rank_0_saves_a_checkpoint()
+    {
+        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
+        var dir = TestPaths.TempDir();
+        var data = Data(dir, 13);
+        var outDir = Path.Combine(dir, "out");
+        var yaml = Path.Combine(dir, "long.yaml");
+        File.WriteAllText(yaml, Yaml(model, data, outDir, 2, "finetuning_type: lora").Replace("num_train_epochs: 2", "max_steps: 100000"));
+        using var p = Mpi.Start(new[] { (2, new[] { "train", yaml }) }, new Dictionary<string, string> { [MpiGradientSync.TimeoutVariable] = "60" });
+        var output = Mpi.Collect(p);
+        var log = Path.Combine(outDir, "trainer_log.jsonl");
+        var clock = Stopwatch.StartNew();
+        while (!(File.Exists(log) && File.ReadAllLines(log).Length >= 2))
+        {
+            Assert.False(p.HasExited, $"mpirun ended before training: {output()}");
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(3), $"no training step within 3 minutes: {output()}");
+            Thread.Sleep(200);
+        }
+        using (var kill = Process.Start("kill", new[] { "-USR1", p.Id.ToString() })) kill.WaitForExit();
+        bool ended = p.WaitForExit(TimeSpan.FromMinutes(2));
+        if (!ended) p.Kill(entireProcessTree: true);
+        Assert.True(ended, $"the job did not stop within 2 minutes of SIGUSR1: {output()}");
+        p.WaitForExit();
+        var text = output();
+        Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {text}");
+        Assert.DoesNotContain("no answer from the other ranks", text);
+        var checkpoint = Assert.Single(Directory.GetDirectories(outDir, "checkpoint-*"));
+        int step = int.Parse(Path.GetFileName(checkpoint)["checkpoint-".Length..]);
+        Assert.Contains($"stopped at step {step}/", text);
+        Assert.Equal(step, JsonNode.Parse(File.ReadAllText(Path.Combine(checkpoint, "trainer_state.json")))!["global_step"]!.GetValue<int>());
+    }
+
     [MpiTheory]
     [InlineData("KILL")]
     [InlineData("STOP")]

@@ -32,6 +32,19 @@ public static class GgufExport
     static ArchInfo Arch(ModelConfig c) => Archs.TryGetValue(c.ModelType, out var a) ? a
         : throw new PeftConfigException($"GGUF export supports model_type {string.Join(", ", Archs.Keys)}; this model is '{c.ModelType}'");
 
+    /// <summary>
+    /// What llama.cpp will compute differently from this model, one line each (the CLI prints them as warnings): a
+    /// sliding attention window, which llama.cpp's llama and qwen2 graphs do not apply, so outputs differ once a
+    /// sequence is longer than the window.
+    /// </summary>
+    public static IEnumerable<string> Caveats(ModelConfig c)
+    {
+        if (c is not LlamaConfig l) yield break;
+        var window = Enumerable.Range(0, l.NumHiddenLayers).Select(l.SlidingWindowOf).Where(w => w is not null).Min();
+        if (window is int w && w < l.MaxPositionEmbeddings)
+            yield return $"{c.ModelType} uses a sliding attention window of {w} tokens; llama.cpp's {Arch(c).Name} graph attends to the whole context, so its outputs differ from this model's once a sequence is longer than {w} tokens";
+    }
+
     /// <summary>Writes <paramref name="model"/> (no adapter layers left: merge first) with the tokenizer and chat template of <paramref name="tokenizerDir"/>.</summary>
     public static GgufWriter Model(PreTrainedModel model, string tokenizerDir, GgufDType dtype, string name)
     {

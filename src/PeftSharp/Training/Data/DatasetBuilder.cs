@@ -29,6 +29,8 @@ public sealed record DataOptions
     public IReadOnlyList<double>? InterleaveProbs { get; init; }
     /// <summary>Receives one line per dataset that lost rows (how many and why).</summary>
     public Action<string>? Warn { get; init; }
+    /// <summary>The recipe file, for messages about its keys (val_size, cutoff_len).</summary>
+    public string? Source { get; init; }
     /// <summary>The model's vocab_size: pre-tokenized ids and labels must lie below it (null: not checked).</summary>
     public int? VocabSize { get; init; }
 }
@@ -50,7 +52,11 @@ public static class DatasetBuilder
         var train = Mix(sources.Select(s => Rows(s, tokenizer, options)).ToList(), options);
         List<TrainExample> eval;
         if (evalSources is { Count: > 0 }) eval = Mix(evalSources.Select(s => Rows(s, tokenizer, options)).ToList(), options);
-        else (train, eval) = Split(train, options.ValSize, options.Seed);
+        else
+        {
+            try { (train, eval) = Split(train, options.ValSize, options.Seed); }
+            catch (PeftConfigException e) when (options.Source is { } src) { throw new PeftConfigException($"{src}: {e.Message}"); }
+        }
         bool pt = options.Stage == "pt";
         if ((options.Packing ?? pt) && train.All(r => r.ClassLabel is null))
         {

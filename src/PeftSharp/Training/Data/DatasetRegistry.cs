@@ -46,7 +46,8 @@ public static class DatasetRegistry
     static readonly string[] TagNames = ["role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"];
     static readonly string[] EntryKeys = ["file_name", "formatting", "ranking", "subset", "split", "folder", "num_samples", "columns", "tags", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "load_from"];
 
-    public static List<DatasetSource> Resolve(string names, string datasetDir, Func<string, string> resolvePath)
+    /// <param name="origin">Where the names come from, for messages (e.g. "x.yaml: dataset").</param>
+    public static List<DatasetSource> Resolve(string names, string datasetDir, Func<string, string> resolvePath, string origin = "dataset")
     {
         var dir = resolvePath(datasetDir);
         var infoPath = Path.Combine(dir, InfoFile);
@@ -67,10 +68,17 @@ public static class DatasetRegistry
             var inDir = Path.Combine(dir, name);
             if (File.Exists(inDir)) { result.Add(new DatasetSource(name, inDir, null, DatasetAttr.PlainFile)); continue; }
             throw new PeftConfigException(info is null
-                ? $"dataset '{name}': no file '{name}' and no {infoPath} to look it up in (set dataset_dir to the folder with {InfoFile})"
-                : $"dataset '{name}' is not defined in {infoPath} (it defines: {string.Join(", ", info.Select(p => p.Key))}) and is not a file");
+                ? $"{origin} '{name}': no file '{name}' and no {infoPath} to look it up in (set dataset_dir to the folder with {InfoFile})"
+                : $"{origin} '{name}' is not defined in {infoPath} and is not a file ({Known(info, name)})");
         }
         return result;
+    }
+
+    // The names a registry defines, closest to the one asked for first (LLaMA-Factory's own file defines over a hundred).
+    static string Known(JsonObject info, string name)
+    {
+        var names = info.Select(p => p.Key).OrderBy(n => Recipes.RecipeKeys.Distance(name, n)).ThenBy(n => n, StringComparer.Ordinal).ToList();
+        return $"it defines {names.Count}: {string.Join(", ", names.Take(8))}{(names.Count > 8 ? ", ..." : "")}";
     }
 
     static DatasetSource FromEntry(string name, JsonObject e, string dir, string infoPath)

@@ -26,6 +26,12 @@ public interface IGradientSync
     /// </summary>
     double AverageGradients(IReadOnlyList<Tensor> trainable, double loss);
 
+    /// <summary>
+    /// True on every rank when <paramref name="mine"/> is true on any (one tiny collective): before each step, so that a
+    /// stop request that reached the ranks at different moments stops them all after the same step.
+    /// </summary>
+    bool AnyRank(bool mine);
+
     /// <summary>Waits until every rank gets here (the end of training: rank 0 has written the result).</summary>
     void Barrier();
 

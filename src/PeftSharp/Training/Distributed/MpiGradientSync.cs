@@ -24,7 +24,7 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
     readonly OpenMpi _mpi;
     readonly TimeSpan _timeout;
     string? _inFlight; long _inFlightSince;
-    volatile bool _failed, _done;
+    volatile bool _failed, _done, _stopped;
 
     public int Rank { get; }
     public int WorldSize { get; }
@@ -77,6 +77,18 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
             else p.grad = chunk.to(p.dtype, p.device).clone().DetachFromDisposeScope();
         });
         return tail[^1];
+    }
+
+    public bool AnyRank(bool mine)
+    {
+        var flag = new[] { mine ? 1f : 0f };
+        fixed (float* f = flag)
+        {
+            var ptr = (nint)f;
+            Guard("agreement on stopping", () => _mpi.AllreduceMax((float*)ptr, 1));
+        }
+        // Every rank agreed to stop: exiting with the stop's code (130) is then no failure.
+        return _stopped = flag[0] > 0;
     }
 
     public void Barrier() => Guard("end-of-training barrier", _mpi.Barrier);
@@ -204,7 +216,7 @@ internal sealed unsafe class MpiGradientSync : IGradientSync
         _done = true;
         if (_mpi.Finalized) return;
         // A rank that failed must not wait in MPI_Finalize for ranks that wait in a collective for it.
-        if (_failed || Environment.ExitCode != 0) _mpi.Abort(1);
+        if (_failed || Environment.ExitCode != 0 && !_stopped) _mpi.Abort(1);
         else _mpi.Finalize();
     }
 }

@@ -31,7 +31,7 @@ public static class RecipeKeys
         "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "lr_scheduler_kwargs", "neftune_noise_alpha",
         "loraplus_lr_embedding", "eval_delay", "eval_on_start", "disable_shuffling", "train_sampling_strategy",
         // freeze tuning
-        "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
+        "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro",
     ];
 
     static readonly (string Reason, string[] Keys)[] IgnoredGroups =
@@ -110,6 +110,7 @@ public static class RecipeKeys
         ("full determinism is the default here (seeded data order, dropout and init)", ["full_determinism"]),
         ("the batch size is what per_device_train_batch_size says", ["auto_find_batch_size"]),
         ("evaluation runs in the training precision", ["bf16_full_eval", "fp16_full_eval"]),
+        ("float16 mixed precision is a GPU mode; this run trains in float32 (bf16: true computes in bfloat16 on CPUs that have it)", ["fp16"]),
         ("there are no mixture-of-experts models here", ["moe_aux_loss_coef"]),
         ("evaluation runs whenever there is an eval set (val_size or eval_dataset), at the end and per eval_strategy", ["do_eval"]),
         ("padding never counts in the loss here (labels are -100 on pads)", ["ignore_pad_token_for_loss"]),
@@ -117,12 +118,12 @@ public static class RecipeKeys
 
     static readonly (string Reason, string[] Keys)[] RefusedGroups =
     [
-        ("fp16 mixed precision is not available on CPU here; use bf16: true", ["fp16", "pure_bf16", "fp8"]),
+        ("this precision mode is not available; use bf16: true (bfloat16 compute, float32 master weights)", ["pure_bf16", "fp8"]),
         ("this optimizer is not available; remove the key to train with AdamW",
             ["use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon", "optim_args", "adafactor"]),
         ("this loss is not available; remove the key to train with cross-entropy",
             ["use_dft_loss", "use_asft_loss", "use_eaft_loss", "label_smoothing_factor"]),
-        ("this model surgery is not available", ["use_llama_pro", "mixture_of_depths", "rope_scaling", "resize_vocab", "add_tokens",
+        ("this model surgery is not available", ["mixture_of_depths", "rope_scaling", "resize_vocab", "add_tokens",
             "add_special_tokens", "new_special_tokens_config", "train_from_scratch", "split_special_tokens", "use_kt", "additional_target",
             "pissa_init", "pissa_convert", "create_new_adapter", "adapter_folder", "use_mca", "use_megatron_bridge"]),
         ("this data pipeline option is not available", ["streaming", "neat_packing", "tokenized_path", "group_by_length",
@@ -185,7 +186,8 @@ public static class RecipeKeys
         return best.D <= Math.Max(2, key.Length / 3) ? best.Name : null;
     }
 
-    static int Distance(string a, string b)
+    /// <summary>Levenshtein distance (edits to turn a into b).</summary>
+    public static int Distance(string a, string b)
     {
         var prev = new int[b.Length + 1];
         var cur = new int[b.Length + 1];

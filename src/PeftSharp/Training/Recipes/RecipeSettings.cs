@@ -9,6 +9,10 @@ public sealed record FreezeSettings
     public IReadOnlyList<string> TrainableModules { get; init; } = ["all"];
     /// <summary>Modules outside the layers that train too (embed_tokens, norm, lm_head, ...).</summary>
     public IReadOnlyList<string> ExtraModules { get; init; } = [];
+    /// <summary>LLaMA Pro: train the layers its block expansion added (every (layers / freeze_trainable_layers)-th, from the first block's end).</summary>
+    public bool UseLlamaPro { get; init; }
+    /// <summary>The YAML file, for messages.</summary>
+    public string Source { get; init; } = "config.yaml";
 }
 
 /// <summary>
@@ -38,7 +42,6 @@ public sealed record RecipeSettings
     public string? ToolFormat { get; init; }
     /// <summary>Packing as set; null = LLaMA-Factory's default (on for pt, off for sft).</summary>
     public bool? Packing { get; init; }
-    public bool OverwriteOutputDir { get; init; }
     /// <summary>Write training_loss.png (and training_eval_loss.png) as LLaMA-Factory's plot_loss does.</summary>
     public bool PlotLoss { get; init; }
     public FreezeSettings Freeze { get; init; } = new();
@@ -82,13 +85,14 @@ public sealed record RecipeSettings
             PreserveThinking = v.Bool("preserve_thinking", false),
             ToolFormat = v.Str("tool_format"),
             Packing = v.OptBool("packing"),
-            OverwriteOutputDir = v.Bool("overwrite_output_dir", false),
             PlotLoss = v.Bool("plot_loss", false),
             Freeze = new FreezeSettings
             {
                 TrainableLayers = v.Int("freeze_trainable_layers", 2),
                 TrainableModules = Names(v.Str("freeze_trainable_modules") ?? "all"),
                 ExtraModules = Names(v.Str("freeze_extra_modules")),
+                UseLlamaPro = v.Bool("use_llama_pro", false),
+                Source = v.Source,
             },
         };
     }

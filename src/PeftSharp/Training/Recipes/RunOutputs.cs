@@ -22,7 +22,7 @@ public static class RunOutputs
     {
         var resume = c.Training.ResumeFromCheckpoint is { Length: > 0 } r && r != "false" ? r : null;
         var dir = c.Training.OutputDir;
-        if (resume is not null || c.Recipe.OverwriteOutputDir || !Directory.Exists(dir)) return resume;
+        if (resume is not null || c.Training.OverwriteOutputDir || !Directory.Exists(dir)) return resume;
         var last = Directory.EnumerateDirectories(dir, "checkpoint-*")
             .Select(d => (Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), n, d)).Where(x => x.Ok)
             .OrderBy(x => x.n).Select(x => x.d).LastOrDefault();

@@ -64,6 +64,7 @@ public class LlamaFactoryRecipeTests
         var (code2, stdout, err2) = CliRunner.Run("train", TestPaths.RepoFile("samples/llamafactory/qwen3_lora_sft.yaml"), $"model_name_or_path={Model.Value}",
             $"output_dir={outDir}", $"dataset_dir={TestPaths.RepoFile("samples/llamafactory/data")}", "max_steps=3", "save_steps=1", "max_samples=4", "overwrite_output_dir=false");
         Assert.True(code2 == 0, err2);
+        Assert.Contains($"resuming from {Path.Combine(outDir, "checkpoint-2")}: output_dir holds checkpoints of an earlier run", err2);
         Assert.Contains($"resumed from {Path.Combine(outDir, "checkpoint-2")} at step 2", stdout);
         Assert.Equal(3, JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "trainer_state.json")))!["global_step"]!.GetValue<int>());
     }
@@ -72,11 +73,13 @@ public class LlamaFactoryRecipeTests
     [InlineData("learning_rte=1e-4", "unknown key 'learning_rte' (override learning_rte=; did you mean 'learning_rate'?)")]
     [InlineData("use_galore=true", "'use_galore: true' (override use_galore=) is not supported")]
     [InlineData("stage=dpo", "stage 'dpo' (override stage=) is not supported: preference and reward training are not available")]
-    [InlineData("dataset=identity,nope", "dataset 'nope' is not defined in")]
+    [InlineData("dataset=identity,nope", "qwen3_lora_sft.yaml: dataset 'nope' is not defined in")]
     [InlineData("template=qwen9", "template 'qwen9' is not known")]
     [InlineData("mix_strategy=zip", "'mix_strategy' is 'zip'; expected one of concat, interleave_under")]
     [InlineData("lr_scheduler_kwargs={\"min_lr\": 1e-6}", "'min_lr' is not an argument of cosine")]
-    [InlineData("fp16=true", "'fp16: true' (override fp16=) is not supported: fp16 mixed precision")]
+    [InlineData("pure_bf16=true", "'pure_bf16: true' (override pure_bf16=) is not supported: this precision mode")]
+    [InlineData("quantization_method=hqq", "quantization_method 'hqq' (override quantization_method=) is not supported")]
+    [InlineData("use_llama_pro=true", "use_llama_pro (override use_llama_pro=) trains the expanded layers with finetuning_type freeze")]
     public void Bad_versions_are_one_clear_error(string change, string expected)
     {
         var (code, _, err, _) = Train("qwen3_lora_sft.yaml", change);
@@ -207,6 +210,53 @@ public class LlamaFactoryRecipeTests
         Assert.Contains(trainable, n => n.Contains($".{layers - 1}.mlp"));
         Assert.DoesNotContain(trainable, n => n.Contains(".0.mlp") && layers > 1);
         Assert.Contains("not found; choose from", Assert.Throws<PeftConfigException>(() => FreezeTuning.Target(model, new FreezeSettings { TrainableModules = ["ffn"] })).Message);
+    }
+
+    [Fact]
+    public void Llama_pro_trains_every_expanded_layer()
+    {
+        using var model = PeftSharp.Models.AutoModel.FromPretrained(Model.Value);
+        int layers = model.Config.NumHiddenLayers;
+        FreezeTuning.Target(model, new FreezeSettings { TrainableLayers = layers, UseLlamaPro = true });
+        var trained = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
+        // layers / n = 1: every layer is an expanded one.
+        Assert.All(Enumerable.Range(0, layers), i => Assert.Contains(trained, n => n.Contains($".{i}.")));
+        var e = Assert.Throws<PeftConfigException>(() => FreezeTuning.Target(model, new FreezeSettings { TrainableLayers = layers + 1, UseLlamaPro = true, Source = "pro.yaml" }));
+        Assert.StartsWith($"pro.yaml: use_llama_pro needs freeze_trainable_layers to divide the model's {layers} layers", e.Message);
+        var cfg = TrainConfig.Parse("model_name_or_path: m\ndataset: d\nfinetuning_type: freeze\nfreeze_trainable_layers: 8\nuse_llama_pro: true\nfp16: true\n" +
+            "quantization_method: bitsandbytes\n", "pro.yaml");
+        Assert.True(cfg.Recipe.Freeze.UseLlamaPro);
+        Assert.Contains(cfg.Warnings, w => w.StartsWith("pro.yaml: ignoring 'fp16' (line 6): float16 mixed precision is a GPU mode; this run trains in float32"));
+    }
+
+    [Fact]
+    public void Text_files_and_bad_dataset_info_entries()
+    {
+        var dir = TestPaths.TempDir();
+        File.WriteAllText(Path.Combine(dir, "wiki.txt"), "first line\n\nsecond line\r\n");
+        File.WriteAllText(Path.Combine(dir, "d.csv"), "a,b\n");
+        File.WriteAllText(Path.Combine(dir, "dataset_info.json"), """
+            {"wiki": {"file_name": "wiki.txt", "columns": {"prompt": "text"}}, "odd": "x.json", "n": {"file_name": "wiki.txt", "num_samples": 1.5}}
+            """);
+        var records = DatasetReader.Read(Path.Combine(dir, "wiki.txt"));
+        Assert.Equal(["first line", "second line"], records.Select(r => r.Json["text"]!.GetValue<string>()));
+        Assert.Equal([1, 3], records.Select(r => r.Line));
+        Assert.Contains(".csv datasets are not read here; convert it to JSON lines", Assert.Throws<PeftFormatException>(() => DatasetReader.Read(Path.Combine(dir, "d.csv"))).Message);
+        var wiki = Assert.Single(DatasetRegistry.Resolve("wiki", dir, p => p));
+        Assert.Equal("text", wiki.Attr.Prompt);
+        Assert.Contains("dataset 'odd' must be an object", Assert.Throws<PeftFormatException>(() => DatasetRegistry.Resolve("odd", dir, p => p)).Message);
+        Assert.Contains("dataset 'n', 'num_samples' must be a positive integer (found 1.5)", Assert.Throws<PeftFormatException>(() => DatasetRegistry.Resolve("n", dir, p => p)).Message);
+    }
+
+    [Fact]
+    public void Openai_tool_calls_that_are_not_objects_are_a_clear_error()
+    {
+        var dir = TestPaths.TempDir();
+        var path = Path.Combine(dir, "t.jsonl");
+        File.WriteAllText(path, """{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": [3]}]}""" + "\n");
+        var r = Assert.Single(DatasetReader.Read(path));
+        var e = Assert.Throws<PeftFormatException>(() => DatasetFormats.ToConversation(r, DatasetFormat.ShareGpt, DatasetAttr.PlainFile));
+        Assert.Contains($"{path}:1: message 2: each tool_calls item must be an object with a 'function' object", e.Message);
     }
 
     [Fact]
