@@ -224,10 +224,8 @@ public class DataParallelTests
         Assert.False(File.Exists(Path.Combine(dir, "out", "adapter_model.safetensors")));
     }
 
-    // Ctrl+C on mpirun terminates the ranks at once (mpirun sends SIGTERM, then SIGKILL); SIGUSR1, which mpirun forwards
-    // to every rank, is the clean stop: the ranks agree before each step, so they stop after the same one.
-    [MpiFact]
-    public void Sigusr1_to_mpirun_stops_every_rank_after_the_same_step_and_rank_0_saves_a_checkpoint()
+    /// <summary>Two ranks training LoRA for 100000 steps, returned once two steps are logged: the job, its output and its output_dir.</summary>
+    static (Process Job, Func<string> Output, string OutDir) StartLongRun(IDictionary<string, string> env)
     {
         var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
         var dir = TestPaths.TempDir();
@@ -235,16 +233,26 @@ public class DataParallelTests
         var outDir = Path.Combine(dir, "out");
         var yaml = Path.Combine(dir, "long.yaml");
         File.WriteAllText(yaml, Yaml(model, data, outDir, 2, "finetuning_type: lora").Replace("num_train_epochs: 2", "max_steps: 100000"));
-        using var p = Mpi.Start(new[] { (2, new[] { "train", yaml }) }, new Dictionary<string, string> { [MpiGradientSync.TimeoutVariable] = "60" });
+        var p = Mpi.Start(new[] { (2, new[] { "train", yaml }) }, env);
         var output = Mpi.Collect(p);
         var log = Path.Combine(outDir, "trainer_log.jsonl");
         var clock = Stopwatch.StartNew();
         while (!(File.Exists(log) && File.ReadAllLines(log).Length >= 2))
         {
-            Assert.False(p.HasExited, $"mpirun ended before training: {output()}");
-            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(3), $"no training step within 3 minutes: {output()}");
+            if (p.HasExited) Assert.Fail($"mpirun ended before training: {output()}");
+            if (clock.Elapsed > TimeSpan.FromMinutes(3)) { p.Kill(entireProcessTree: true); Assert.Fail($"no training step within 3 minutes: {output()}"); }
             Thread.Sleep(200);
         }
+        return (p, output, outDir);
+    }
+
+    // Ctrl+C on mpirun terminates the ranks at once (mpirun sends SIGTERM, then SIGKILL); SIGUSR1, which mpirun forwards
+    // to every rank, is the clean stop: the ranks agree before each step, so they stop after the same one.
+    [MpiFact]
+    public void Sigusr1_to_mpirun_stops_every_rank_after_the_same_step_and_rank_0_saves_a_checkpoint()
+    {
+        var (p, output, outDir) = StartLongRun(new Dictionary<string, string> { [MpiGradientSync.TimeoutVariable] = "60" });
+        using var _ = p;
         using (var kill = Process.Start("kill", new[] { "-USR1", p.Id.ToString() })) kill.WaitForExit();
         bool ended = p.WaitForExit(TimeSpan.FromMinutes(2));
         if (!ended) p.Kill(entireProcessTree: true);
@@ -264,24 +272,9 @@ public class DataParallelTests
     [InlineData("STOP")]
     public void A_dead_or_hung_rank_ends_the_job_with_an_error_instead_of_a_hang(string signal)
     {
-        var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
-        var dir = TestPaths.TempDir();
-        var data = Data(dir, 13);
-        var outDir = Path.Combine(dir, "out");
-        var yaml = Path.Combine(dir, "long.yaml");
-        File.WriteAllText(yaml, Yaml(model, data, outDir, 2, "finetuning_type: lora").Replace("num_train_epochs: 2", "max_steps: 100000"));
         var tag = Guid.NewGuid().ToString("N");
-        using var p = Mpi.Start(new[] { (2, new[] { "train", yaml }) },
-            new Dictionary<string, string> { ["PEFT_TEST_TAG"] = tag, [MpiGradientSync.TimeoutVariable] = "5" });
-        var output = Mpi.Collect(p);
-        var log = Path.Combine(outDir, "trainer_log.jsonl");
-        var clock = Stopwatch.StartNew();
-        while (!(File.Exists(log) && File.ReadAllLines(log).Length >= 2))
-        {
-            Assert.False(p.HasExited, $"mpirun ended before training: {output()}");
-            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), $"no training step within 2 minutes: {output()}");
-            Thread.Sleep(200);
-        }
+        var (p, output, _) = StartLongRun(new Dictionary<string, string> { ["PEFT_TEST_TAG"] = tag, [MpiGradientSync.TimeoutVariable] = "5" });
+        using var _p = p;
         var victim = Mpi.RankPid(tag, 1);
         Assert.True(victim is not null, "rank 1's process not found");
         using (var kill = Process.Start("kill", new[] { $"-{signal}", victim.ToString()! })) kill.WaitForExit();
