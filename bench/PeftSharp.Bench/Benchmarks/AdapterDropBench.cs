@@ -2,7 +2,6 @@ using System.Text.Json.Nodes;
 using PeftSharp.Models;
 using PeftSharp.Tuners;
 using PeftSharp.Tuners.AdapterHub;
-using PeftSharp.Tuners.Bottleneck;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Bench.Benchmarks;
@@ -40,7 +39,7 @@ public sealed class AdapterDropBench : IBenchmark
         using var baseModel = AutoModel.FromConfig(config);
         baseModel.eval();
         manual_seed(0);
-        var houlsby = PeftModel.Create(AutoModel.FromConfig(config), AdapterHubConfig.Of(BottleneckConfig.DoubleSeqBn()));
+        var houlsby = BenchAdapters.Create(AutoModel.FromConfig(config), "adapter", new RecipeSettings { Source = "adapterdrop bench" }, new() { ["adapter_config"] = "double_seq_bn" });
         houlsby.eval();
         void Forward(ILanguageModel lm) { using var scope = NewDisposeScope(); lm.Forward(inputs); }
         void Measure(string label)
@@ -62,10 +61,12 @@ public sealed class AdapterDropBench : IBenchmark
         // copied at the first layer with adapters, so the layers whose adapters are dropped run once for all tasks.
         manual_seed(0);
         var names = Enumerable.Range(0, tasks).Select(i => $"task{i}").ToArray();
-        var multi = PeftModel.Create(AutoModel.FromConfig(config), AdapterHubConfig.Of(BottleneckConfig.SeqBn()), names[0]);
-        foreach (var n in names.Skip(1)) multi.AddAdapter(n, AdapterHubConfig.Of(BottleneckConfig.SeqBn()));
+        var multiModel = AutoModel.FromConfig(config);
+        var seqBn = BenchAdapters.Config(multiModel, "adapter", new RecipeSettings { Source = "adapterdrop bench" });
+        var multi = PeftModel.Create(multiModel, seqBn, names[0]);
+        foreach (var n in names.Skip(1)) multi.AddAdapter(n, seqBn);
         multi.eval();
-        HubAdapters.Activate(multi, Composition.Parallel(names));
+        AdapterComposition.Apply(multi, $"Parallel[{string.Join(",", names)}]", null);
         // The base model over N copies of the batch: what running the tasks one after another costs without adapters.
         var copies = new ModelInputs { InputIds = inputs.InputIds!.repeat(tasks, 1) };
         void ForwardCopies(ILanguageModel lm) { using var scope = NewDisposeScope(); lm.Forward(copies); }

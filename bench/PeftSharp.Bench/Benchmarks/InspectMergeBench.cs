@@ -3,7 +3,6 @@ using System.Text.Json.Nodes;
 using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Bench.Benchmarks;
@@ -38,7 +37,7 @@ public sealed class InspectMergeBench : IBenchmark
             using (var model = AutoModel.FromConfig(config))
             {
                 AutoModel.SavePretrained(model, modelDir);
-                var peft = PeftModel.Create(model, new LoraConfig { R = r, LoraAlpha = 2 * r, FanInFanOut = true, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) });
+                var peft = BenchAdapters.Create(model, "lora", BenchAdapters.Lora(r));
                 using (no_grad())
                     foreach (var (name, p) in peft.named_parameters().Where(p => p.name.Contains("lora_B")))
                         p.copy_(randn(p.shape) * 0.01);
@@ -74,11 +73,11 @@ public sealed class InspectMergeBench : IBenchmark
 
                 // The old way, for one module: matrix_rank of the d×d difference in float64.
                 var (name, layer) = peft.AdapterLayers().First(l => l.Name.EndsWith("mlp.c_fc", StringComparison.Ordinal));
-                var lora = (LoraLayer)layer;
+                var lora = (IDeltaWeightLayer)layer;
                 using var scope = NewDisposeScope();
                 clock.Restart();
                 Cpu();
-                var delta = lora.MergedWeight("default", ScalarType.Float64) - lora.BaseWeight.to(ScalarType.Float64);
+                var delta = lora.DeltaWeight("default", ScalarType.Float64);
                 long oldRank = linalg.matrix_rank(delta).item<long>();
                 result.Add("old: d×d float64 SVD rank of one module", clock.Elapsed.TotalSeconds, Cpu(),
                     $"{name} [{string.Join("x", lora.BaseWeight.shape)}]: rank {oldRank}; {report.Modules.Count} such modules in the report");

@@ -3,7 +3,6 @@ using System.Text.Json.Nodes;
 using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -32,13 +31,11 @@ public sealed class LoraForwardBench : IBenchmark
             ["tie_word_embeddings"] = false, ["rms_norm_eps"] = 1e-6,
         }, "bench config");
         var model = AutoModel.FromConfig(config);
-        var lora = new LoraConfig { R = r, LoraAlpha = 2 * r, TargetModules = StringOrList.Of("q_proj", "k_proj", "v_proj", "o_proj") };
+        var lora = BenchAdapters.Config(model, "lora", BenchAdapters.Lora(r, "q_proj,k_proj,v_proj,o_proj"));
         var peft = PeftModel.Create(model, lora, "a0");
         const int adapters = 32;
         for (int i = 1; i < adapters; i++) peft.AddAdapter($"a{i}", lora);
-        using (no_grad())
-            foreach (var (_, layer) in peft.AdapterLayers())
-                foreach (var name in layer.Adapters) ((LoraLinear)layer).B(name).normal_(0, 0.02);
+        BenchAdapters.RandomizeUp(peft, 0.02);
         peft.SetAdapter("a0");
         peft.eval();
 

@@ -7,7 +7,6 @@ using PeftSharp.Quantization;
 using PeftSharp.Runtime;
 using PeftSharp.Training.Optimizers;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -69,7 +68,7 @@ public sealed class QLoraBench : IBenchmark
             QuantizedModelLoader.Quantize(model, q);
             KbitTraining.Prepare(model, useGradientCheckpointing: false);
         }
-        var peft = PeftModel.Create(model, new LoraConfig { R = 16, LoraAlpha = 32, TargetModules = StringOrList.Of("all-linear") });
+        var peft = BenchAdapters.Create(model, "lora", BenchAdapters.Lora(16));
         var trainable = peft.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, (Tensor)p.parameter)).ToList();
         var bnb = BnbAdamWOptions.FromOptimName(optimName);
         using var opt = bnb is null ? null : new BnbAdamW(trainable, lr: 2e-4, options: bnb);

@@ -5,7 +5,6 @@ using PeftSharp.Inference.Serving;
 using PeftSharp.Models;
 using PeftSharp.Server;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -86,12 +85,10 @@ public sealed class ServeBench : IBenchmark
         var adapters = new List<string>();
         using (var model = AutoModel.FromPretrained(baseDir))
         {
-            var lora = new LoraConfig { R = r, LoraAlpha = 2 * r, TargetModules = StringOrList.Of("q_proj", "k_proj", "v_proj", "o_proj") };
+            var lora = BenchAdapters.Config(model, "lora", BenchAdapters.Lora(r, "q_proj,k_proj,v_proj,o_proj"));
             var peft = PeftModel.Create(model, lora, "a0");
             for (int i = 1; i < count; i++) peft.AddAdapter($"a{i}", lora);
-            using (no_grad())
-                foreach (var (_, layer) in peft.AdapterLayers())
-                    foreach (var name in layer.Adapters) ((LoraLinear)layer).B(name).normal_(0, 0.02);
+            BenchAdapters.RandomizeUp(peft, 0.02);
             for (int i = 0; i < count; i++)
             {
                 var dir = Path.Combine(root, $"a{i}");

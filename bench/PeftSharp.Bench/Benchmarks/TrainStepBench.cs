@@ -5,7 +5,6 @@ using PeftSharp.Runtime;
 using PeftSharp.Training;
 using PeftSharp.Training.Data;
 using PeftSharp.Tuners;
-using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Bench.Benchmarks;
@@ -83,5 +82,5 @@ public sealed class TrainStepBench : IBenchmark
 static class BenchLora
 {
     public static TrainingTarget Target(PreTrainedModel model, int rank) =>
-        AdapterTargets.Peft(PeftModel.Create(model, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = StringOrList.Of(TargetMatcher.AllLinear) }));
+        AdapterTargets.Peft(BenchAdapters.Create(model, "lora", BenchAdapters.Lora(rank)));
 }

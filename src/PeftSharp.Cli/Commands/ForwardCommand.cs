@@ -49,7 +49,7 @@ public static class ForwardCommand
             var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), dev, dt);
             if (rowNames is not null && peft is null) throw new ArgumentException("--adapter-per-row needs --adapter");
             using var _ = m;
-            CompositionOptions.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
+            Tuners.AdapterComposition.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
             using var scope = NewDisposeScope();
             var inputIds = Rows(idRows);
             var attentionMask = maskRows is null ? ones_like(inputIds) : Rows(maskRows);

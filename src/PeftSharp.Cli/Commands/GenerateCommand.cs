@@ -75,7 +75,7 @@ public static class GenerateCommand
 
             var (m, peft) = Cli.LoadModel(dir, pr.GetValue(adapter), Cli.ParseDevice(pr.GetValue(device)!), Cli.ParseDType(pr.GetValue(dtype)!));
             using var __ = m;
-            CompositionOptions.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
+            Tuners.AdapterComposition.Apply(peft, pr.GetValue(compose), pr.GetValue(fusion));
             bool json = pr.GetValue(Cli.JsonOption);
             Action<GeneratedToken>? stream = json ? null
                 : rows.Length == 1 && tokenizer is not null ? t => { o.Write(t.TextDelta); o.Flush(); }

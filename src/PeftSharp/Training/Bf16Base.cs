@@ -12,7 +12,7 @@ namespace PeftSharp.Training;
 /// attention and MLP interiors (RoPE, attention, SwiGLU) run in bfloat16 too, while the residual stream, the norms'
 /// arithmetic and the loss stay float32 (frozen embeddings hand float32 to it). Llama's RMSNorms hand their output on in
 /// bfloat16 (one cast shared by the projections that read it). LoRA's A/B run in bfloat16 from their float32 weights
-/// (<see cref="IAutocastLayer.AutocastDtype"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
+/// (<see cref="ForwardContext.AutocastDtype"/>, entered by the trainer around each step: <see cref="Autocast"/>). Trainable tensors, gradients and optimizer state stay float32; a trainable
 /// Linear the model's code can take another module for (full fine-tuning) computes in bfloat16 from its float32 weight
 /// (<see cref="AutocastLinear"/>); any other trainable Linear (adapter, head) casts its input to its weight's dtype.
 /// All of this where the CPU has native bf16 arithmetic; elsewhere frozen weights are only stored in bfloat16 and every
@@ -53,9 +53,6 @@ public static class Bf16Base
                 case Embedding e when !e.weight!.requires_grad:
                     n += StoreOnly(e);
                     break;
-                case IAutocastLayer adapter:
-                    adapter.AutocastDtype = ScalarType.BFloat16;
-                    break;
                 case LlamaRMSNorm norm:
                     norm.OutputDtype = ScalarType.BFloat16;
                     break;
@@ -63,6 +60,13 @@ public static class Bf16Base
         }
         return n;
     }
+
+    /// <summary>
+    /// The forward context of a bf16 step (adapters compute in bfloat16 where the CPU has native bf16 arithmetic), or null
+    /// (float32 runs, and CPUs where bf16 is storage only).
+    /// </summary>
+    public static ForwardContext? Autocast(bool bf16) =>
+        bf16 && Runtime.Bf16Policy.ComputeDtype == ScalarType.BFloat16 ? ForwardContext.Enter(autocastDtype: ScalarType.BFloat16) : null;
 
     /// <summary>bf16 storage, float32 arithmetic: frozen Linears widen their weight per matmul, frozen Embeddings hand float32 on.</summary>
     static int StoreOnly(nn.Module m)

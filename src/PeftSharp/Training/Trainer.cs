@@ -230,6 +230,7 @@ public sealed class Trainer : IDisposable
     (double Loss, double GradNorm, long Tokens) TrainStep(int step, IReadOnlyList<Tensor> trainable)
     {
         using var scope = NewDisposeScope();
+        using var autocast = Bf16Base.Autocast(_args.Bf16);
         _target.Root.train();
         bool lm = _target.Task == TrainingTask.CausalLM;
         var micro = MicroBatches(step);
@@ -305,8 +306,11 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>HF's evaluation loss: each batch's mean loss, averaged with the batch's row count as weight.</summary>
-    public EvalResult Evaluate(IReadOnlyList<TrainExample> data) =>
-        Evaluation.Run(_target, data, _args.PerDeviceEvalBatchSize);
+    public EvalResult Evaluate(IReadOnlyList<TrainExample> data)
+    {
+        using var autocast = Bf16Base.Autocast(_args.Bf16);
+        return Evaluation.Run(_target, data, _args.PerDeviceEvalBatchSize);
+    }
 
     void Emit(JsonObject entry)
     {

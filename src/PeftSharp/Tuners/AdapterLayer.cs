@@ -30,7 +30,8 @@ public abstract class AdapterLayer : nn.Module<Tensor, Tensor>, IAdapterLayer
     public IReadOnlyList<string> Adapters => _order;
     public IReadOnlyList<string> ActiveAdapters => _active;
     public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
+    /// <summary>The per-row adapters of the running forward (<see cref="ForwardContext"/>), or null.</summary>
+    public RowAdapters? RowAdapters => ForwardContext.Current?.Rows;
     public IReadOnlyList<string> MergedAdapters => Merged;
     public nn.Module Unwrapped => base_layer;
 

@@ -24,9 +24,6 @@ public interface IAdapterLayer
     /// <summary>When true the layer computes its base module only (peft's disable_adapter).</summary>
     bool AdaptersDisabled { get; set; }
 
-    /// <summary>Per-row adapter assignment for the next forwards (mixed batches), or null.</summary>
-    RowAdapters? RowAdapters { get; set; }
-
     IReadOnlyList<string> MergedAdapters { get; }
 
     /// <summary>Folds the given adapters into the base weights (in place).</summary>
@@ -54,10 +51,6 @@ public interface IAdapterLayer
 }
 
 /// <summary>
-/// An adapter layer that computes its adapter in a lower precision than its float32 trainable weights when asked (the
-/// trainer's bf16 mode, torch.autocast's role); the weights, their gradients and optimizer state stay float32.
-/// </summary>
-/// <summary>
 /// A layer whose adapter's update is exactly scale·up·down on a linear weight in [out, in] layout (plain LoRA; not
 /// DoRA), so it can be exported as factors (a GGUF LoRA adapter) instead of a merged weight.
 /// </summary>
@@ -65,12 +58,6 @@ public interface ILowRankLayer
 {
     /// <summary>down [r, in], up [out, r] and the scale, or null when the adapter's update is not of that form.</summary>
     (Tensor Down, Tensor Up, double Scale)? LowRankFactors(string adapter);
-}
-
-public interface IAutocastLayer
-{
-    /// <summary>The dtype the adapter's matmuls run in; null: the weights' own.</summary>
-    ScalarType? AutocastDtype { get; set; }
 }
 
 /// <summary>

@@ -27,7 +27,7 @@ public sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>, IAdapterLa
     public IReadOnlyList<string> Adapters => modules_to_save.Keys.ToList();
     public IReadOnlyList<string> ActiveAdapters => _active;
     public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
+    public RowAdapters? RowAdapters => ForwardContext.Current?.Rows;
     public IReadOnlyList<string> MergedAdapters => Array.Empty<string>();
 
     public void AddAdapter(string adapter, bool trainable)

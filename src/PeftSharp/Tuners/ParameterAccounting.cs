@@ -91,7 +91,7 @@ public static class ParameterAccounting
                             ? FactorRank(left, right)
                             : linalg.matrix_rank(lora.MergedWeight(adapter, ScalarType.Float64) - w.to(ScalarType.Float64)).item<long>();
                         var s = lora.SettingsOf(adapter);
-                        modules.Add(new ModuleDelta(name, s.UseDora ? "dora" : "lora", w.shape, w.numel(), changed, own, s.R, rank));
+                        modules.Add(new ModuleDelta(name, s.Variant.Kind, w.shape, w.numel(), changed, own, s.R, rank));
                         break;
                     }
                     case IDeltaWeightLayer variant:

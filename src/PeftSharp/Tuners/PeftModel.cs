@@ -118,16 +118,22 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         return peft;
     }
 
-    /// <summary>add_adapter: injects a new, inactive and frozen adapter of the same method.</summary>
+    /// <summary>
+    /// add_adapter: injects a new, inactive and frozen adapter of the same method, or of another method when both mix in
+    /// one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA, IA³, VeRA, ...; peft's mixed model), so one container
+    /// serves them all. Targets already wrapped by another method's adapters are refused, not skipped.
+    /// </summary>
     public void AddAdapter(string adapterName, PeftConfig config) => AddAdapter(adapterName, config, null);
 
     void AddAdapter(string adapterName, PeftConfig config, string? source)
     {
-        if (_configs.Count > 0 && config.PeftType != _configs[_order[0]].PeftType)
-            throw new PeftConfigException($"adapter '{adapterName}' is {config.PeftType} but this model holds {_configs[_order[0]].PeftType} adapters; one method per PeftModel");
+        if (_configs.Count > 0 && config.PeftType != _configs[_order[0]].PeftType && !(Mixable(config) && _configs.Values.All(Mixable)))
+            throw new PeftConfigException($"adapter '{adapterName}' is {config.PeftType} but this model holds {_configs[_order[0]].PeftType} adapters; one method per PeftModel (only methods whose adapters mix in one batch share one)");
         Inject(adapterName, config, trainable: false, source: source);
         ApplyActive();
     }
+
+    static bool Mixable(PeftConfig c) => PeftMethods.For(c).Capabilities.MixedBatch;
 
     /// <summary>load_adapter: adds an adapter from a folder under <paramref name="adapterName"/> (not activated).</summary>
     public void LoadAdapter(string adapterDir, string adapterName, bool isTrainable = false)
@@ -150,6 +156,12 @@ public sealed class PeftModel : nn.Module, ILanguageModel
 
     /// <param name="source">The adapter_config.json the config came from (named by errors), or null.</param>
     void Inject(string adapterName, PeftConfig config, bool trainable = true, string? source = null)
+    {
+        try { InjectChecked(adapterName, config, trainable, source); }
+        catch (TargetOverlapException e) { throw e.For(adapterName, config.PeftType); }
+    }
+
+    void InjectChecked(string adapterName, PeftConfig config, bool trainable, string? source)
     {
         if (_configs.ContainsKey(adapterName)) throw new PeftSharpException($"adapter '{adapterName}' already exists (adapters: {string.Join(", ", _order)})");
         if (adapterName.Length == 0 || adapterName.Contains('.')) throw new PeftSharpException($"adapter name '{adapterName}' must be non-empty and contain no '.'");
@@ -302,9 +314,8 @@ public sealed class PeftModel : nn.Module, ILanguageModel
         var layers = AdapterLayers().Select(l => l.Layer).ToList();
         if (layers.Any(l => l.MergedAdapters.Count > 0)) throw new PeftSharpException("mixed-adapter batches need unmerged adapters; call Unmerge() first");
         if (layers.Any(l => l.AdaptersDisabled)) throw new PeftSharpException("mixed-adapter batches cannot run inside DisableAdapters()");
-        foreach (var l in layers) l.RowAdapters = rows;
-        try { return Model.Forward(inputs); }
-        finally { foreach (var l in layers) l.RowAdapters = null; }
+        using var ctx = ForwardContext.Enter(rows);
+        return Model.Forward(inputs);
     }
 
     // ---- merging ----

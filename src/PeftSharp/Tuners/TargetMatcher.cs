@@ -118,6 +118,15 @@ public static class TargetMatcher
         }
     }
 
+    /// <summary>
+    /// Refuses a target that another method's adapter layer already wraps: skipping it would leave the new adapter
+    /// silently missing there, and two module-replacing methods do not stack on one module.
+    /// </summary>
+    public static void RefuseWrapped(string name, nn.Module module, string method)
+    {
+        if (module is AdapterLayer { Adapters.Count: > 0 } layer) throw new TargetOverlapException(name, layer.Adapters, method);
+    }
+
     public static bool IsLinearLike(nn.Module m) =>
         m is TorchSharp.Modules.Linear or Conv1D or Quantization.Linear4bit || m is IAdapterLayer && m.GetType().Name.Contains("Linear", StringComparison.Ordinal);
 
@@ -144,6 +153,7 @@ public static class TargetMatcher
             throw new PeftConfigException($"{method}: layers_to_transform/layers_pattern cannot be combined with a regex target_modules ('{spec.Targets.Pattern}')");
         var candidates = Candidates(model).ToList();
         var found = candidates.Where(c => Matches(spec, c.Name)).ToList();
+        foreach (var c in found.Where(c => !supported(c.Module))) RefuseWrapped(c.Name, c.Module, method);
         var unsupported = found.Where(c => !supported(c.Module)).ToList();
         var result = found.Where(c => supported(c.Module)).Select(c => c.Name).ToList();
         if (result.Count > 0) return result;
@@ -156,4 +166,19 @@ public static class TargetMatcher
             $"{method}: target_modules {spec.Targets} matched no supported module in the model{why}; " +
             $"candidate module names: {string.Join(", ", leafNames)}");
     }
+}
+
+/// <summary>A target module already holds adapters of another module-replacing method (see <see cref="TargetMatcher.RefuseWrapped"/>).</summary>
+public sealed class TargetOverlapException(string module, IReadOnlyList<string> existing, string method)
+    : PeftConfigException($"{method}: module '{module}' already holds {Names(existing)} of another method; two methods that replace modules cannot adapt the same module (choose target_modules that avoid it)")
+{
+    public string Module { get; } = module;
+    public IReadOnlyList<string> Existing { get; } = existing.ToList();
+    public string Method { get; } = method;
+
+    static string Names(IReadOnlyList<string> a) => (a.Count == 1 ? "adapter " : "adapters ") + string.Join(", ", a.Select(n => $"'{n}'"));
+
+    /// <summary>The same refusal naming the adapter being added.</summary>
+    public PeftConfigException For(string adapter, string peftType) =>
+        new($"adapter '{adapter}' ({peftType}) cannot adapt module '{Module}': it already holds {Names(Existing)} of another method, and two methods that replace modules cannot adapt the same module (choose target_modules that avoid it)");
 }

@@ -40,9 +40,10 @@ public class ComposeCliTests
     [InlineData("Gate[a,b]", "'Gate' is not a composition block")]
     [InlineData("Fuse[a,Stack[b,c]]", "Fuse takes adapter names only")]
     [InlineData("a b", "unexpected text")]
+    [InlineData("Parallel[Fuse[a,b]]", "cannot nest Fuse inside Parallel")]
     public void Bad_compositions_are_one_clear_error(string text, string expected)
     {
-        var e = Assert.Throws<ArgumentException>(() => PeftSharp.Cli.CompositionOptions.Parse(text));
+        var e = Assert.Throws<PeftConfigException>(() => PeftSharp.Tuners.AdapterComposition.Parse(text));
         Assert.Contains(expected, e.Message);
         Assert.Contains(text, e.Message);
     }
@@ -50,7 +51,7 @@ public class ComposeCliTests
     [Fact]
     public void Parsing_builds_nested_blocks()
     {
-        var c = PeftSharp.Cli.CompositionOptions.Parse("Stack[x, Parallel[a, b]]");
+        var c = PeftSharp.Tuners.AdapterComposition.Parse("Stack[x, Parallel[a, b]]");
         Assert.Equal(Composition.Kind.Stack, c.Type);
         Assert.Equal(Composition.Kind.Parallel, c.Children[1].Type);
         Assert.Equal(new[] { "x", "a", "b" }, c.Flatten());

@@ -86,6 +86,9 @@ public class Bf16ModeTests
         var peft = PeftModel.Create(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = AllLinear });
         Bf16Base.Apply(peft);
         var q = (LoraLinear)ModuleSurgery.Get(model, "model.layers.0.self_attn.q_proj");
+        Assert.Null(q.AutocastDtype);
+        // The trainer enters this around each step: the adapters read it from the forward context.
+        using var autocast = Bf16Base.Autocast(true);
         Assert.Equal(ScalarType.BFloat16, q.AutocastDtype);
         using var x = randn(2, 5, 32);
         Assert.Equal(ScalarType.BFloat16, q.call(x).dtype);

@@ -10,11 +10,12 @@ namespace PeftSharp.Inference.Serving;
 /// <summary>
 /// The adapters a server knows (name → folder) and which of them are loaded into the model: at most
 /// <see cref="ServingOptions.MaxLoras"/>, evicting the least recently used one that no running sequence
-/// uses. Adapters of a method whose rows can mix in one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA)
-/// live in one <see cref="PeftModel"/> so a batch applies each row's adapter in one pass. Every other adapter
-/// (prompt family, AdapterHub, bottleneck, a second mixable method, ...) gets a PeftModel of its own over the same
-/// base model and runs in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in the
-/// mixed batches. Name queries are thread-safe; loading, evicting and forwards run under the engine's model lock,
+/// uses. Adapters of every method whose rows can mix in one batch (<see cref="MethodCapabilities.MixedBatch"/>: LoRA,
+/// IA³, VeRA, ...) live in one mixed <see cref="PeftModel"/> over the base, so a batch applies each row's adapter in one
+/// pass whatever its method. The others (prompt family, AdapterHub, bottleneck) change the inputs or attention and get
+/// a PeftModel of their own, run in batches of one adapter (<see cref="Solo"/>); their layers compute the base output in
+/// the mixed batches. Two adapters of module-replacing methods on one module are refused at load (one line naming
+/// both and the module), never silently half-applied. Name queries are thread-safe; loading, evicting and forwards run under the engine's model lock,
 /// and files are read before it is taken (<see cref="Prepare"/>).
 /// </summary>
 internal sealed class AdapterRegistry
@@ -30,6 +31,10 @@ internal sealed class AdapterRegistry
         public long Bytes;
         public long LastUsed;
         public int ActiveRows;
+        /// <summary>A composition's text (served over its members' shared PeftModel); null for an adapter.</summary>
+        public string? Compose;
+        /// <summary>Never evicted: a composition and the adapters it combines.</summary>
+        public bool Pinned;
     }
 
     /// <summary>An adapter folder read from disk, ready to inject without touching the disk again (<see cref="Prepare"/>).</summary>
@@ -51,6 +56,9 @@ internal sealed class AdapterRegistry
     readonly object _sync = new();
     long _clock;
     bool _soloActive;
+    /// <summary>Adapters some composition combines: they share <see cref="_compositionPeft"/> (the first one loaded creates it).</summary>
+    readonly HashSet<string> _compositionMembers = new(StringComparer.Ordinal);
+    PeftModel? _compositionPeft;
 
     public AdapterRegistry(PreTrainedModel model, int maxLoras)
     {
@@ -64,13 +72,14 @@ internal sealed class AdapterRegistry
 
     public IReadOnlyList<string> Names { get { lock (_sync) return _known.Keys.ToList(); } }
     public bool Contains(string name) { lock (_sync) return _known.ContainsKey(name); }
-    public int LoadedCount { get { lock (_sync) return _known.Values.Count(e => e.Loaded); } }
+    /// <summary>Resident adapters (compositions are views over their members and count nothing).</summary>
+    public int LoadedCount { get { lock (_sync) return _known.Values.Count(e => e.Loaded && e.Compose is null); } }
     public long LoadedBytes { get { lock (_sync) return _known.Values.Where(e => e.Loaded).Sum(e => e.Bytes); } }
     public bool IsLoaded(string name) { lock (_sync) return _known.TryGetValue(name, out var e) && e.Loaded; }
     /// <summary>True for adapters that share the mixed batch (LoRA); false for those served one adapter per batch.</summary>
     public bool IsBatched(string name) { lock (_sync) return _known[name].Batched; }
     /// <summary>Whether one more adapter can be made resident now (a free slot, or an idle one to evict).</summary>
-    public bool HasRoom { get { lock (_sync) return _known.Values.Count(e => e.Loaded) < _maxLoras || _known.Values.Any(e => e.Loaded && e.ActiveRows == 0); } }
+    public bool HasRoom { get { lock (_sync) return LoadedCount < _maxLoras || _known.Values.Any(e => e.Loaded && e.ActiveRows == 0 && !e.Pinned); } }
     /// <summary>The folder of a known adapter that is not resident (it must be <see cref="Prepare"/>d before <see cref="TryLoad"/>), else null.</summary>
     public string? NeedsLoad(string name) { lock (_sync) return _known.TryGetValue(name, out var e) && !e.Loaded ? e.Dir : null; }
 
@@ -83,9 +92,50 @@ internal sealed class AdapterRegistry
         PeftModel? peft;
         lock (_sync) peft = _known[name].Solo;
         if (peft is null) throw new PeftSharpException($"adapter '{name}' is not loaded");
-        SetActiveEverywhere(new[] { name });
+        string? compose;
+        lock (_sync) compose = _known[name].Compose;
+        SetActiveEverywhere(compose is null ? new[] { name } : Array.Empty<string>());
+        if (compose is not null) AdapterComposition.Apply(peft, compose, null);
         _soloActive = true;
         return peft;
+    }
+
+    /// <summary>Before the adapters load: these names will be combined by compositions, so they share one PeftModel.</summary>
+    public void DeclareCompositionMembers(IEnumerable<string> names)
+    {
+        lock (_sync) _compositionMembers.UnionWith(names);
+    }
+
+    /// <summary>Loads saved AdapterFusion layers into the compositions' shared PeftModel (its adapters loaded first).</summary>
+    public void LoadFusions(IReadOnlyList<string> dirs)
+    {
+        if (dirs.Count == 0) return;
+        if (_compositionPeft is null) throw new PeftConfigException("--fusion needs the composed adapters loaded (--adapter NAME=DIR for each name in --compose)");
+        AdapterComposition.LoadFusions(_compositionPeft, dirs);
+    }
+
+    /// <summary>
+    /// Serves <paramref name="compose"/> (e.g. <c>Fuse[a,b]</c>) under <paramref name="name"/>: a request for it runs
+    /// with that composition active over the member adapters, which must be loaded AdapterHub adapters.
+    /// </summary>
+    public void RegisterComposition(string name, string compose)
+    {
+        ValidateName(name);
+        var where = $"--compose {name}={compose}";
+        lock (_sync)
+        {
+            if (_known.ContainsKey(name)) throw new PeftConfigException($"{where}: the name '{name}' is already an adapter's");
+            foreach (var member in AdapterComposition.Parse(compose).Flatten().Distinct())
+            {
+                if (!_known.TryGetValue(member, out var e)) throw new PeftConfigException($"{where}: no adapter '{member}' (load it with --adapter {member}=DIR)");
+                if (e.Batched || e.Solo != _compositionPeft)
+                    throw new PeftConfigException($"{where}: '{member}' is a {e.PeftType} adapter; compositions combine AdapterHub adapters");
+            }
+            // Activating it once checks the blocks against the loaded adapters and fusion layers now, not at the first request.
+            AdapterComposition.Apply(_compositionPeft, compose, null);
+            SetActiveEverywhere(Array.Empty<string>());
+            _known[name] = new Entry("", "composition", batched: false) { Solo = _compositionPeft, Compose = compose, Loaded = true, Pinned = true };
+        }
     }
 
     /// <summary>Before a mixed-batch forward: no non-batched adapter stays active, so its layers compute the base output.</summary>
@@ -101,11 +151,8 @@ internal sealed class AdapterRegistry
         foreach (var layer in _model.modules().OfType<IAdapterLayer>()) layer.SetActiveAdapters(names);
     }
 
-    // The mixed batch holds adapters of one method whose rows can mix (the first such method registered, LoRA in practice):
-    // their layers apply each row's adapter in one pass. Others get a PeftModel of their own.
-    bool SharesBatch(PeftConfig config) =>
-        PeftMethods.For(config).Capabilities.MixedBatch
-        && (_known.Values.FirstOrDefault(e => e.Batched)?.PeftType ?? config.PeftType) == config.PeftType;
+    // The mixed container holds every adapter whose rows can mix: each layer applies its adapters to their rows in one pass.
+    static bool SharesBatch(PeftConfig config) => PeftMethods.For(config).Capabilities.MixedBatch;
 
     public static void ValidateName(string name)
     {
@@ -152,6 +199,8 @@ internal sealed class AdapterRegistry
         {
             if (!_known.TryGetValue(name, out var e)) throw new ServingException(404, $"adapter '{name}' is not loaded", "lora_name");
             if (e.ActiveRows > 0) throw new ServingException(409, $"adapter '{name}' is serving {e.ActiveRows} request(s); unload it when they finish", "lora_name");
+            if (e.Pinned && e.Compose is null) throw new ServingException(409, $"adapter '{name}' is part of a composition served by this server", "lora_name");
+            if (e.Compose is not null) { _known.Remove(name); return; }
             if (e.Loaded) Evict(name, e);
             _known.Remove(name);
         }
@@ -172,12 +221,20 @@ internal sealed class AdapterRegistry
             if (prepared is null) throw new InvalidOperationException($"adapter '{name}' must be prepared before it is loaded");
             if (LoadedCount >= _maxLoras)
             {
-                var victim = _known.Where(p => p.Value.Loaded && p.Value.ActiveRows == 0).OrderBy(p => p.Value.LastUsed).FirstOrDefault();
+                var victim = _known.Where(p => p.Value.Loaded && p.Value.ActiveRows == 0 && !p.Value.Pinned).OrderBy(p => p.Value.LastUsed).FirstOrDefault();
                 if (victim.Value is null) return false;
                 Evict(victim.Key, victim.Value);
             }
             PeftModel peft;
-            if (!e.Batched) peft = e.Solo = PeftModel.Create(_model, prepared.Config, name);
+            if (!e.Batched && _compositionMembers.Contains(name))
+            {
+                // Composed adapters live in one PeftModel, where the composition blocks can reach all of them.
+                if (_compositionPeft is null) _compositionPeft = PeftModel.Create(_model, prepared.Config, name);
+                else _compositionPeft.AddAdapter(name, prepared.Config);
+                peft = e.Solo = _compositionPeft;
+                e.Pinned = true;
+            }
+            else if (!e.Batched) peft = e.Solo = PeftModel.Create(_model, prepared.Config, name);
             else if (Peft is null) peft = Peft = PeftModel.Create(_model, prepared.Config, name);
             else (peft = Peft).AddAdapter(name, prepared.Config);
             try

@@ -76,7 +76,14 @@ public sealed class ServingEngine : IDisposable
         var defaultName = given != modelDir ? given : Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar));
         options = options with { ModelName = options.ModelName ?? defaultName };
         var engine = new ServingEngine(model, options, tokenizer, new GenerationOptions().WithGenerationConfig(modelDir));
-        try { foreach (var (name, dir) in adapters ?? Array.Empty<(string, string)>()) engine.LoadAdapter(name, dir); }
+        try
+        {
+            engine._adapters.DeclareCompositionMembers(options.Compositions.SelectMany(c => AdapterComposition.Parse(c.Compose).Flatten()));
+            foreach (var (name, dir) in adapters ?? Array.Empty<(string, string)>()) engine.LoadAdapter(name, dir);
+            if (options.Compositions.Count > 0) engine._adapters.LoadFusions(options.FusionDirs);
+            else if (options.FusionDirs.Count > 0) throw new PeftConfigException("a fusion layer (--fusion) is served through a composition: add --compose NAME=\"Fuse[a,b]\"");
+            foreach (var (name, compose) in options.Compositions) engine._adapters.RegisterComposition(name, compose);
+        }
         catch { engine.Dispose(); throw; }
         return engine;
     }

@@ -25,6 +25,13 @@ public sealed record ServingOptions
     public string? ModelName { get; init; }
     /// <summary>Chat template used when a request names none: one of the folder's, or a built-in one (e.g. "chatml" for folders without a template).</summary>
     public string? ChatTemplate { get; init; }
+    /// <summary>
+    /// AdapterHub compositions served under their own names (<c>fused</c> → <c>"Fuse[a,b]"</c>) over adapters given at
+    /// start; their member adapters share one PeftModel and stay resident.
+    /// </summary>
+    public IReadOnlyList<(string Name, string Compose)> Compositions { get; init; } = Array.Empty<(string, string)>();
+    /// <summary>Saved AdapterFusion folders loaded into the compositions' shared PeftModel.</summary>
+    public IReadOnlyList<string> FusionDirs { get; init; } = Array.Empty<string>();
 }
 
 /// <summary>One generation request: prompt ids, the base model or an adapter name, and its decoding options.</summary>

@@ -138,6 +138,8 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
 
     static IEnumerable<string> InjectLora(PreTrainedModel model, HubLoraConfig l, string adapterName)
     {
+        foreach (var (name, module) in model.named_modules().Where(m => m.module is AdapterLayer and not HubLoraLinear && IsLoraTarget(model.Config.ModelType, m.name, l)))
+            TargetMatcher.RefuseWrapped(name, module, "AdapterHub LoRA");
         var targets = LoraTargets(model, l);
         if (targets.FirstOrDefault(t => t.Module is HubPrefixProbe).Name is { } probed)
             throw new PeftConfigException($"AdapterHub LoRA on {probed} together with prefix tuning on the same module is not supported; add the LoRA adapter first");

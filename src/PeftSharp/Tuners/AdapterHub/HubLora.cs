@@ -91,27 +91,29 @@ public sealed class HubLoraAdapter : nn.Module
     }
 }
 
-/// <summary>A Linear with AdapterHub LoRAs (<c>loras.&lt;name&gt;</c>) added to its output.</summary>
-public sealed class HubLoraLinear : Module<Tensor, Tensor>, IAdapterLayer
+/// <summary>
+/// A Linear with AdapterHub LoRAs (<c>loras.&lt;name&gt;</c>) added to its output, on the shared <see cref="AdapterLayer"/>
+/// bookkeeping. A merged adapter is skipped by the forward while unmerged active ones still add (AdapterHub's merge_adapter).
+/// </summary>
+public sealed class HubLoraLinear : AdapterLayer
 {
-    readonly Linear base_layer;
     readonly AdapterModules<HubLoraAdapter> loras = new();
-    List<string> _active = new();
-    readonly List<string> _merged = new();
 
-    public HubLoraLinear(Linear original) : base("LoRALinear")
+    public HubLoraLinear(Linear original) : base("LoRALinear", original)
     {
-        base_layer = original;
-        RegisterComponents();
+        register_module("loras", loras);
     }
+
+    Linear Base => (Linear)base_layer;
 
     public void Add(string name, HubLoraConfig c, bool trainable)
     {
-        var a = new HubLoraAdapter(c, base_layer.in_features, base_layer.out_features);
-        a.to(base_layer.weight!.dtype).to(base_layer.weight!.device);
+        CheckNew(name);
+        var a = new HubLoraAdapter(c, Base.in_features, Base.out_features);
+        a.to(Base.weight!.dtype).to(Base.weight!.device);
         a.train(training);
         loras.Add(name, a);
-        SetTrainable(name, trainable);
+        Register(name, trainable);
     }
 
     public override Tensor forward(Tensor x)
@@ -124,56 +126,30 @@ public sealed class HubLoraLinear : Module<Tensor, Tensor>, IAdapterLayer
         using var scope = NewDisposeScope();
         var y = base_layer.call(x);
         if (!AdaptersDisabled)
-            foreach (var n in _active)
-                if (loras.Contains(n) && !_merged.Contains(n)) y = y + loras[n].Delta(x).to(y.dtype);
+            foreach (var n in ActiveAdapters)
+                if (!Merged.Contains(n)) y = y + loras[n].Delta(x).to(y.dtype);
         return y.MoveToOuterDisposeScope();
     }
 
-    public nn.Module BaseLayer => base_layer;
-    public IReadOnlyList<string> Adapters => loras.Keys.ToList();
     internal bool IsGated(string adapter) => loras.Contains(adapter) && loras[adapter].Gated;
-    public IReadOnlyList<string> ActiveAdapters => _active;
-    public void SetActiveAdapters(IReadOnlyList<string> names) => _active = names.ToList();
-    public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
-    public IReadOnlyList<string> MergedAdapters => _merged;
 
-    public void Merge(IEnumerable<string> names)
+    Tensor DeltaWeight(HubLoraAdapter a) => matmul(a.lora_B, a.lora_A) * a.Scaling;
+
+    protected override void MergeOne(string adapter)
     {
-        using var _ = no_grad();
-        foreach (var n in names)
-        {
-            if (!loras.Contains(n) || _merged.Contains(n)) continue;
-            var a = loras[n];
-            if (a.Gated) throw new PeftSharpException($"AdapterHub LoRA '{n}' uses gating (its scale depends on the input), so it cannot be merged");
-            base_layer.weight!.add_((matmul(a.lora_B, a.lora_A) * a.Scaling).to(base_layer.weight.dtype));
-            _merged.Add(n);
-        }
+        var a = loras[adapter];
+        if (a.Gated) throw new PeftSharpException($"AdapterHub LoRA '{adapter}' uses gating (its scale depends on the input), so it cannot be merged");
+        Base.weight!.add_(DeltaWeight(a).to(Base.weight.dtype));
     }
 
-    public void Unmerge()
-    {
-        using var _ = no_grad();
-        for (int i = _merged.Count - 1; i >= 0; i--)
-        {
-            var a = loras[_merged[i]];
-            base_layer.weight!.sub_((matmul(a.lora_B, a.lora_A) * a.Scaling).to(base_layer.weight.dtype));
-        }
-        _merged.Clear();
-    }
+    protected override void UnmergeOne(string adapter) => Base.weight!.sub_(DeltaWeight(loras[adapter]).to(Base.weight.dtype));
 
-    public void DeleteAdapter(string name) { loras.Remove(name); _active.Remove(name); }
+    protected override IEnumerable<Parameter> TrainableTensors(string adapter) => loras[adapter].parameters();
 
-    public void SetTrainable(string name, bool trainable)
-    {
-        if (!loras.Contains(name)) return;
-        foreach (var p in loras[name].parameters()) p.requires_grad = trainable;
-    }
+    protected override void RemoveTensors(string adapter) => loras.Remove(adapter);
 
-    public IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter) =>
+    public override IEnumerable<(string Key, Tensor Value)> AdapterState(string adapter) =>
         loras.Contains(adapter) ? loras[adapter].named_parameters().Select(p => (p.name, (Tensor)p.parameter)) : Enumerable.Empty<(string, Tensor)>();
 
-    public bool LoadAdapterState(string adapter, string key, Tensor value) => loras.Contains(adapter) && HubTensors.CopyInto(loras[adapter], key, value);
-
-    public nn.Module Unwrapped => base_layer;
+    public override bool LoadAdapterState(string adapter, string key, Tensor value) => loras.Contains(adapter) && HubTensors.CopyInto(loras[adapter], key, value);
 }

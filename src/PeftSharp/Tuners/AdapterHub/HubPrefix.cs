@@ -138,7 +138,7 @@ public sealed class HubPrefixProbe : Module<Tensor, Tensor>, IAdapterLayer
     public IReadOnlyList<string> ActiveAdapters => _active;
     public void SetActiveAdapters(IReadOnlyList<string> names) => _active = names.ToList();
     public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
+    public RowAdapters? RowAdapters => ForwardContext.Current?.Rows;
     public IReadOnlyList<string> MergedAdapters => Array.Empty<string>();
 
     public void Merge(IEnumerable<string> names)

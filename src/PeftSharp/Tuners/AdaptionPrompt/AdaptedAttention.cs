@@ -30,7 +30,7 @@ public sealed class AdaptedAttention : nn.Module, ILlamaAttention, IAdapterLayer
     public IReadOnlyList<string> Adapters => _adapters;
     public IReadOnlyList<string> ActiveAdapters => _active;
     public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
+    public RowAdapters? RowAdapters => ForwardContext.Current?.Rows;
     public IReadOnlyList<string> MergedAdapters => Array.Empty<string>();
 
     /// <summary>Adds a prompt of the q_proj dtype (float32 when q_proj is quantized), as peft does.</summary>

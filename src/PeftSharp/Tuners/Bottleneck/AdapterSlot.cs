@@ -176,7 +176,7 @@ public sealed class AdapterSlot : BlockSlot, IAdapterLayer
         _setup = names.Count == 0 ? null : names.Count == 1 ? Composition.Single(names[0]) : Composition.Stack(names.ToArray());
 
     public bool AdaptersDisabled { get; set; }
-    public RowAdapters? RowAdapters { get; set; }
+    public RowAdapters? RowAdapters => ForwardContext.Current?.Rows;
     public IReadOnlyList<string> MergedAdapters => Array.Empty<string>();
 
     public void Merge(IEnumerable<string> names)

@@ -13,7 +13,6 @@ public sealed class LoraEmbedding : LoraLayer
 {
     readonly AdapterParameters lora_embedding_A = new();
     readonly AdapterParameters lora_embedding_B = new();
-    readonly AdapterModules<WeightHolder> lora_magnitude_vector = new();
 
     public long NumEmbeddings { get; }
     public long EmbeddingDim { get; }
@@ -32,7 +31,11 @@ public sealed class LoraEmbedding : LoraLayer
 
     public Tensor A(string adapter) => lora_embedding_A[adapter];
     public Tensor B(string adapter) => lora_embedding_B[adapter];
-    Tensor? Magnitude(string adapter) => lora_magnitude_vector.Contains(adapter) ? lora_magnitude_vector[adapter].weight : null;
+
+    /// <summary>The table as [dim, num_embeddings] (a view): the [out, in] layout of A [r, num] and B [dim, r].</summary>
+    public override Tensor WeightOI => BaseWeight.t();
+
+    public override Tensor ToBaseLayout(Tensor weightOI) => weightOI.t();
 
     protected override void CreateTensors(string adapter, LoraAdapterSettings s)
     {
@@ -49,28 +52,16 @@ public sealed class LoraEmbedding : LoraLayer
         RoundThroughBaseDType(b);
         lora_embedding_A.Add(adapter, new Parameter(a));
         lora_embedding_B.Add(adapter, new Parameter(b));
-        if (s.UseDora)
-        {
-            using var scope = NewDisposeScope();
-            var w = BaseWeight.to(ScalarType.Float32).t() + s.Scaling * b.matmul(a);
-            lora_magnitude_vector.Add(adapter, new WeightHolder(linalg.norm(w, dims: new long[] { 1 }).MoveToOuterDisposeScope()));
-        }
     }
 
     protected override void RemoveTensors(string adapter)
     {
         lora_embedding_A.Remove(adapter);
         lora_embedding_B.Remove(adapter);
-        lora_magnitude_vector.Remove(adapter);
-        if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
-    protected override IEnumerable<Parameter> TrainableTensors(string adapter)
-    {
-        if (lora_embedding_A.Contains(adapter)) yield return lora_embedding_A[adapter];
-        if (lora_embedding_B.Contains(adapter)) yield return lora_embedding_B[adapter];
-        if (lora_magnitude_vector.Contains(adapter)) yield return lora_magnitude_vector[adapter].weight;
-    }
+    protected override (Parameter A, Parameter B)? Factors(string adapter) =>
+        lora_embedding_A.Contains(adapter) ? (lora_embedding_A[adapter], lora_embedding_B[adapter]) : null;
 
     /// <summary>Aᵀ[ids]·Bᵀ: the low-rank embedding of the ids, [..., dim].</summary>
     Tensor LoraEmbed(string adapter, Tensor ids)
@@ -92,65 +83,23 @@ public sealed class LoraEmbedding : LoraLayer
             foreach (var name in rows.Distinct.Where(Settings.ContainsKey))
             {
                 var idx = rows.Rows(name);
-                var sub = result.index_select(0, idx);
-                result = result.index_add(0, idx, (Apply(name, ids.index_select(0, idx), sub) - sub).to(resultType), 1);
+                var term = Settings[name].Variant.Delta(this, name, ids.index_select(0, idx), result.index_select(0, idx));
+                result = result.index_add(0, idx, term.to(resultType), 1);
             }
             return result.MoveToOuterDisposeScope();
         }
-        foreach (var name in ActiveAdapters) result = Apply(name, ids, result);
+        foreach (var name in ActiveAdapters) result = result + Settings[name].Variant.Delta(this, name, ids, result);
         return result.to(resultType).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The output after adding one adapter to <paramref name="result"/> (DoRA rescales the running result too).</summary>
-    Tensor Apply(string name, Tensor ids, Tensor result)
-    {
-        var s = Settings[name];
-        var lora = LoraEmbed(name, ids) * s.Scaling;
-        if (!s.UseDora) return result + lora;
-        var norm = linalg.norm(BaseWeight.to(lora.dtype).t() + s.Scaling * B(name).matmul(A(name)).detach(), dims: new long[] { 1 }).detach();
-        var scale = Magnitude(name)! / norm;
-        return scale * result + scale * lora;
-    }
+    public override Tensor LowRankDelta(string adapter, Tensor ids) => LoraEmbed(adapter, ids) * ScalingOf(adapter);
 
-    public override Tensor DeltaWeight(string adapter)
-    {
-        using var _ = no_grad();
-        return (B(adapter).matmul(A(adapter)) * ScalingOf(adapter)).t().contiguous();
-    }
+    public override Tensor LowRankOutput(string adapter, Tensor ids) => LoraEmbed(adapter, ids);
 
-    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null)
-    {
-        doraNorm = null;
-        var dt = dtype ?? A(adapter).dtype;
-        var delta = (B(adapter).to(dt).matmul(A(adapter).to(dt)) * ScalingOf(adapter)).t();
-        var combined = BaseWeight.to(dt) + delta;
-        if (Settings[adapter].UseDora)
-        {
-            doraNorm = linalg.norm(combined.t(), dims: new long[] { 1 });
-            combined = (Magnitude(adapter)!.to(dt) / doraNorm).unsqueeze(0) * combined;
-        }
-        return combined;
-    }
-
-    protected override void UnmergeOne(string adapter)
-    {
-        using var scope = NewDisposeScope();
-        var w = BaseWeight;
-        var delta = DeltaWeight(adapter);
-        if (!Settings[adapter].UseDora)
-        {
-            w.sub_(delta.to(w.dtype));
-            return;
-        }
-        if (!MergeNorms.Remove(adapter, out var norm))
-            throw new PeftSharpException($"DoRA adapter '{adapter}' cannot be unmerged: its merge-time weight norm is unknown");
-        var factor = (Magnitude(adapter)! / norm).unsqueeze(0);
-        w.copy_((w.to(delta.dtype) / factor - delta).to(w.dtype));
-        norm.Dispose();
-    }
+    /// <summary>No dropout and no bias: the ids and the running output as they are.</summary>
+    public override (Tensor Input, Tensor BaseResult) DoraInputs(string adapter, Tensor ids, Tensor result, Tensor weightOI) => (ids, result);
 
     protected override (string A, string B) StateKeys => ("lora_embedding_A", "lora_embedding_B");
-    protected override Tensor AOf(string adapter) => A(adapter);
-    protected override Tensor BOf(string adapter) => B(adapter);
-    protected override Tensor? MagnitudeOf(string adapter) => Magnitude(adapter);
+    public override Tensor AOf(string adapter) => A(adapter);
+    public override Tensor BOf(string adapter) => B(adapter);
 }

@@ -9,8 +9,8 @@ namespace PeftSharp.Tuners.Lora;
 
 /// <summary>
 /// peft's lora.Linear, for a <c>Linear</c> or GPT-2 <c>Conv1D</c> base (the latter stores its weight [in,out]:
-/// fan_in_fan_out). y = base(x) + Σ scaling·B(A(dropout(x))); with DoRA the magnitude vector rescales each output row
-/// by m/‖W + s·BA‖ (norm detached, peft-spec §4). Merge/unmerge edit the base weight in place.
+/// fan_in_fan_out). y = base(x) + Σ scaling·B(A(dropout(x))) for plain adapters; an adapter's variant (DoRA) computes
+/// its own term from this layer's primitives. Merge/unmerge edit the base weight in place.
 /// A bitsandbytes <see cref="Linear4bit"/> base (QLoRA, peft's lora.bnb.Linear4bit) dequantizes per call and LoRA adds on
 /// top; DoRA norms use the dequantized weight. Merging replaces such a base by its dequantized float Linear first
 /// (W' = dequant(W) + ΔW is kept in float, never re-quantized; see docs/qlora.md).
@@ -19,8 +19,6 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
 {
     readonly AdapterModules<Linear> lora_A = new();
     readonly AdapterModules<Linear> lora_B = new();
-    readonly AdapterModules<WeightHolder> lora_magnitude_vector = new();
-    // DoRA: the row norms used at merge time, needed to unmerge exactly (peft caches them too; never saved).
 
     public bool FanInFanOut { get; }
     public long InFeatures { get; }
@@ -56,15 +54,17 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
     public bool IsQuantizedBase => base_layer is Linear4bit;
 
     /// <summary>The base weight as [out, in] (a view for Conv1D).</summary>
-    Tensor WeightOI => FanInFanOut ? BaseWeight.t() : BaseWeight;
+    public override Tensor WeightOI => FanInFanOut ? BaseWeight.t() : BaseWeight;
+
+    public override Tensor ToBaseLayout(Tensor weightOI) => FanInFanOut ? weightOI.t() : weightOI;
 
     public Tensor A(string adapter) => lora_A[adapter].weight!;
 
     // B·A is the update in [out, in] layout whether the base is a Linear or a Conv1D (whose weight is its transpose).
     public (Tensor Down, Tensor Up, double Scale)? LowRankFactors(string adapter) =>
-        SettingsOf(adapter) is { UseDora: false } s ? (A(adapter), B(adapter), s.Scaling) : null;
+        SettingsOf(adapter) is { Variant.IsLowRank: true } s ? (A(adapter), B(adapter), s.Scaling) : null;
     public Tensor B(string adapter) => lora_B[adapter].weight!;
-    public Tensor? Magnitude(string adapter) => lora_magnitude_vector.Contains(adapter) ? lora_magnitude_vector[adapter].weight : null;
+    public Tensor? Magnitude(string adapter) => MagnitudeOf(adapter);
 
     protected override void CreateTensors(string adapter, LoraAdapterSettings s)
     {
@@ -97,80 +97,52 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
         }
         lora_A.Add(adapter, a);
         lora_B.Add(adapter, b);
-        if (s.UseDora)
-        {
-            using var scope = NewDisposeScope();
-            var w = WeightOI.to(ScalarType.Float32) + s.Scaling * b.weight!.matmul(a.weight!);
-            lora_magnitude_vector.Add(adapter, new WeightHolder(linalg.norm(w, dims: new long[] { 1 }).MoveToOuterDisposeScope()));
-        }
     }
 
     protected override void RemoveTensors(string adapter)
     {
         lora_A.Remove(adapter);
         lora_B.Remove(adapter);
-        lora_magnitude_vector.Remove(adapter);
-        if (MergeNorms.Remove(adapter, out var n)) n.Dispose();
     }
 
-    protected override IEnumerable<Parameter> TrainableTensors(string adapter)
-    {
-        if (lora_A.Contains(adapter)) yield return lora_A[adapter].weight!;
-        if (lora_B.Contains(adapter)) yield return lora_B[adapter].weight!;
-        if (lora_magnitude_vector.Contains(adapter)) yield return lora_magnitude_vector[adapter].weight;
-    }
+    protected override (Parameter A, Parameter B)? Factors(string adapter) =>
+        lora_A.Contains(adapter) ? (lora_A[adapter].weight!, lora_B[adapter].weight!) : null;
 
     public override Tensor forward(Tensor x)
     {
         if (UseBaseOnly) return base_layer.call(x);
         using var scope = NewDisposeScope();
         if (RowAdapters is { } rows) return MixedForward(x, rows).MoveToOuterDisposeScope();
-        // Under autocast the input is cast once, for the base layer (when it computes in that dtype) and for A.
-        var xc = AutocastDtype is { } ct ? x.to(ct) : x;
-        var result = base_layer.call(AutocastDtype is { } bt && base_layer is Linear { weight: { } w } && w.dtype == bt ? xc : x);
+        // Under autocast the base layer gets the cast input when it computes in that dtype.
+        var result = base_layer.call(AutocastDtype is { } bt && base_layer is Linear { weight: { } w } && w.dtype == bt ? x.to(bt) : x);
         var resultType = result.dtype;
-        foreach (var name in ActiveAdapters)
-        {
-            var s = Settings[name];
-            if (s.UseDora) result = result + DoraTerm(name, x.to(A(name).dtype), result);
-            else if (AutocastDtype is { } dt)
-            {
-                var xd = Dropout(xc, s.Dropout);
-                // The scaling folded into the small B rather than applied to the [tokens, out] product.
-                result = result + nn.functional.linear(nn.functional.linear(xd, A(name).to(dt)), (B(name) * s.Scaling).to(dt));
-            }
-            else result = result + lora_B[name].call(lora_A[name].call(Dropout(x.to(A(name).dtype), s.Dropout))) * s.Scaling;
-        }
+        foreach (var name in ActiveAdapters) result = result + Settings[name].Variant.Delta(this, name, x, result);
         return result.to(resultType).MoveToOuterDisposeScope();
     }
 
     Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 
-    /// <summary>
-    /// DoRA's addition to <paramref name="result"/> (the running output, peft's base_result):
-    /// (m/n − 1)·(result − b) + (m/n)·s·B(A(x)), with n = ‖W + s·BA‖ per output row, detached.
-    /// With dropout in training, W·dropout(x) is recomputed instead of reusing the base output.
-    /// </summary>
-    Tensor DoraTerm(string name, Tensor x, Tensor result)
+    public override Tensor LowRankDelta(string adapter, Tensor x)
     {
-        var s = Settings[name];
-        var ba = B(name).matmul(A(name)).detach();
-        var w = WeightOI.to(x.dtype);
-        var norm = linalg.norm(w + s.Scaling * ba, dims: new long[] { 1 }).detach();
-        var scale = (Magnitude(name)! / norm).view(1, -1);
-        Tensor baseResult;
+        var s = Settings[adapter];
+        if (AutocastDtype is not { } dt) return LowRankOutput(adapter, Dropout(x.to(A(adapter).dtype), s.Dropout)) * s.Scaling;
+        // The scaling folded into the small B rather than applied to the [tokens, out] product.
+        return nn.functional.linear(nn.functional.linear(Dropout(x.to(dt), s.Dropout), A(adapter).to(dt)), (B(adapter) * s.Scaling).to(dt));
+    }
+
+    public override Tensor LowRankOutput(string adapter, Tensor input) => lora_B[adapter].call(lora_A[adapter].call(input));
+
+    /// <summary>With dropout in training, W·dropout(x) is recomputed instead of reusing the base output (peft's DoRA).</summary>
+    public override (Tensor Input, Tensor BaseResult) DoraInputs(string adapter, Tensor x, Tensor result, Tensor weightOI)
+    {
+        var s = Settings[adapter];
+        x = x.to(A(adapter).dtype);
         if (s.Dropout > 0 && training)
         {
             x = Dropout(x, s.Dropout);
-            baseResult = nn.functional.linear(x, w);
+            return (x, nn.functional.linear(x, weightOI));
         }
-        else
-        {
-            var bias = BaseBias;
-            baseResult = bias is null ? result : result - bias;
-        }
-        var lora = lora_B[name].call(lora_A[name].call(x));
-        return (scale - 1) * baseResult + scale * lora * s.Scaling;
+        return (x, BaseBias is { } bias ? result - bias : result);
     }
 
     /// <summary>
@@ -178,7 +150,7 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
     /// zeros for __base__ and for adapters this layer lacks) are gathered once per row set into [rows, in, r] and
     /// [rows, r, out] (kept in <paramref name="rows"/>, so a decode loop reuses them every step) and applied with two
     /// batched matmuls. Re-stacking and re-gathering them every forward cost several times the matmuls themselves.
-    /// DoRA adapters are applied per row group.
+    /// Adapters of other variants (DoRA) are applied per row group.
     /// </summary>
     Tensor MixedForward(Tensor x, RowAdapters rows)
     {
@@ -186,19 +158,19 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
         var result = base_layer.call(x);
         var resultType = result.dtype;
         var present = rows.Distinct.Where(Settings.ContainsKey).ToList();
-        if (present.Any(n => !Settings[n].UseDora))
+        if (present.Any(n => Settings[n].Variant.IsLowRank))
         {
-            var perRow = rows.Cached(this, () => PerRowWeights(rows, present.Where(n => !Settings[n].UseDora).ToList()));
+            var perRow = rows.Cached(this, () => PerRowWeights(rows, present.Where(n => Settings[n].Variant.IsLowRank).ToList()));
             var (aRows, bRows) = (perRow[0], perRow[1]);
             var x3 = x.to(aRows.dtype).reshape(x.shape[0], -1, InFeatures);
             var y = bmm(bmm(x3, aRows), bRows);
             result = result + y.reshape(result.shape).to(resultType);
         }
-        foreach (var name in present.Where(n => Settings[n].UseDora))
+        foreach (var name in present.Where(n => !Settings[n].Variant.IsLowRank))
         {
             var idx = rows.Rows(name);
             var sub = result.index_select(0, idx);
-            var term = DoraTerm(name, x.index_select(0, idx).to(A(name).dtype), sub);
+            var term = Settings[name].Variant.Delta(this, name, x.index_select(0, idx), sub);
             result = result.index_add(0, idx, term.to(resultType), 1);
         }
         return result;
@@ -218,27 +190,6 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
         return new[] { aStack.index_select(0, slot).transpose(1, 2).contiguous(), bStack.index_select(0, slot).transpose(1, 2).contiguous() };
     }
 
-    public override Tensor DeltaWeight(string adapter)
-    {
-        using var _ = no_grad();
-        var d = B(adapter).matmul(A(adapter)) * ScalingOf(adapter);
-        return FanInFanOut ? d.t().contiguous() : d;
-    }
-
-    protected override Tensor ComputeMerged(string adapter, out Tensor? doraNorm, ScalarType? dtype = null)
-    {
-        doraNorm = null;
-        var dt = dtype ?? A(adapter).dtype;
-        var delta = B(adapter).to(dt).matmul(A(adapter).to(dt)) * ScalingOf(adapter);
-        var combined = WeightOI.to(dt) + delta;
-        if (Settings[adapter].UseDora)
-        {
-            doraNorm = linalg.norm(combined, dims: new long[] { 1 });
-            combined = (Magnitude(adapter)!.to(dt) / doraNorm).unsqueeze(1) * combined;
-        }
-        return FanInFanOut ? combined.t() : combined;
-    }
-
     protected override void PrepareBaseForMerge()
     {
         if (base_layer is not Linear4bit q) return;
@@ -246,26 +197,7 @@ public sealed class LoraLinear : LoraLayer, ILowRankLayer
         q.Dispose();
     }
 
-    protected override void UnmergeOne(string adapter)
-    {
-        using var scope = NewDisposeScope();
-        var w = BaseWeight;
-        if (!Settings[adapter].UseDora)
-        {
-            w.sub_(DeltaWeight(adapter).to(w.dtype));
-            return;
-        }
-        if (!MergeNorms.Remove(adapter, out var norm))
-            throw new PeftSharpException($"DoRA adapter '{adapter}' cannot be unmerged: its merge-time weight norm is unknown");
-        var delta = B(adapter).matmul(A(adapter)) * ScalingOf(adapter);
-        var factor = (Magnitude(adapter)! / norm).unsqueeze(1);
-        var restored = WeightOI.to(delta.dtype) / factor - delta;
-        w.copy_((FanInFanOut ? restored.t() : restored).to(w.dtype));
-        norm.Dispose();
-    }
-
     protected override (string A, string B) StateKeys => ("lora_A.weight", "lora_B.weight");
-    protected override Tensor AOf(string adapter) => A(adapter);
-    protected override Tensor BOf(string adapter) => B(adapter);
-    protected override Tensor? MagnitudeOf(string adapter) => Magnitude(adapter);
+    public override Tensor AOf(string adapter) => A(adapter);
+    public override Tensor BOf(string adapter) => B(adapter);
 }

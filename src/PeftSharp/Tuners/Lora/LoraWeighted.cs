@@ -123,10 +123,5 @@ public static class LoraWeighted
     }
 
     /// <summary>(A [r, in], B [out, r]) of an adapter in a LoRA layer, as live tensors.</summary>
-    static (Tensor A, Tensor B) Factors(LoraLayer layer, string adapter) => layer switch
-    {
-        LoraLinear l => (l.A(adapter), l.B(adapter)),
-        LoraEmbedding e => (e.A(adapter), e.B(adapter)),
-        _ => throw new PeftSharpException($"add_weighted_adapter does not support {layer.GetType().Name}"),
-    };
+    static (Tensor A, Tensor B) Factors(LoraLayer layer, string adapter) => (layer.AOf(adapter), layer.BOf(adapter));
 }

@@ -69,7 +69,7 @@ public sealed class LoraFaOptimizer : IOptimizer
         foreach (var (_, layer) in peft.AdapterLayers())
         {
             if (layer is not LoraLinear l || !l.Adapters.Contains(adapter)) continue;
-            if (l.SettingsOf(adapter).UseDora) throw new PeftConfigException("LoRA-FA optimizer: DoRA adapters are not supported (peft pairs A/B positionally and would mis-pair the magnitude)");
+            if (l.VariantOf(adapter) is { IsLowRank: false } v) throw new PeftConfigException($"LoRA-FA optimizer: {v.Title} adapters are not supported (peft pairs A/B positionally and would mis-pair the magnitude)");
             _pairs.Add((l, l.B(adapter), l.ScalingOf(adapter)));
             inPairs.Add(l.A(adapter));
             inPairs.Add(l.B(adapter));

@@ -41,20 +41,14 @@ public sealed class PromptEnsemble
         Tensor? Repeat(Tensor? t, long fill) => t is null ? null
             : cat(new[] { full(t.shape[0], nvt, fill, t.dtype, t.device), t }, 1).repeat(n, 1);
         // Each member's rows use its own modules_to_save copies (e.g. a classification head) through the mixed-batch seam.
-        var layers = _peft.AdapterLayers().Select(l => l.Layer).ToList();
         using var perRow = new RowAdapters(Adapters.SelectMany(a => Enumerable.Repeat(a, (int)b)).ToList(), embeds.device);
-        foreach (var l in layers) l.RowAdapters = perRow;
-        Tensor logits;
-        try
+        using var ctx = ForwardContext.Enter(perRow);
+        var logits = model.Forward(new ModelInputs
         {
-            logits = model.Forward(new ModelInputs
-            {
-                InputsEmbeds = cat(rows, 0),
-                AttentionMask = Repeat(inputs.AttentionMask, 1),
-                TokenTypeIds = Repeat(inputs.TokenTypeIds, 0),
-            }).Logits;
-        }
-        finally { foreach (var l in layers) l.RowAdapters = null; }
+            InputsEmbeds = cat(rows, 0),
+            AttentionMask = Repeat(inputs.AttentionMask, 1),
+            TokenTypeIds = Repeat(inputs.TokenTypeIds, 0),
+        }).Logits;
         return logits.view(new[] { (long)n, b }.Concat(logits.shape.Skip(1)).ToArray()).MoveToOuterDisposeScope();
     }
 
