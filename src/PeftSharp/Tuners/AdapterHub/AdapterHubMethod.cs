@@ -138,8 +138,7 @@ public sealed class AdapterHubMethod : IPeftMethod, IAdapterFolderFormat, IForwa
 
     static IEnumerable<string> InjectLora(PreTrainedModel model, HubLoraConfig l, string adapterName)
     {
-        var type = model.Config.ModelType;
-        foreach (var (name, module) in model.named_modules().Where(m => m.module is AdapterLayer and not HubLoraLinear && IsLoraTarget(type, m.name, l)))
+        foreach (var (name, module) in model.named_modules().Where(m => m.module is AdapterLayer and not HubLoraLinear && IsLoraTarget(model.Config.ModelType, m.name, l)))
             TargetMatcher.RefuseWrapped(name, module, "AdapterHub LoRA");
         var targets = LoraTargets(model, l);
         if (targets.FirstOrDefault(t => t.Module is HubPrefixProbe).Name is { } probed)
