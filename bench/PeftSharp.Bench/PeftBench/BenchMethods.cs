@@ -12,8 +12,8 @@ public sealed record BenchMethod(string Name, string Family, double Lr, Func<int
 {
     public bool IsFull => Name == BenchMethods.Full;
 
-    /// <summary>The sweep: the method's benchmark learning rate and two below it (the bench runs hundreds of steps, not tens).</summary>
-    public double[] LrSweep => new[] { Lr / 4, Lr / 2, Lr };
+    /// <summary>The sweep: half, once and twice the method's benchmark learning rate (a one-point sweep takes the middle).</summary>
+    public double[] LrSweep => new[] { Lr / 2, Lr, Lr * 2 };
 }
 
 /// <summary>

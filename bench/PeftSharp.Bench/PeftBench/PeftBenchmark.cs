@@ -12,8 +12,9 @@ namespace PeftSharp.Bench.PeftBench;
 /// cached) plus the real stories260K model. Reports the three parameter counts (trainable, changed by merge, rank of
 /// ΔW), memory, speed, time to 90 % of full fine-tuning's accuracy, inference latency and quality over seeds, writes
 /// results.json (the tables' source), tables.md and PNG plots into --out.
-/// Options: --quick, --sizes 1m,8m,30m,stories260k, --tasks reversal,carry,recall, --methods NAME|family,...,
-/// --seeds 3, --steps N, --rows 4000, --held-out 100, --batch 16, --out DIR, --cache DIR, --stories DIR,
+/// Options: --quick, --sizes 1m,8m,30m,stories260k, --tasks shift,recall,reversal, --methods NAME|family,...,
+/// --seeds 3, --steps N, --sweep 3|1 (learning rates tried per method; 1: the method's own), --rows 4000, --held-out 100,
+/// --batch 16, --out DIR, --cache DIR, --stories DIR,
 /// --from a.json[,b.json] (redraw the report from saved runs; a later file's rows replace the same method, base and task).
 /// </summary>
 public sealed class PeftBenchmark : IBenchmark
@@ -36,10 +37,11 @@ public sealed class PeftBenchmark : IBenchmark
             return Finish(BenchReport.Combine(from.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Load).ToList()), outDir);
         bool quick = o.Get("quick", "false") == "true";
         var sizes = o.Get("sizes", quick ? "1m,8m" : "1m,8m,30m,stories260k").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        var tasks = o.Get("tasks", quick ? "classify" : "reversal,carry,recall").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
+        var tasks = o.Get("tasks", quick ? "classify" : "shift,recall,reversal").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
         var methods = BenchMethods.Select(o.Args.GetValueOrDefault("methods"));
         int seeds = o.GetInt("seeds", quick ? 1 : 3), rows = o.GetInt("rows", 4000), heldOut = o.GetInt("held-out", quick ? 32 : 100);
-        int batch = o.GetInt("batch", 16), threads = o.GetInt("threads", 2);
+        int batch = o.GetInt("batch", 16), threads = o.GetInt("threads", 2), sweepPoints = o.GetInt("sweep", quick ? 1 : 3);
+        if (sweepPoints is not (1 or 3)) throw new ArgumentException("--sweep must be 1 (the method's learning rate) or 3 (half, once and twice it)");
         if (seeds < 1 || rows < 16 || heldOut < 4 || batch < 1) throw new ArgumentException("--seeds, --rows, --held-out and --batch must be positive (rows >= 16, held-out >= 4)");
         var cache = o.Get("cache", Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "peftsharp", "peftbench"));
         Directory.CreateDirectory(cache);
@@ -75,7 +77,7 @@ public sealed class PeftBenchmark : IBenchmark
                     double? fullAcc = null;
                     foreach (var m in methods)
                     {
-                        var sweep = quick ? new[] { m.LrSweep[1] }
+                        var sweep = sweepPoints == 1 ? new[] { m.LrSweep[1] }
                             : chosenLr.TryGetValue((m.Name, task.Name), out var lr) ? new[] { lr } : m.LrSweep;
                         var first = sweep.Select(l => runner.Run(m, b, baseModel, data[0], steps, l)).ToList();
                         var best = first.Where(x => x.Error is null).OrderByDescending(x => x.ValAccuracy).ThenByDescending(x => x.Curve.Average(c => c[2])).FirstOrDefault() ?? first[0];
