@@ -18,18 +18,9 @@ public class ChatCommandTests
         var config = Path.Combine(model, "config.json");
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 4096"));
         var adapter = TestPaths.Data("adapters", "llama-tiny", "lora_qv");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "chat", "--model", model, "--adapter", $"qv={adapter}",
-                     "--template", "chatml", "--temperature", "0", "--max-new-tokens", "6" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        p.StandardInput.Write("hello\n/system be brief\nworld\n/reset\nhello\n/adapter base\nhello\n/adapter nope\n/bogus\n/adapter\n");
-        p.StandardInput.Close();
-        Assert.True(p.WaitForExit(180_000), "peft chat did not end at the end of its input");
-        Assert.True(p.ExitCode == 0, stderr.Result);
-        var output = stdout.Result;
+        var (code, output, err) = CliRunner.RunPiped("hello\n/system be brief\nworld\n/reset\nhello\n/adapter base\nhello\n/adapter nope\n/bogus\n/adapter\n",
+            TimeSpan.FromMinutes(3), "chat", "--model", model, "--adapter", $"qv={adapter}", "--template", "chatml", "--temperature", "0", "--max-new-tokens", "6");
+        Assert.True(code == 0, err);
 
         // The same conversation through the library's text API.
         using var m = AutoModel.FromPretrained(model);
@@ -52,28 +43,20 @@ public class ChatCommandTests
             Assert.True(found >= 0, $"'{expected}' not found after offset {at} in:\n{output}");
             at = found + expected.Length;
         }
-        Assert.Contains("error: no adapter 'nope' (loaded: base, qv)", stderr.Result);
-        Assert.Contains("error: unknown command /bogus", stderr.Result);
+        Assert.Contains("error: no adapter 'nope' (loaded: base, qv)", err);
+        Assert.Contains("error: unknown command /bogus", err);
     }
 
     [Fact]
     public void Raw_mode_continues_each_line_as_a_plain_prompt()
     {
         var model = TinyTokenizer.ModelWithTokenizer("llama-tiny");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "chat", "--model", model, "--raw", "--temperature", "0", "--max-new-tokens", "5" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        p.StandardInput.Write("hello\nworld\n");
-        p.StandardInput.Close();
-        Assert.True(p.WaitForExit(180_000));
-        Assert.True(p.ExitCode == 0, stderr.Result);
+        var (code, output, err) = CliRunner.RunPiped("hello\nworld\n", TimeSpan.FromMinutes(3), "chat", "--model", model, "--raw", "--temperature", "0", "--max-new-tokens", "5");
+        Assert.True(code == 0, err);
         using var m = AutoModel.FromPretrained(model);
         var generator = new TextGenerator(m, HfTokenizer.FromFolder(model));
         var options = new GenerationOptions { MaxNewTokens = 5 }.WithGenerationConfig(model);
-        Assert.Contains(generator.Generate("hello", options) + "\n" + generator.Generate("world", options) + "\n", stdout.Result);
+        Assert.Contains(generator.Generate("hello", options) + "\n" + generator.Generate("world", options) + "\n", output);
     }
 
     [Fact]

@@ -35,16 +35,9 @@ public class CliPolishTests
     [Fact]
     public void Tokenize_reads_piped_stdin()
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "peft.dll"), "tokenize", "--model", Qwen3, "--json" }) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        p.StandardInput.Write("Hello\0world<|endoftext|>");
-        p.StandardInput.Close();
-        Assert.True(p.WaitForExit(120_000));
-        Assert.True(p.ExitCode == 0, stderr.Result);
-        Assert.Equal(HfTokenizer.FromFolder(Qwen3).Encode("Hello\0world<|endoftext|>", addSpecialTokens: false), Ids(stdout.Result));
+        var (code, output, err) = CliRunner.RunPiped("Hello\0world<|endoftext|>", TimeSpan.FromMinutes(2), "tokenize", "--model", Qwen3, "--json");
+        Assert.True(code == 0, err);
+        Assert.Equal(HfTokenizer.FromFolder(Qwen3).Encode("Hello\0world<|endoftext|>", addSpecialTokens: false), Ids(output));
     }
 
     [Fact]
