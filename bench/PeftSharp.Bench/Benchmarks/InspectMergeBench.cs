@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using PeftSharp.Models;
 using PeftSharp.Runtime;
 using PeftSharp.Tuners;
+using PeftSharp.Tuners.Lora;
 using static TorchSharp.torch;
 
 namespace PeftSharp.Bench.Benchmarks;
@@ -73,11 +74,11 @@ public sealed class InspectMergeBench : IBenchmark
 
                 // The old way, for one module: matrix_rank of the d×d difference in float64.
                 var (name, layer) = peft.AdapterLayers().First(l => l.Name.EndsWith("mlp.c_fc", StringComparison.Ordinal));
-                var lora = (IDeltaWeightLayer)layer;
+                var lora = (LoraLayer)layer;
                 using var scope = NewDisposeScope();
                 clock.Restart();
                 Cpu();
-                var delta = lora.DeltaWeight("default", ScalarType.Float64);
+                var delta = lora.MergedWeight("default", ScalarType.Float64) - lora.BaseWeight.to(ScalarType.Float64);
                 long oldRank = linalg.matrix_rank(delta).item<long>();
                 result.Add("old: d×d float64 SVD rank of one module", clock.Elapsed.TotalSeconds, Cpu(),
                     $"{name} [{string.Join("x", lora.BaseWeight.shape)}]: rank {oldRank}; {report.Modules.Count} such modules in the report");

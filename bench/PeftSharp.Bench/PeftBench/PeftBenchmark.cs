@@ -59,6 +59,10 @@ public sealed class PeftBenchmark : IBenchmark
         };
         // The LR chosen on the first size a task ran on is reused on the larger ones (the sweep costs 3 runs a method).
         var chosenLr = new Dictionary<(string Method, string Task), double>();
+        // --lr-from: the rates an earlier run chose (its sweep), so one size can run in another process without sweeping again.
+        if (o.Args.TryGetValue("lr-from", out var lrFrom))
+            foreach (var row in Load(lrFrom).Rows.Where(r => r.Error is null))
+                chosenLr.TryAdd((row.Method, row.Task), row.Lr);
         try
         {
             foreach (var sizeName in sizes)
@@ -88,6 +92,9 @@ public sealed class PeftBenchmark : IBenchmark
                         var row = MethodRow.From(m, b, task, all, first, baseAcc, fullAcc);
                         if (m.IsFull) fullAcc = row.Accuracy;
                         report.Rows.Add(row);
+                        // A long run that is stopped still leaves every finished row (combine them with --from).
+                        report.WallSeconds = clock.Elapsed.TotalSeconds;
+                        PeftSharp.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "results.partial.json"), JsonSerializer.Serialize(report, BenchReport.JsonOptions));
                         Log($"  {m.Name,-16} lr {best.Lr,-7:G3} acc {row.Accuracy:P0} ± {row.AccuracySpread:P0}  {row.StepMs,7:F1} ms/step  {row.Trainable,10:N0} trainable" + (best.Error is { } e ? $"  ERROR {e}" : ""));
                     }
                 }
@@ -120,9 +127,9 @@ public sealed class PeftBenchmark : IBenchmark
         try
         {
             return JsonSerializer.Deserialize<BenchReport>(File.ReadAllText(path), BenchReport.JsonOptions)
-                ?? throw new ArgumentException($"--from {path}: not a peftbench results file");
+                ?? throw new ArgumentException($"{path}: not a peftbench results file");
         }
-        catch (Exception e) when (e is IOException or JsonException) { throw new ArgumentException($"--from {path}: {e.Message}"); }
+        catch (Exception e) when (e is IOException or JsonException) { throw new ArgumentException($"{path}: {e.Message}"); }
     }
 
     internal static string CpuInfo()

@@ -41,9 +41,28 @@ public static class Bf16StoredLinear
 
     static Tensor Plain(Tensor x, Tensor weight, Tensor? bias)
     {
-        using var w = weight.to(x.dtype);
+        using var w = Widen(weight, x.dtype);
         using var b = bias?.to(x.dtype);
         return nn.functional.linear(x, w, b);
+    }
+
+    // One widening buffer per thread, as large as the largest weight seen, that every layer widens into: a fresh
+    // float32 copy per matmul cost page faults and left holes in the heap. Only the trainer's thread widens, one
+    // matmul at a time, and the view never outlives that matmul.
+    [ThreadStatic] static Tensor? _wide;
+
+    /// <summary>A float32 (or <paramref name="dtype"/>) view of <paramref name="weight"/>, valid until the next call on this thread.</summary>
+    static Tensor Widen(Tensor weight, ScalarType dtype)
+    {
+        long n = weight.numel();
+        if (_wide is null || _wide.numel() < n || _wide.dtype != dtype)
+        {
+            _wide?.Dispose();
+            _wide = empty(n, dtype: dtype).DetachFromDisposeScope();
+        }
+        using var _ = no_grad();
+        using var flat = _wide.narrow(0, 0, n);
+        return flat.view(weight.shape).copy_(weight);
     }
 
     /// <summary>y = x·widen(W)ᵀ + widen(b); backward gives dx = dy·widen(W) only (W and b are frozen).</summary>
@@ -65,7 +84,7 @@ public static class Bf16StoredLinear
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
         {
             var w = ctx.get_saved_variables()[0];
-            using var wide = w.to(gradOutput.dtype);
+            using var wide = Widen(w, gradOutput.dtype);
             var grads = new List<Tensor> { gradOutput.matmul(wide) };
             for (int i = 1; i < (int)ctx.get_data("inputs"); i++) grads.Add(null!);
             return grads;

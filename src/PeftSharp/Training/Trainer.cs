@@ -62,7 +62,13 @@ public sealed class Trainer : IDisposable
             _optimizer.Dispose();
             throw new PeftSharpException("the model has no trainable parameters (nothing has requires_grad)");
         }
-        if (args.Bf16) Bf16Base.Apply(target.Root);
+        if (args.Bf16)
+        {
+            Bf16Base.Apply(target.Root);
+            // The float32 weights just replaced would otherwise stay resident (undisposed until a GC, then in glibc's
+            // heap) beside their bfloat16 copies, and bf16 storage would raise the peak instead of lowering it.
+            Runtime.TorchRuntime.CollectAndTrim();
+        }
         if (args.GradientCheckpointing) GradientCheckpointing.Enable(target.Model);
         Callbacks.AddRange(target.Callbacks);
         _sync = sync ?? DataParallel.Current();

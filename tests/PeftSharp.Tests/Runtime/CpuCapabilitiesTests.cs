@@ -134,6 +134,22 @@ public class CpuCapabilitiesTests
     }
 
     [Fact]
+    public void Chained_widened_linears_of_different_shapes_share_one_buffer_and_still_match_float32()
+    {
+        // Every layer widens into the same per-thread buffer; the backward of the first must not see the second's weight.
+        manual_seed(12);
+        using var scope = NewDisposeScope();
+        var w1 = randn(9, 5).to(ScalarType.BFloat16);
+        var w2 = randn(3, 9).to(ScalarType.BFloat16);
+        var x = randn(4, 5).requires_grad_(true);
+        Bf16StoredLinear.Compute(Bf16StoredLinear.Compute(x, w1, null).relu(), w2, null).pow(2).sum().backward();
+        var x2 = x.detach().clone().requires_grad_(true);
+        var h = nn.functional.linear(x2, w1.to(ScalarType.Float32)).relu();
+        nn.functional.linear(h, w2.to(ScalarType.Float32)).pow(2).sum().backward();
+        Assert.True(x.grad!.allclose(x2.grad!, rtol: 1e-6, atol: 1e-6));
+    }
+
+    [Fact]
     public void Peft_info_names_the_cpu_class_and_a_forced_avx2_class_gets_mkls_avx2_kernels_on_amd()
     {
         var peft = Path.Combine(AppContext.BaseDirectory, "peft.dll");
