@@ -51,5 +51,24 @@ public class PeftBenchSmokeTests
         Assert.Contains("| Full fine-tuning |", tables);
         foreach (var plot in Sizes.SelectMany(s => new[] { $"accuracy-vs-trainable-{s}.png", $"step-time-{s}.png", $"memory-{s}.png" }))
             Assert.True(new FileInfo(Path.Combine(dir, plot)).Length > 1000, $"{plot} missing");
+
+        // A size run in another process takes the rates this run chose (--lr-from) instead of sweeping again.
+        var chosen = Path.Combine(dir, "chosen.json");
+        var loraRow = rows.Single(r => (string?)r["method"] == "LoRA" && (string?)r["base"] == "1m");
+        loraRow["lr"] = 0.00123;
+        File.WriteAllText(chosen, results.ToJsonString());
+        var next = Path.Combine(dir, "next");
+        var (code2, output2) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
+            "--", "peftbench", "--quick", "--sizes", "1m", "--methods", "lora", "--sweep", "3", "--steps", "4", "--held-out", "4", "--rows", "32",
+            "--lr-from", chosen, "--out", next, "--cache", Path.Combine(dir, "cache"));
+        Assert.True(code2 == 0, output2);
+        var lora = JsonNode.Parse(File.ReadAllText(Path.Combine(next, "results.json")))!["rows"]!.AsArray().Single(r => (string?)r!["method"] == "LoRA")!;
+        Assert.Equal(0.00123, lora["lr"]!.GetValue<double>(), 6);
+        Assert.Single(lora["sweep"]!.AsArray());
+        Assert.True(File.Exists(Path.Combine(next, "results.partial.json")));
+        var (bad, message) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
+            "--", "peftbench", "--quick", "--sizes", "1m", "--lr-from", Path.Combine(dir, "missing.json"), "--out", next);
+        Assert.NotEqual(0, bad);
+        Assert.Contains("missing.json", message);
     }
 }
