@@ -18,7 +18,7 @@ namespace PeftSharp.Bench.Benchmarks;
 public sealed class TrainStepBench : IBenchmark
 {
     public string Name => "train-step";
-    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora|lora_fa --precision fp32|bf16 [--steps 5] [--threads 2|auto]";
+    public string Description => "Trainer step time, tokens/s, peak RSS: --mode full|lora|lora_fa --precision fp32|bf16 [--steps 5] [--threads 2|auto] [--batch 4] [--seq 256] [--checkpointing]";
 
     public BenchResult Run(BenchOptions o)
     {
@@ -48,6 +48,7 @@ public sealed class TrainStepBench : IBenchmark
         {
             OutputDir = Path.Combine(Path.GetTempPath(), $"peftsharp-bench-{Environment.GetEnvironmentVariable("PMIX_NAMESPACE")?.Replace('/', '-') ?? Guid.NewGuid().ToString("N")}"), MaxSteps = warmup + steps,
             PerDeviceTrainBatchSize = batch / Math.Max(1, Training.Distributed.DataParallel.WorldSize), LearningRate = 1e-4, LoggingSteps = 1000, Bf16 = precision == "bf16", Shuffle = false,
+            GradientCheckpointing = o.Get("checkpointing", "false") == "true",
         };
         var times = new List<double>();
         var cpuTimes = new List<double>();

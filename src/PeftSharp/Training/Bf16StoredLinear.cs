@@ -1,4 +1,3 @@
-using System.Reflection;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -38,7 +37,7 @@ public static class Bf16StoredLinear
         if (!x.is_floating_point() || x.dtype == ScalarType.BFloat16) x = x.to(ScalarType.Float32);
         if (!is_grad_enabled() || !x.requires_grad) return Plain(x, weight, bias);
         var y = bias is null ? WidenedLinear.apply(x, weight) : WidenedLinear.apply(x, weight, bias);
-        WidenedLinear.ReleaseOutputCache();
+        CustomFunctionMemory.Release();
         return y;
     }
 
@@ -73,37 +72,12 @@ public static class Bf16StoredLinear
     {
         public override string Name => nameof(WidenedLinear);
 
-        [ThreadStatic] static autograd.AutogradContext? _lastContext;
-        static readonly FieldInfo? NodeField = typeof(autograd.AutogradContext).GetField("_node", BindingFlags.NonPublic | BindingFlags.Instance);
-
-        /// <summary>
-        /// TorchSharp 0.107 keeps an uninitialized tensor the size of every custom function's output until backward,
-        /// only to stand in for an undefined gradient: one per frozen layer, as much as every output of the base model,
-        /// which made bf16 storage use more memory than float32 (train-step LoRA 4×256: ~1060 against ~980 MB).
-        /// With materialized gradients off they are never read, so they are freed at once. If a TorchSharp update
-        /// renames the private fields this does nothing and only the memory saving is lost.
-        /// </summary>
-        public static void ReleaseOutputCache()
-        {
-            var ctx = _lastContext;
-            _lastContext = null;
-            if (ctx is null || NodeField?.GetValue(ctx) is not { } node) return;
-            if (node.GetType().GetField("_outputCache", BindingFlags.NonPublic | BindingFlags.Instance)?.GetValue(node) is not List<Tensor> cache) return;
-            for (int i = 0; i < cache.Count; i++)
-            {
-                cache[i]?.Dispose();
-                cache[i] = null!;
-            }
-        }
-
         public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
         {
             var x = (Tensor)vars[0];
             var w = (Tensor)vars[1];
             ctx.save_for_backward(new List<Tensor> { w });
-            // The output's gradient is always defined here, so TorchSharp needs no zeros to stand in for it (below).
-            ctx.set_materialize_grads(false);
-            _lastContext = ctx;
+            CustomFunctionMemory.Track(ctx);
             ctx.save_data("inputs", vars.Length);
             // Without no_grad the inner linear would record its own graph node and keep the float32 weight alive.
             using var _ = no_grad();

@@ -27,7 +27,9 @@ public static class GradientCheckpointing
         // As peft's enable_input_require_grads: without a grad-requiring input the function's backward never runs,
         // and adapters inside the block (frozen embeddings below them) would get no gradient.
         var input = hidden.requires_grad ? hidden : hidden.detach().requires_grad_(true);
-        return CheckpointFunction.apply(input, block);
+        var y = CheckpointFunction.apply(input, block);
+        CustomFunctionMemory.Release();
+        return y;
     }
 
     sealed class CheckpointFunction : autograd.SingleTensorFunction<CheckpointFunction>
@@ -42,7 +44,9 @@ public static class GradientCheckpointing
             ctx.save_data("block", block);
             // As bytes: TorchSharp warns for every tensor kept in ctx data (only save_for_backward should hold tensors).
             using (var rng = get_rng_state()) ctx.save_data("rng", rng.data<byte>().ToArray());
-            return block(x);
+            var y = block(x);
+            CustomFunctionMemory.Track(ctx);
+            return y;
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
