@@ -31,15 +31,13 @@ public sealed class BenchTokenizer
         Bos = tok.BosTokenId ?? 1, Eos = tok.EosTokenId ?? 2, Pad = tok.PadTokenId ?? tok.UnkTokenId ?? 0,
     };
 
-    /// <summary>Prompt ids (BOS first) and the answer's ids as they continue the prompt, EOS last.</summary>
-    public (int[] Prompt, int[] Answer) Encode(string prompt, string answer)
-    {
-        var p = _encode(prompt);
-        var whole = _encode(prompt + answer);
-        // SentencePiece may merge across the boundary; then the answer is encoded on its own (BOS dropped).
-        var rest = whole.Take(p.Length).SequenceEqual(p) ? whole[p.Length..] : _encode(answer).Where(i => i != Bos).ToArray();
-        return (p, rest.Append(Eos).ToArray());
-    }
+    /// <summary>
+    /// Prompt ids (BOS first) and the answer's ids, EOS last, each encoded on its own as LLaMA-Factory's templates do
+    /// (a SentencePiece answer then starts a word: "▁2", not the bare "2" that continues "c=" in one string, a piece
+    /// stories260K's frozen vocabulary barely knows). The byte vocabulary encodes both ways alike.
+    /// </summary>
+    public (int[] Prompt, int[] Answer) Encode(string prompt, string answer) =>
+        (_encode(prompt), _encode(answer).Where(i => i != Bos).Append(Eos).ToArray());
 
     public string Decode(IEnumerable<int> ids) => _decode(ids.Where(i => i != Eos && i != Pad)).Trim();
 }
