@@ -80,9 +80,12 @@ public sealed record MethodRow
 
     static string F(double v, string f) => v.ToString(f, CultureInfo.InvariantCulture);
 
+    /// <summary>↓ or ↑ when the chosen rate is the lowest or highest of a 3-point sweep: the best may lie beyond it.</summary>
+    string SweepEdge => Sweep.Count < 3 || Error is not null ? "" : Lr <= Sweep.Min(p => p.Lr) ? "↓" : Lr >= Sweep.Max(p => p.Lr) ? "↑" : "";
+
     public object[] Cells() => new object[]
     {
-        Method, Family, Base, Task, F(Lr, "G3"), Trainable.ToString("N0", CultureInfo.InvariantCulture), F(TrainablePercent, "G3"),
+        Method, Family, Base, Task, F(Lr, "G3") + SweepEdge, Trainable.ToString("N0", CultureInfo.InvariantCulture), F(TrainablePercent, "G3"),
         ChangedByMerge?.ToString("N0", CultureInfo.InvariantCulture) ?? "-",
         FullRank ? "full" : RankDeltaW?.ToString(CultureInfo.InvariantCulture) ?? "-",
         F(PeakMemoryMb, "F0"), F(StepMs, "F1"), F(TokensPerSecond, "F0"),
