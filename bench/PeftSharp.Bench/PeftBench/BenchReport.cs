@@ -127,6 +127,11 @@ public sealed class BenchReport
             all.Command += $"` + `{next.Command}";
             all.WallSeconds += next.WallSeconds;
         }
+        // Rows of several runs in the catalogue's order, as one run would have written them.
+        int Order(MethodRow r) => BenchMethods.All.Select((m, i) => (m, i)).FirstOrDefault(x => x.m.Name == r.Method, (null!, int.MaxValue)).Item2;
+        var sorted = all.Rows.OrderBy(r => all.Bases.FindIndex(b => b.Name == r.Base)).ThenBy(r => r.Task).ThenBy(Order).ToList();
+        all.Rows.Clear();
+        all.Rows.AddRange(sorted);
         return all;
     }
 
