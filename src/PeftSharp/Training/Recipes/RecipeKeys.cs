@@ -124,7 +124,7 @@ public static class RecipeKeys
         ("this loss is not available; remove the key to train with cross-entropy",
             ["use_dft_loss", "use_asft_loss", "use_eaft_loss", "label_smoothing_factor"]),
         ("this model surgery is not available", ["mixture_of_depths", "rope_scaling", "resize_vocab", "add_tokens",
-            "add_special_tokens", "new_special_tokens_config", "train_from_scratch", "split_special_tokens", "use_kt", "additional_target",
+            "add_special_tokens", "new_special_tokens_config", "train_from_scratch", "split_special_tokens", "use_kt",
             "pissa_init", "pissa_convert", "create_new_adapter", "adapter_folder", "use_mca", "use_megatron_bridge"]),
         ("this data pipeline option is not available", ["streaming", "neat_packing", "tokenized_path", "group_by_length",
             "dataloader_drop_last", "ignore_data_skip", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "data_seed"]),

@@ -12,7 +12,7 @@ public static class AdaLoraRecipe
         Keys = new[]
         {
             "adalora_init_r", "adalora_target_r", "adalora_tinit", "adalora_tfinal", "adalora_delta_t", "adalora_beta1", "adalora_beta2",
-            "adalora_orth_reg_weight", "adalora_total_step",
+            "adalora_orth_reg_weight", "adalora_total_step", Lora.LoraRecipes.AdditionalTarget,
         },
         CannotContinue = "continuing an AdaLoRA adapter is not supported (its budget schedule starts from init_r); train a new one, or its pruned result as finetuning_type lora",
         Validate = (k, s) =>

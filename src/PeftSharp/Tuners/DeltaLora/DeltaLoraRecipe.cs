@@ -8,7 +8,7 @@ public static class DeltaLoraRecipe
 {
     public static readonly Recipe Recipe = new("delta_lora")
     {
-        Keys = new[] { "use_rslora", "delta_lora_update_ratio", "delta_lora_start_steps" },
+        Keys = new[] { "use_rslora", "delta_lora_update_ratio", "delta_lora_start_steps", Lora.LoraRecipes.AdditionalTarget },
         NoBf16 = "the base weights would be kept in bfloat16, where Delta-LoRA's small W updates round away",
         Validate = (keys, s) =>
         {

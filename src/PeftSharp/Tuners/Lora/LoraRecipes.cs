@@ -8,9 +8,12 @@ namespace PeftSharp.Tuners.Lora;
 /// </summary>
 public static class LoraRecipes
 {
+    /// <summary>The recipe key every LoRA-shaped type honours for peft's modules_to_save.</summary>
+    public const string AdditionalTarget = "additional_target";
+
     /// <summary>
     /// The LoraConfig a recipe names: lora_rank, lora_alpha (2 × rank by default), lora_dropout, lora_target ("all" =
-    /// every linear layer but the output head), use_dora, use_rslora. Not validated (variants adjust it first).
+    /// every linear layer but the output head), additional_target, use_dora, use_rslora. Not validated (variants adjust it first).
     /// </summary>
     public static LoraConfig Config(RecipeContext ctx) => new()
     {
@@ -18,6 +21,8 @@ public static class LoraRecipes
         LoraAlpha = ctx.Settings.LoraAlpha ?? 2.0 * ctx.Settings.LoraRank,
         LoraDropout = ctx.Settings.LoraDropout,
         TargetModules = ctx.Settings.LoraTargets(ctx.Model),
+        // LLaMA-Factory's additional_target: modules trained in full beside the adapter and saved with it (peft's modules_to_save).
+        ModulesToSave = ctx.Keys.Names(AdditionalTarget),
         UseDora = ctx.Keys.Bool("use_dora", false),
         UseRsLora = ctx.Keys.Bool("use_rslora", false),
         TaskType = ctx.TaskType,
@@ -26,7 +31,7 @@ public static class LoraRecipes
 
     public static readonly Recipe Lora = new("lora")
     {
-        Keys = new[] { "use_dora", "use_rslora" },
+        Keys = new[] { "use_dora", "use_rslora", AdditionalTarget },
         QuantizedBase = true,
         Validate = (k, _) => { k.Bool("use_dora", false); k.Bool("use_rslora", false); },
         Config = ctx =>

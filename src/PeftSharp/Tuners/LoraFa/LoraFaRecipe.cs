@@ -8,7 +8,7 @@ public static class LoraFaRecipe
 {
     public static readonly Recipe Recipe = new("lora_fa")
     {
-        Keys = new[] { "use_rslora", "lora_fa_optimizer" },
+        Keys = new[] { "use_rslora", "lora_fa_optimizer", Lora.LoraRecipes.AdditionalTarget },
         QuantizedBase = true,
         Validate = (keys, s) =>
         {

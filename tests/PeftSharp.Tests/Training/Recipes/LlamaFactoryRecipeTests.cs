@@ -213,6 +213,22 @@ public class LlamaFactoryRecipeTests
     }
 
     [Fact]
+    public void Additional_target_trains_and_saves_those_modules_in_full_as_peft_modules_to_save()
+    {
+        var (code, _, err, outDir) = Train("qwen3_lora_sft.yaml", "additional_target=lm_head");
+        Assert.True(code == 0, err);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "adapter_config.json")))!;
+        Assert.Equal(["lm_head"], config["modules_to_save"]!.AsArray().Select(n => (string)n!).ToArray());
+        using var file = PeftSharp.IO.SafetensorsFile.Open(Path.Combine(outDir, "adapter_model.safetensors"));
+        var keys = file.Keys.ToList();
+        Assert.Contains(keys, k => k.Contains("lm_head.modules_to_save") || k.Contains("lm_head.weight"));
+        // A type that has no modules_to_save refuses it, naming the types that take it.
+        var e = Assert.Throws<PeftConfigException>(() => TrainConfig.Parse("model_name_or_path: m\ndataset: d\nfinetuning_type: prompt_tuning\nadditional_target: lm_head\n", "p.yaml"));
+        Assert.Contains("'additional_target' applies to finetuning_type", e.Message);
+        Assert.Contains("lora", e.Message);
+    }
+
+    [Fact]
     public void Llama_pro_trains_every_expanded_layer()
     {
         using var model = PeftSharp.Models.AutoModel.FromPretrained(Model.Value);
