@@ -14,7 +14,7 @@ namespace PeftSharp.Bench.PeftBench;
 /// results.json (the tables' source), tables.md and PNG plots into --out.
 /// Options: --quick, --sizes 1m,8m,30m,stories260k, --tasks shift,recall,reversal, --methods NAME|family,...,
 /// --seeds 3, --steps N, --sweep 3|1 (learning rates tried per method; 1: the method's own), --rows 4000, --held-out 100,
-/// --batch 16, --out DIR, --cache DIR, --stories DIR,
+/// --batch 16, --out DIR, --cache DIR, --stories DIR, --lr-from FILE (rates an earlier run chose; no sweep for them),
 /// --from a.json[,b.json] (redraw the report from saved runs; a later file's rows replace the same method, base and task).
 /// </summary>
 public sealed class PeftBenchmark : IBenchmark
@@ -34,7 +34,7 @@ public sealed class PeftBenchmark : IBenchmark
         var outDir = o.Get("out", "bench-output/peftbench");
         Directory.CreateDirectory(outDir);
         if (o.Args.TryGetValue("from", out var from))
-            return Finish(BenchReport.Combine(from.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Load).ToList()), outDir);
+            return Finish(BenchReport.Combine(from.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(f => Load(f, "--from")).ToList()), outDir);
         bool quick = o.Get("quick", "false") == "true";
         var sizes = o.Get("sizes", quick ? "1m,8m" : "1m,8m,30m,stories260k").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var tasks = o.Get("tasks", quick ? "classify" : "shift,recall,reversal").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchTasks.Get).ToList();
@@ -61,7 +61,7 @@ public sealed class PeftBenchmark : IBenchmark
         var chosenLr = new Dictionary<(string Method, string Task), double>();
         // --lr-from: the rates an earlier run chose (its sweep), so one size can run in another process without sweeping again.
         if (o.Args.TryGetValue("lr-from", out var lrFrom))
-            foreach (var row in Load(lrFrom).Rows.Where(r => r.Error is null))
+            foreach (var row in Load(lrFrom, "--lr-from").Rows.Where(r => r.Error is null))
                 chosenLr.TryAdd((row.Method, row.Task), row.Lr);
         try
         {
@@ -122,14 +122,14 @@ public sealed class PeftBenchmark : IBenchmark
         return result;
     }
 
-    static BenchReport Load(string path)
+    static BenchReport Load(string path, string option)
     {
         try
         {
             return JsonSerializer.Deserialize<BenchReport>(File.ReadAllText(path), BenchReport.JsonOptions)
-                ?? throw new ArgumentException($"{path}: not a peftbench results file");
+                ?? throw new ArgumentException($"{option} {path}: not a peftbench results file");
         }
-        catch (Exception e) when (e is IOException or JsonException) { throw new ArgumentException($"{path}: {e.Message}"); }
+        catch (Exception e) when (e is IOException or JsonException) { throw new ArgumentException($"{option} {path}: {e.Message}"); }
     }
 
     internal static string CpuInfo()

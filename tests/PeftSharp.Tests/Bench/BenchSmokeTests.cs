@@ -9,7 +9,8 @@ namespace PeftSharp.Tests.Bench;
 /// </summary>
 public class BenchSmokeTests
 {
-    static (int Code, string Output) Bench(params string[] args) =>
+    /// <summary>`dotnet run -c Release --project bench/PeftSharp.Bench -- ARGS` from the repository root.</summary>
+    internal static (int Code, string Output) Bench(params string[] args) =>
         PackagingTests.Dotnet(PackagingTests.RepoRoot, null, new[] { "run", "-c", "Release", "--project", "bench/PeftSharp.Bench", "--" }.Concat(args).ToArray());
 
     [Fact]

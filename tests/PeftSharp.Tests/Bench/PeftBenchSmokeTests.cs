@@ -18,8 +18,7 @@ public class PeftBenchSmokeTests
     public void Quick_run_gives_every_method_a_filled_row_at_each_size()
     {
         var dir = TestPaths.TempDir();
-        var (code, output) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
-            "--", "peftbench", "--quick", "--sizes", string.Join(',', Sizes), "--json", "--out", dir, "--cache", Path.Combine(dir, "cache"));
+        var (code, output) = BenchSmokeTests.Bench("peftbench", "--quick", "--sizes", string.Join(',', Sizes), "--json", "--out", dir, "--cache", Path.Combine(dir, "cache"));
         Assert.True(code == 0, output);
 
         var results = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
@@ -58,17 +57,16 @@ public class PeftBenchSmokeTests
         loraRow["lr"] = 0.00123;
         File.WriteAllText(chosen, results.ToJsonString());
         var next = Path.Combine(dir, "next");
-        var (code2, output2) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
-            "--", "peftbench", "--quick", "--sizes", "1m", "--methods", "lora", "--sweep", "3", "--steps", "4", "--held-out", "4", "--rows", "32",
+        var (code2, output2) = BenchSmokeTests.Bench("peftbench", "--quick", "--sizes", "1m", "--methods", "lora", "--sweep", "3", "--steps", "4", "--held-out", "4", "--rows", "32",
             "--lr-from", chosen, "--out", next, "--cache", Path.Combine(dir, "cache"));
         Assert.True(code2 == 0, output2);
         var lora = JsonNode.Parse(File.ReadAllText(Path.Combine(next, "results.json")))!["rows"]!.AsArray().Single(r => (string?)r!["method"] == "LoRA")!;
         Assert.Equal(0.00123, lora["lr"]!.GetValue<double>(), 6);
         Assert.Single(lora["sweep"]!.AsArray());
         Assert.True(File.Exists(Path.Combine(next, "results.partial.json")));
-        var (bad, message) = PackagingTests.Dotnet(PackagingTests.RepoRoot, null, "run", "-c", "Release", "--project", "bench/PeftSharp.Bench",
-            "--", "peftbench", "--quick", "--sizes", "1m", "--lr-from", Path.Combine(dir, "missing.json"), "--out", next);
+        var (bad, message) = BenchSmokeTests.Bench("peftbench", "--quick", "--sizes", "1m", "--lr-from", Path.Combine(dir, "missing.json"), "--out", next);
         Assert.NotEqual(0, bad);
+        Assert.Contains("--lr-from", message);
         Assert.Contains("missing.json", message);
     }
 }
