@@ -122,7 +122,8 @@ public static class Attention
     /// bf16 mode a float32 KV prefix or adapter output can meet bfloat16 projections here. Boolean masks: true attends.
     /// In bfloat16 on the CPU, small problems run eagerly (matmul, softmax, matmul, as transformers' eager attention):
     /// libtorch's bf16 CPU flash kernel took 15.8 ms forward+backward per layer of the train-step bench, this ~9 (the
-    /// whole LoRA bf16 step: 0.48 -> 0.43 s). In float32 the two are equal, so float32 keeps SDPA.
+    /// whole LoRA bf16 step: 0.48 -> 0.43 s). Float32 keeps SDPA: an eager path there, even in causal query blocks that
+    /// skip later keys, saved ~3 % of the LoRA step but kept ~115 MB more for backward (docs/benchmarks.md).
     /// </summary>
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, double dropout = 0)
     {
@@ -144,6 +145,13 @@ public static class Attention
         // libtorch's bfloat16 softmax accumulates in float32 and rounds once: transformers' float32 softmax then cast.
         var p = w.softmax(-1);
         if (dropout > 0) p = functional.dropout(p, dropout, true);
-        return p.matmul(v).MoveToOuterDisposeScope();
+        var y = p.matmul(v);
+        // A row with nothing to attend to averaged the values above; SDPA (and transformers on torch >= 2.5) gives zero.
+        if (mask?.dtype == ScalarType.Bool)
+        {
+            var attends = mask.any(-1, keepdim: true);
+            if (!attends.all().item<bool>()) y = y * attends.to(q.dtype);
+        }
+        return y.MoveToOuterDisposeScope();
     }
 }

@@ -6,7 +6,7 @@ namespace PeftSharp.Tests.Models;
 public class AttentionTests
 {
     [Fact]
-    public void Bf16_eager_attention_matches_float32_sdpa_and_keeps_padding_rows_finite()
+    public void Bf16_eager_attention_matches_float32_sdpa_and_zeroes_padding_rows()
     {
         manual_seed(3);
         using var q = randn(2, 4, 6, 8);
@@ -24,6 +24,8 @@ public class AttentionTests
         using var rows = keep.view(2, 1, 6, 1).expand(2, 4, 6, 8);
         using var diff = (eager - reference).abs().masked_select(rows).max();
         Assert.True(diff.item<float>() < 0.05f, $"max diff {diff.item<float>()}");
+        // The rows with nothing to attend to are zero, as SDPA gives them.
+        Assert.Equal(0f, eager[1].narrow(1, 0, 2).abs().max().item<float>());
         // A float32 key/value prefix next to bfloat16 queries is cast, not refused.
         using var mixed = Attention.Sdpa(q.to(ScalarType.BFloat16), k, v, m4);
         Assert.Equal(ScalarType.BFloat16, mixed.dtype);
