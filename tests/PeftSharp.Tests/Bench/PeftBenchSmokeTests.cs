@@ -64,6 +64,20 @@ public class PeftBenchSmokeTests
         Assert.Equal(0.00123, lora["lr"]!.GetValue<double>(), 6);
         Assert.Single(lora["sweep"]!.AsArray());
         Assert.True(File.Exists(Path.Combine(next, "results.partial.json")));
+
+        // --from measures time to 90 % against the combined report's full fine-tuning row, not the one a row's run had.
+        var full = rows.Single(r => (string?)r["method"] == "Full fine-tuning" && (string?)r["base"] == "1m");
+        full["accuracy"] = 0.5;
+        loraRow["curve"] = new JsonArray(new JsonArray(1.5, 1.0, 0.2), new JsonArray(3.5, 0.9, 0.46));
+        loraRow["seconds_to90"] = 1.5;
+        var edited = Path.Combine(dir, "edited.json");
+        File.WriteAllText(edited, results.ToJsonString());
+        var combined = Path.Combine(dir, "combined");
+        var (code3, output3) = BenchSmokeTests.Bench("peftbench", "--from", edited, "--out", combined);
+        Assert.True(code3 == 0, output3);
+        var remeasured = JsonNode.Parse(File.ReadAllText(Path.Combine(combined, "results.json")))!["rows"]!.AsArray().Single(r => (string?)r!["method"] == "LoRA")!;
+        Assert.Equal(3.5, remeasured["seconds_to90"]!.GetValue<double>());
+
         var (bad, message) = BenchSmokeTests.Bench("peftbench", "--quick", "--sizes", "1m", "--lr-from", Path.Combine(dir, "missing.json"), "--out", next);
         Assert.NotEqual(0, bad);
         Assert.Contains("--lr-from", message);
