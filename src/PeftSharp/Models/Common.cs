@@ -123,7 +123,7 @@ public static class Attention
     /// In bfloat16 on the CPU, small problems run eagerly (matmul, softmax, matmul, as transformers' eager attention):
     /// libtorch's bf16 CPU flash kernel took 15.8 ms forward+backward per layer of the train-step bench, this ~9 (the
     /// whole LoRA bf16 step: 0.48 -> 0.43 s). Float32 keeps SDPA: an eager path there, even in causal query blocks that
-    /// skip later keys, saved ~3 % of the LoRA step but kept ~115 MB more for backward (docs/benchmarks.md).
+    /// skip later keys, saved ~3 % of the LoRA step but kept 106–166 MB more for backward (docs/benchmarks.md).
     /// </summary>
     public static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, double dropout = 0)
     {

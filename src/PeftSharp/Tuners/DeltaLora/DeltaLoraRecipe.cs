@@ -37,7 +37,7 @@ public static class DeltaLoraRecipe
         Hooks = (peft, _, _) => new MethodHooks { Callbacks = new ITrainingCallback[] { new DeltaLoraUpdater(peft) } },
     };
 
-    // W also takes the factors' step (update ratio 2), so ΔW moves about twice LoRA's per step at one rate.
+    // W also takes λ = 2 times the factors' step, so the effective weight moves 3× LoRA's per step at one rate.
     public static readonly BenchEntry Bench = new("Delta-LoRA", "lora", 2.5e-3)
     {
         Keys = (steps, _) => new() { ["delta_lora_start_steps"] = steps / 4 },

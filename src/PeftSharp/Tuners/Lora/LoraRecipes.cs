@@ -69,7 +69,7 @@ public static class LoraRecipes
     {
         new("LoRA", "lora", 1e-2),
         new("DoRA", "lora", 1e-2) { Keys = (_, _) => new() { ["use_dora"] = true } },
-        // α/√r scales ΔW 2.8× LoRA's α/r at r=8, so the same step in ΔW needs 1/2.8 the rate (1e-2 won at its sweep's bottom).
+        // α/√r scales ΔW 2.8× LoRA's α/r at r=8, so the same step in ΔW needs 1/2.8 the rate (a 1e-2 sweep won at its bottom).
         new("rsLoRA", "lora", 2e-3) { Keys = (_, _) => new() { ["use_rslora"] = true } },
         // LoRA+ is an optimizer setting over a plain LoRA adapter (loraplus_lr_ratio); B's rate is 16× this one.
         new("LoRA+", "lora", 1e-3) { Settings = s => s with { LoraPlusLrRatio = 16 } },
