@@ -22,4 +22,19 @@ public class QuickstartCommandTests
         Assert.True(File.Exists(Path.Combine(dir, folder, "loss.png")));
         if (method == "lora") Assert.True(File.Exists(Path.Combine(dir, folder, "adapter_config.json")));
     }
+
+    /// <summary>
+    /// The README's main job as a newcomer runs it (its own process, default seed and sizes): it must teach reversal.
+    /// A rounding change in AdamW once left it at 0 % -> 1 % unnoticed, since only the tiny run was tested.
+    /// </summary>
+    [Fact]
+    public void Default_quickstart_learns_reversal()
+    {
+        var dir = TestPaths.TempDir();
+        var (code, output, err) = CliRunner.RunPiped("", TimeSpan.FromMinutes(8), "quickstart", "--output", dir, "--json");
+        Assert.True(code == 0, err);
+        var r = JsonNode.Parse(output.Trim().Split('\n')[^1])!;
+        Assert.True(r["accuracy_after"]!.GetValue<double>() >= 0.9, $"held-out reversal accuracy {r["accuracy_after"]} after fine-tuning (before: {r["accuracy_before"]})");
+        Assert.Contains(r["samples"]!.AsArray(), x => (string?)x!["prompt"] == "rv hello=" && ((string?)x["output"])!.StartsWith("olleh"));
+    }
 }
