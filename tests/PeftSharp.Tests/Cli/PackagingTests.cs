@@ -73,6 +73,12 @@ public class PackagingTests
     public void The_peft_tool_installs_into_a_fresh_tool_path_and_runs_on_its_own_libtorch()
     {
         var dir = TestPaths.TempDir();
+        try { PackInstallAndRun(dir); }
+        finally { TestPaths.TryDelete(dir); } // ~1 GB of packed and installed libtorch
+    }
+
+    static void PackInstallAndRun(string dir)
+    {
         var artifacts = Path.Combine(dir, "artifacts");
         var (code, output) = Dotnet(RepoRoot, null, "pack", "src/PeftSharp.Cli", "-c", "Release", "-o", artifacts,
             "-p:ToolPackageRuntimeIdentifiers=linux-x64", "-nodeReuse:false");
