@@ -72,28 +72,20 @@ public static class Bf16StoredLinear
     }
 
     // A bfloat16 is the top half of a float32: widening is a 16-bit shift. libtorch's bf16→float32 copy_ took ~1.4 ns
-    // an element here (2× the step at 1×32 tokens); this pass is memory-bound, split over torch's threads above 256k.
+    // an element here (2× the step at 1×32 tokens). One thread: split over .NET's pool, the pass competed for the
+    // cores with OpenMP's still-spinning workers and was a few % slower at 1×32 tokens, and no faster at 4×256.
     internal static unsafe void WidenBf16(ushort* src, float* dst, long n)
     {
-        const long chunk = 1 << 18;
-        int threads = Math.Max(1, get_num_threads());
-        if (threads == 1 || n <= chunk) { WidenRange(src, dst, 0, n); return; }
-        Parallel.For(0L, (n + chunk - 1) / chunk, new ParallelOptions { MaxDegreeOfParallelism = threads },
-            i => WidenRange(src, dst, i * chunk, Math.Min(n, (i + 1) * chunk)));
-    }
-
-    static unsafe void WidenRange(ushort* src, float* dst, long start, long end)
-    {
-        long i = start;
+        long i = 0;
         uint* d = (uint*)dst;
         if (Vector256.IsHardwareAccelerated)
-            for (; i + 16 <= end; i += 16)
+            for (; i + 16 <= n; i += 16)
             {
                 var (lo, hi) = Vector256.Widen(Vector256.Load(src + i));
                 Vector256.ShiftLeft(lo, 16).Store(d + i);
                 Vector256.ShiftLeft(hi, 16).Store(d + i + 8);
             }
-        for (; i < end; i++) d[i] = (uint)src[i] << 16;
+        for (; i < n; i++) d[i] = (uint)src[i] << 16;
     }
 
     /// <summary>y = x·widen(W)ᵀ + widen(b); backward gives dx = dy·widen(W) only (W and b are frozen).</summary>

@@ -155,7 +155,7 @@ public class CpuCapabilitiesTests
     [InlineData(300_001)]
     public unsafe void The_simd_bf16_widening_matches_libtorchs_conversion_bit_for_bit(int n)
     {
-        // 300,001 elements take the multi-threaded path with a ragged last chunk; 37 the vector loop and its tail.
+        // 300,001 elements: a long vector loop with a tail; 37 a short one.
         using var scope = NewDisposeScope();
         var w = (randn(n) * 1e3).to(ScalarType.BFloat16);
         if (n > 4)
