@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using PeftSharp.Quantization;
 using PeftSharp.Runtime;
 using PeftSharp.Training;
 using static TorchSharp.torch;
@@ -72,10 +71,6 @@ public sealed class Bf16WidenBench : IBenchmark
     }
 
     /// <summary>Rows [r0, r0 + r) of the bfloat16 weight widened into the front of <paramref name="buffer"/>.</summary>
-    static unsafe Tensor Widen(Tensor stored, Tensor buffer, long r0, long r, long k)
-    {
-        var flat = buffer.narrow(0, 0, r * k);
-        Bf16StoredLinear.WidenBf16(Bnb4bit.Pointer<ushort>(stored) + r0 * k, Bnb4bit.Pointer<float>(flat), r * k);
-        return flat.view(r, k);
-    }
+    static Tensor Widen(Tensor stored, Tensor buffer, long r0, long r, long k) =>
+        buffer.narrow(0, 0, r * k).view(r, k).copy_(stored.narrow(0, r0, r));
 }

@@ -1,4 +1,3 @@
-using System.Runtime.Intrinsics;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -51,7 +50,9 @@ public static class Bf16StoredLinear
 
     // One widening buffer per thread, as large as the largest weight seen, that every layer widens into: a fresh
     // float32 copy per matmul cost page faults and left holes in the heap. Only the trainer's thread widens, one
-    // matmul at a time, and the view never outlives that matmul.
+    // matmul at a time, and the view never outlives that matmul. libtorch's copy_ widens on OpenMP's threads, the
+    // ones MKL then reads the weight with; a .NET SIMD shift on one thread, or split over .NET's pool, was slower at
+    // both 1×32 and 4×256 tokens (docs/benchmarks.md).
     [ThreadStatic] static Tensor? _wide;
 
     /// <summary>A float32 (or <paramref name="dtype"/>) view of <paramref name="weight"/>, valid until the next call on this thread.</summary>
@@ -65,27 +66,7 @@ public static class Bf16StoredLinear
         }
         using var _ = no_grad();
         using var flat = _wide.narrow(0, 0, n);
-        if (dtype != ScalarType.Float32 || weight.dtype != ScalarType.BFloat16 || !weight.is_contiguous() || weight.device.type != DeviceType.CPU || n == 0)
-            return flat.view(weight.shape).copy_(weight);
-        unsafe { WidenBf16(Quantization.Bnb4bit.Pointer<ushort>(weight), Quantization.Bnb4bit.Pointer<float>(flat), n); }
-        return flat.view(weight.shape);
-    }
-
-    // A bfloat16 is the top half of a float32: widening is a 16-bit shift. libtorch's bf16→float32 copy_ took ~1.4 ns
-    // an element here (2× the step at 1×32 tokens). One thread: split over .NET's pool, the pass competed for the
-    // cores with OpenMP's still-spinning workers and was a few % slower at 1×32 tokens, and no faster at 4×256.
-    internal static unsafe void WidenBf16(ushort* src, float* dst, long n)
-    {
-        long i = 0;
-        uint* d = (uint*)dst;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i + 16 <= n; i += 16)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(src + i));
-                Vector256.ShiftLeft(lo, 16).Store(d + i);
-                Vector256.ShiftLeft(hi, 16).Store(d + i + 8);
-            }
-        for (; i < n; i++) d[i] = (uint)src[i] << 16;
+        return flat.view(weight.shape).copy_(weight);
     }
 
     /// <summary>y = x·widen(W)ᵀ + widen(b); backward gives dx = dy·widen(W) only (W and b are frozen).</summary>

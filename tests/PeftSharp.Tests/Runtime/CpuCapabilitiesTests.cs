@@ -149,25 +149,6 @@ public class CpuCapabilitiesTests
         Assert.True(x.grad!.allclose(x2.grad!, rtol: 1e-6, atol: 1e-6));
     }
 
-    [Theory]
-    [InlineData(1)]
-    [InlineData(37)]
-    [InlineData(300_001)]
-    public unsafe void The_simd_bf16_widening_matches_libtorchs_conversion_bit_for_bit(int n)
-    {
-        // 300,001 elements: a long vector loop with a tail; 37 a short one.
-        using var scope = NewDisposeScope();
-        var w = (randn(n) * 1e3).to(ScalarType.BFloat16);
-        if (n > 4)
-        {
-            w[0] = float.NaN; w[1] = float.PositiveInfinity; w[2] = float.NegativeInfinity; w[3] = -0.0f;
-        }
-        var expected = w.to(ScalarType.Float32);
-        var actual = empty(n, dtype: ScalarType.Float32);
-        Bf16StoredLinear.WidenBf16(PeftSharp.Quantization.Bnb4bit.Pointer<ushort>(w), PeftSharp.Quantization.Bnb4bit.Pointer<float>(actual), n);
-        Assert.Equal(expected.bytes.ToArray(), actual.bytes.ToArray());
-    }
-
     [Fact]
     public void Peft_info_names_the_cpu_class_and_a_forced_avx2_class_gets_mkls_avx2_kernels_on_amd()
     {
