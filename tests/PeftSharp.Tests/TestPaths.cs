@@ -32,7 +32,7 @@ public static class TestPaths
 
     // One folder per test process, removed when the process exits, so repeated runs do not fill the disk
     // (the tool test alone unpacks ~1 GB of libtorch). The test host is sometimes ended before ProcessExit runs,
-    // so each run also removes the folders of earlier runs whose process is gone: 56 left-behind runs (56 GB) once
+    // so each run also removes the folders of earlier runs whose process is gone: 56 left-behind runs (28 GB) once
     // filled the disk CI shares.
     static readonly Lazy<string> TempRoot = new(() =>
     {
