@@ -7,8 +7,8 @@ namespace PeftSharp.Cli.Quickstart;
 /// <summary>
 /// How the quickstart fine-tunes and merges: LoRA r=16 on every linear layer (the default) or full fine-tuning
 /// (<c>--method full</c>, the baseline). Reversal needs new attention patterns: LoRA sits on a loss plateau (0.3-0.7)
-/// for a few hundred steps and then drops, so it gets 1200 steps at lr 5e-3 (3e-3 and 4e-3 left more seeds on the
-/// plateau); full fine-tuning gets there in 400 at 2e-3.
+/// for a few hundred steps and then drops, so it gets 1200 steps at lr 5e-3 (on four hard seeds 3e-3 left two on the
+/// plateau, 4e-3 one, as 5e-3 did); full fine-tuning gets there in 400 at 2e-3.
 /// </summary>
 public static class QuickstartFineTune
 {
